@@ -1,0 +1,306 @@
+"""The ``mailward`` command: administration, and the entry point of every process.
+
+This package is the composition root: the only place that wires ``app``, ``smtp`` and ``worker`` together, each
+imported lazily by the command that runs it (so ``mailward smtp`` never imports Flask).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from tenants.config import Config, get_config
+from tenants.exceptions import MailwardError
+from tenants.scope import msp_scope
+
+
+def _setup_logging(cfg: Config) -> None:
+    logging.basicConfig(level=cfg.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    quiet = max(logging.WARNING, logging.getLevelName(cfg.log_level))
+    for name in ("mail.log", "alembic", "rq.worker"):  # per-command chatter; our own lines say what happened
+        logging.getLogger(name).setLevel(quiet if name != "rq.worker" else logging.INFO)
+
+
+@contextmanager
+def _db(cfg: Config | None = None) -> Iterator[Session]:
+    """A session in the MSP scope (the CLI is the operator's tool) on a migrated database; commits on success."""
+    from tenants.db import require_current_schema, session_scope
+
+    cfg = cfg or get_config()
+    require_current_schema(cfg)
+    with msp_scope(), session_scope(cfg) as session:
+        yield session
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Mailward: a multi-tenant email security gateway."""
+
+
+# --- database -----------------------------------------------------------------------------------------------------
+
+@cli.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply every migration the database lacks."""
+    from tenants.db import migrate, schema_revisions
+
+    cfg = get_config()
+    migrate(cfg)
+    click.echo(f"database at revision {schema_revisions(cfg)[0]}")
+
+
+@db.command("current")
+def db_current() -> None:
+    """Show the database's and the code's schema revisions."""
+    from tenants.db import schema_revisions
+
+    current, head = schema_revisions(get_config())
+    click.echo(f"database: {current or 'none'}  code: {head}")
+
+
+# --- tenants, domains, users --------------------------------------------------------------------------------------
+
+@cli.group()
+def tenant() -> None:
+    """Tenants (customer organisations)."""
+
+
+@tenant.command("create")
+@click.argument("name")
+def tenant_create(name: str) -> None:
+    from tenants.services import create_tenant
+
+    with _db() as session:
+        t = create_tenant(session, name)
+        click.echo(f"tenant {t.id} {t.name} created")
+
+
+@tenant.command("list")
+def tenant_list() -> None:
+    from tenants.services import list_domains, list_tenants
+
+    with _db() as session:
+        for t in list_tenants(session):
+            domains = ", ".join(d.name for d in list_domains(session, t)) or "-"
+            state = " (suspended)" if t.suspended else ""
+            click.echo(f"{t.id}\t{t.name}{state}\t{domains}")
+
+
+@cli.group()
+def domain() -> None:
+    """Tenant domains and their transports."""
+
+
+@domain.command("add")
+@click.argument("tenant_ref", metavar="TENANT")
+@click.argument("name", metavar="DOMAIN")
+@click.option("--transport", required=True, metavar="HOST:PORT", help="The tenant's own mail server.")
+@click.option("--tls", type=click.Choice(["none", "opportunistic", "required"]), default="opportunistic",
+              show_default=True)
+def domain_add(tenant_ref: str, name: str, transport: str, tls: str) -> None:
+    from tenants.redisconn import bump_policy_version
+    from tenants.services import add_domain, get_tenant, parse_transport
+
+    cfg = get_config()
+    host, port = parse_transport(transport)
+    with _db(cfg) as session:
+        d = add_domain(session, get_tenant(session, tenant_ref), name, host, port, tls)
+        click.echo(f"domain {d.name} added to tenant {tenant_ref}, transport {d.transport} (TLS {d.transport_tls})")
+    bump_policy_version(cfg)
+
+
+@domain.command("list")
+@click.argument("tenant_ref", metavar="[TENANT]", required=False)
+def domain_list(tenant_ref: str | None) -> None:
+    from tenants.services import get_tenant, list_domains
+
+    with _db() as session:
+        t = get_tenant(session, tenant_ref) if tenant_ref else None
+        names = {} if t else {x.id: x.name for x in _all_tenants(session)}
+        for d in list_domains(session, t):
+            owner = t.name if t else names.get(d.tenant_id, "?")
+            verified = "verified" if d.verified else "unverified"
+            click.echo(f"{d.name}\t{owner}\t{d.transport}\t{d.transport_tls}\t{verified}")
+
+
+def _all_tenants(session: Session) -> list[Any]:
+    from tenants.services import list_tenants
+
+    return list_tenants(session)
+
+
+@cli.group()
+def user() -> None:
+    """Console and portal users."""
+
+
+@user.command("create")
+@click.argument("email")
+@click.option("--role", required=True,
+              type=click.Choice(["msp_admin", "msp_helpdesk", "tenant_admin", "tenant_auditor", "user"]))
+@click.option("--tenant", "tenant_ref", metavar="TENANT", help="The tenant (for tenant roles).")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+def user_create(email: str, role: str, tenant_ref: str | None, password_stdin: bool) -> None:
+    """Create a user; without --password-stdin a random password is printed once."""
+    from tenants.services import create_user, get_tenant
+
+    password = sys.stdin.readline().rstrip("\r\n") if password_stdin else secrets.token_urlsafe(12)
+    with _db() as session:
+        t = get_tenant(session, tenant_ref) if tenant_ref else None
+        u = create_user(session, email, role, t, password)
+        click.echo(f"user {u.email} created with role {u.role}" + (f" in tenant {t.name}" if t else ""))
+    if not password_stdin:
+        click.echo(f"password: {password}")
+
+
+# --- queue --------------------------------------------------------------------------------------------------------
+
+@cli.group()
+def queue() -> None:
+    """The delivery queue."""
+
+
+@queue.command("list")
+def queue_list() -> None:
+    """Show every recipient still waiting for delivery, and why."""
+    from tenants.models import PENDING_STATUSES, Delivery, Message
+
+    with _db() as session:
+        rows = session.execute(
+            select(Delivery, Message.queue_id, Message.mail_from).join(Message, Message.id == Delivery.message_id)
+            .where(Delivery.status.in_([s.value for s in PENDING_STATUSES]))
+            .order_by(Delivery.next_attempt_at).limit(10000)
+        ).all()
+        if not rows:
+            click.echo("queue is empty")
+            return
+        for d, queue_id, mail_from in rows:
+            when = d.next_attempt_at.strftime("%Y-%m-%d %H:%M:%S")
+            why = d.last_reply or "not tried yet"
+            click.echo(f"{queue_id}\t{d.status}\t{mail_from or '<>'} -> {d.rcpt}\tattempts={d.attempts}"
+                       f"\tnext={when}Z\t{why}")
+        click.echo(f"{len(rows)} recipient(s) waiting")
+
+
+@queue.command("flush")
+def queue_flush() -> None:
+    """Retry every deferred recipient now."""
+    from tenants.db import require_current_schema
+    from tenants.redisconn import ensure_redis
+    from worker.sweeper import flush
+
+    cfg = get_config()
+    require_current_schema(cfg)
+    ensure_redis(cfg)
+    click.echo(f"{flush(cfg)} delivery job(s) queued")
+
+
+# --- processes ----------------------------------------------------------------------------------------------------
+
+@cli.command()
+def smtp() -> None:
+    """Run the SMTP ingress."""
+    import asyncio
+
+    from smtp.server import serve
+    from tenants.redisconn import ensure_redis
+
+    cfg = get_config()
+    _setup_logging(cfg)
+    ensure_redis(cfg)
+    asyncio.run(serve(cfg))
+
+
+@cli.command()
+@click.option("--burst", is_flag=True, help="Exit when the queues are empty.")
+def worker(burst: bool) -> None:
+    """Run a background worker (RQ)."""
+    from tenants.redisconn import ensure_redis
+    from worker.runner import run_worker
+
+    cfg = get_config()
+    _setup_logging(cfg)
+    ensure_redis(cfg)
+    run_worker(cfg, burst=burst)
+
+
+@cli.command()
+def scheduler() -> None:
+    """Run the scheduler (one per installation)."""
+    from tenants.redisconn import ensure_redis
+    from worker.scheduler import run_scheduler
+
+    cfg = get_config()
+    _setup_logging(cfg)
+    ensure_redis(cfg)
+    run_scheduler(cfg)
+
+
+@cli.command()
+@click.option("--threads", default=8, show_default=True, help="Request threads.")
+def web(threads: int) -> None:
+    """Run the web consoles and API (waitress; use gunicorn 'app:create_app()' in production)."""
+    from waitress import serve as wsgi_serve
+
+    from app import create_app
+    from tenants.redisconn import ensure_redis
+
+    cfg = get_config()
+    _setup_logging(cfg)
+    ensure_redis(cfg)
+    application = create_app(cfg)
+    click.echo(f"mailward web: listening on http://{cfg.web_listen}/")
+    wsgi_serve(application, host=cfg.web_listen.host, port=cfg.web_listen.port, threads=threads, ident="Mailward")
+
+
+@cli.command()
+def run() -> None:
+    """Run everything on this machine (make run): migrate, then ingress, worker, scheduler and web."""
+    from mailward.devserver import run_all
+
+    sys.exit(run_all(get_config()))
+
+
+# --- entry point --------------------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; every error becomes one line on stderr and a non-zero exit."""
+    try:
+        cli.main(args=argv, prog_name="mailward", standalone_mode=False)
+    except click.exceptions.Abort:
+        _fail("aborted", 130)
+    except click.UsageError as exc:
+        where = f"{exc.ctx.command_path}: " if exc.ctx else ""
+        _fail(f"{where}{exc.format_message()}", 2)
+    except click.ClickException as exc:
+        _fail(exc.format_message(), exc.exit_code)
+    except MailwardError as exc:
+        _fail(str(exc), 1)
+    except OperationalError as exc:
+        _fail(f"database unavailable: {str(exc.orig).strip().splitlines()[0]}", 1)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"mailward: error: {message}", err=True)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

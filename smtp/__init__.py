@@ -1,0 +1,1 @@
+"""SMTP: the aiosmtpd ingress, the check pipeline, MIME handling and the outbound client."""

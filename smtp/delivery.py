@@ -1,0 +1,121 @@
+"""Deliver claimed rows: group recipients by next hop, send once per hop, record every outcome.
+
+The ingress calls :meth:`Deliverer.deliver` right after its commit (the fast path); worker jobs call
+:func:`deliver_message` for anything due (retries, and rows a crashed process left behind).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from smtp.outbound import NextHop, RcptResult, Router, SendResult, SmtpPool
+from smtp.queue import claim_due, record_results
+from tenants.blobs import blob_store
+from tenants.config import Config
+from tenants.db import session_factory
+from tenants.models import Delivery, Domain, Message
+from tenants.scope import load, tenant_scope
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What delivery needs of a stored message."""
+
+    message_id: str
+    tenant_id: int
+    mail_from: str
+
+
+def _domain_of(addr: str) -> str:
+    return addr.rpartition("@")[2].lower()
+
+
+class Deliverer:
+    def __init__(self, cfg: Config, *, pool: SmtpPool | None = None, router: Router | None = None) -> None:
+        self.cfg = cfg
+        self.pool = pool or SmtpPool(cfg)
+        self.router = router or Router(cfg)
+
+    async def deliver(self, env: Envelope, rows: Sequence[Delivery], data: bytes, token: str) -> None:
+        """Send ``data`` to every claimed row and record the outcomes (the claim is ``token``)."""
+        with tenant_scope(env.tenant_id):
+            groups = await self._group(env, rows)
+            await asyncio.gather(*(self._send_group(env, hop, group, data, token) for hop, group in groups))
+
+    async def _group(self, env: Envelope, rows: Sequence[Delivery]) -> list[tuple[NextHop, list[Delivery]]]:
+        transport_domains = {_domain_of(r.rcpt) for r in rows if r.route == "transport"}
+        transports = await asyncio.to_thread(_load_transports, self.cfg, transport_domains) if transport_domains else {}
+        by_hop: dict[NextHop, list[Delivery]] = defaultdict(list)
+        for row in rows:
+            domain = _domain_of(row.rcpt)
+            if row.route == "transport":
+                hop = transports.get(domain) or NextHop((), failure=(451, f"4.3.5 no transport for {domain}"))
+            else:
+                hop = await self.router.mx(domain)
+            by_hop[hop].append(row)
+        return list(by_hop.items())
+
+    async def _send_group(self, env: Envelope, hop: NextHop, rows: list[Delivery], data: bytes, token: str) -> None:
+        rcpts = [r.rcpt for r in rows]
+        try:
+            result = await self.pool.send(hop, env.mail_from, rcpts, data)
+        except Exception as exc:  # a bug or an unexpected library error must not lose the rows: they are retried
+            log.exception("delivery of %s failed unexpectedly", env.message_id)
+            result = SendResult({r: RcptResult(451, f"4.3.0 internal error: {type(exc).__name__}") for r in rcpts})
+        await asyncio.to_thread(_record, self.cfg, env.tenant_id, token, rows, result)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+
+def _load_transports(cfg: Config, domains: set[str]) -> dict[str, NextHop]:
+    session = session_factory(cfg)()
+    try:
+        found = session.scalars(select(Domain).where(Domain.name.in_(domains)))
+        return {d.name: Router.transport(d.transport_host, d.transport_port, d.transport_tls) for d in found}
+    finally:
+        session.close()
+
+
+def _record(cfg: Config, tenant_id: int, token: str, rows: list[Delivery], result: SendResult) -> None:
+    with tenant_scope(tenant_id):
+        session = session_factory(cfg)()
+        try:
+            record_results(session, cfg, token, rows, result.per_rcpt, result.host)
+        finally:
+            session.close()
+
+
+def deliver_message(cfg: Config, tenant_id: int, message_id: str) -> int:
+    """Claim the due rows of one message, deliver them, record outcomes; returns how many rows were attempted."""
+    token = secrets.token_hex(8)
+    with tenant_scope(tenant_id):
+        session = session_factory(cfg)()
+        try:
+            rows = claim_due(session, message_id, token, cfg.delivery_lease)
+            if not rows:
+                return 0
+            msg = load(session, Message, message_id)
+            data = blob_store.get(session, message_id)
+            env = Envelope(msg.id, msg.tenant_id, msg.mail_from)
+        finally:
+            session.close()
+
+        async def run() -> None:
+            deliverer = Deliverer(cfg)
+            try:
+                await deliverer.deliver(env, rows, data, token)
+            finally:
+                await deliverer.close()
+
+        asyncio.run(run())
+        return len(rows)

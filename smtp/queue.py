@@ -1,0 +1,188 @@
+"""The delivery queue in the database: store accepted mail, claim rows atomically, record outcomes, bounce.
+
+The database is the truth. A row is delivered only by the process holding its claim (``claim_token`` with a lease);
+a claim is taken with one conditional UPDATE, which is atomic on SQLite and on PostgreSQL alike (PostgreSQL re-checks
+the WHERE clause on the row it locked), so two processes never deliver the same row. The window in which a crash can
+cause a duplicate is between the next hop's 250 and the single UPDATE that records it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from smtp.dsn import build_dsn
+from smtp.outbound import RcptResult
+from tenants.blobs import blob_store
+from tenants.config import Config
+from tenants.ids import new_id
+from tenants.models import Delivery, DeliveryStatus, Event, Message, utcnow
+from tenants.scope import load
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class NewMessage:
+    """What the ingress (or a bounce) hands to :func:`store_message` for one tenant."""
+
+    tenant_id: int
+    queue_id: str
+    mail_from: str
+    rcpts: Sequence[str]
+    data: bytes
+    route: str = "transport"
+    direction: str = "inbound"
+    client_ip: str | None = None
+    client_helo: str | None = None
+    header_from: str | None = None
+    subject: str | None = None
+    message_id_header: str | None = None
+    verdict: str = "deliver"
+    score: float = 0.0
+    explanation: str = ""
+    #: If set, the rows are written already claimed by this token (the ingress delivers them itself at once).
+    claim_token: str | None = None
+    lease_seconds: int = 0
+
+
+def store_message(session: Session, new: NewMessage) -> Message:
+    """Add message, blob, one delivery row per recipient and the 'received' event to the session (no commit)."""
+    now = utcnow()
+    msg = Message(
+        id=new_id(), tenant_id=new.tenant_id, queue_id=new.queue_id, direction=new.direction, received_at=now,
+        client_ip=new.client_ip, client_helo=new.client_helo, mail_from=new.mail_from,
+        header_from=_clip(new.header_from), subject=_clip(new.subject), message_id_header=_clip(new.message_id_header),
+        size=len(new.data), verdict=new.verdict, score=new.score, explanation=new.explanation,
+    )
+    session.add(msg)
+    blob_store.put(session, msg.id, new.tenant_id, new.data)
+    claimed = new.claim_token is not None
+    for rcpt in new.rcpts:
+        session.add(Delivery(
+            tenant_id=new.tenant_id, message=msg, rcpt=rcpt, route=new.route,
+            status=(DeliveryStatus.DELIVERING if claimed else DeliveryStatus.QUEUED).value,
+            claim_token=new.claim_token, lease_until=now + timedelta(seconds=new.lease_seconds) if claimed else None,
+            next_attempt_at=now, created_at=now, updated_at=now,
+        ))
+    rcpt_list = ", ".join(new.rcpts)
+    sender = new.mail_from or "<>"
+    session.add(Event(tenant_id=new.tenant_id, message=msg, at=now, kind="received",
+                      detail=f"from {sender} to {rcpt_list} ({len(new.data)} bytes)"))
+    return msg
+
+
+def _clip(value: str | None, limit: int = 998) -> str | None:
+    return value[:limit] if value else value
+
+
+def _due_condition(now: datetime):  # type: ignore[no-untyped-def]
+    return or_(
+        and_(Delivery.status.in_((DeliveryStatus.QUEUED.value, DeliveryStatus.DEFERRED.value)),
+             Delivery.next_attempt_at <= now),
+        and_(Delivery.status == DeliveryStatus.DELIVERING.value, Delivery.lease_until < now),
+    )
+
+
+def claim_due(session: Session, message_id: str, token: str, lease_seconds: int) -> list[Delivery]:
+    """Claim every due row of one message for ``token`` and commit; returns the rows now held."""
+    now = utcnow()
+    session.execute(
+        update(Delivery)
+        .where(Delivery.message_id == message_id, _due_condition(now))
+        .values(status=DeliveryStatus.DELIVERING.value, claim_token=token,
+                lease_until=now + timedelta(seconds=lease_seconds), updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return list(session.scalars(select(Delivery).where(Delivery.message_id == message_id,
+                                                       Delivery.claim_token == token,
+                                                       Delivery.status == DeliveryStatus.DELIVERING.value)))
+
+
+def due_messages(session: Session, limit: int = 1000) -> list[tuple[int, str]]:
+    """(tenant id, message id) of messages with a row due now; the caller runs in the MSP scope."""
+    rows = session.execute(
+        select(Delivery.tenant_id, Delivery.message_id).where(_due_condition(utcnow()))
+        .group_by(Delivery.tenant_id, Delivery.message_id).limit(limit)
+    )
+    return [(int(t), str(m)) for t, m in rows]
+
+
+def retry_delay(cfg: Config, attempts: int) -> int:
+    schedule = cfg.retry_schedule
+    return schedule[min(max(attempts, 1), len(schedule)) - 1]
+
+
+def record_results(
+    session: Session, cfg: Config, token: str, rows: Iterable[Delivery], results: dict[str, RcptResult], host: str = ""
+) -> None:
+    """Write each claimed row's outcome and commit. A row whose claim was lost to another process is left alone."""
+    now = utcnow()
+    bounced: dict[str, list[tuple[str, RcptResult]]] = {}
+    for row in rows:
+        res = results.get(row.rcpt) or RcptResult(451, "4.3.0 no reply recorded")
+        attempts = row.attempts + 1
+        via = f" via {host}" if host else ""
+        reply = f"{res.code} {res.reply}".strip()
+        if res.ok:
+            values = dict(status=DeliveryStatus.DELIVERED.value, delivered_at=now, claim_token=None, lease_until=None)
+            kind, detail = "delivered", f"to {row.rcpt}{via}: {reply}"
+        elif res.permanent or now - row.created_at >= timedelta(seconds=cfg.queue_lifetime):
+            expired = not res.permanent
+            values = dict(status=DeliveryStatus.BOUNCED.value, claim_token=None, lease_until=None)
+            kind = "bounced"
+            detail = f"to {row.rcpt}{via}: " + (f"queue lifetime over, last reply: {reply}" if expired else reply)
+        else:
+            delay = retry_delay(cfg, attempts)
+            values = dict(status=DeliveryStatus.DEFERRED.value, claim_token=None, lease_until=None,
+                          next_attempt_at=now + timedelta(seconds=delay))
+            kind, detail = "deferred", f"to {row.rcpt}{via}: {reply}; next attempt in {delay}s"
+        done = session.execute(
+            update(Delivery).where(Delivery.id == row.id, Delivery.claim_token == token)
+            .values(attempts=attempts, last_reply=reply[:2000], updated_at=now, **values)
+            .execution_options(synchronize_session=False)
+        )
+        if done.rowcount != 1:  # type: ignore[attr-defined]
+            log.warning("delivery %s: claim lost before its outcome (%s) was recorded", row.id, kind)
+            continue
+        if kind == "bounced":
+            bounced.setdefault(row.message_id, []).append((row.rcpt, res))
+        session.add(Event(tenant_id=row.tenant_id, message_id=row.message_id, delivery_id=row.id, at=now,
+                          kind=kind, detail=detail))
+    for message_id, failures in bounced.items():
+        _queue_bounce(session, cfg, message_id, failures)
+    session.commit()
+
+
+def _queue_bounce(session: Session, cfg: Config, message_id: str, failures: list[tuple[str, RcptResult]]) -> None:
+    """Queue a DSN to the original sender in the current transaction; never to the null sender."""
+    msg = load(session, Message, message_id)
+    if not msg.mail_from:
+        session.add(Event(tenant_id=msg.tenant_id, message_id=msg.id, kind="dsn_suppressed",
+                          detail="null sender: no bounce is sent"))
+        return
+    original = blob_store.get(session, msg.id)
+    dsn = build_dsn(cfg, msg, original, failures)
+    bounce = store_message(session, NewMessage(
+        tenant_id=msg.tenant_id, queue_id=new_id(), mail_from="", rcpts=[msg.mail_from], data=dsn, route="mx",
+        direction="bounce", subject="Undelivered Mail Returned to Sender", header_from=cfg.bounce_sender,
+        explanation=f"delivery status notification for {msg.id}",
+    ))
+    session.add(Event(tenant_id=msg.tenant_id, message_id=msg.id, kind="dsn_queued",
+                      detail=f"bounce {bounce.id} to {msg.mail_from}"))
+
+
+def release_claim(session: Session, token: str, rows: Iterable[Delivery]) -> None:
+    """Give rows back to the queue untouched (the process is stopping before it could try them)."""
+    ids = [r.id for r in rows]
+    if ids:
+        session.execute(update(Delivery).where(Delivery.id.in_(ids), Delivery.claim_token == token)
+                        .values(status=DeliveryStatus.QUEUED.value, claim_token=None, lease_until=None)
+                        .execution_options(synchronize_session=False))
+        session.commit()

@@ -1,0 +1,268 @@
+"""Configuration: defaults, then ``MAILWARD_*`` environment variables, parsed and validated once.
+
+Nothing else in Mailward reads ``os.environ``. A bad value raises :class:`ConfigError` naming the variable,
+and every process turns that into one line on stderr and a non-zero exit at start.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tenants.exceptions import ConfigError
+
+PREFIX = "MAILWARD_"
+
+
+@dataclass(frozen=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_hostport(value: str, *, default_port: int | None = None) -> HostPort:
+    """Parse ``host:port`` or ``[v6]:port``; raises ValueError with a readable message."""
+    value = value.strip()
+    if not value:
+        raise ValueError("empty address")
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port_s = rest[1:] if rest.startswith(":") else ""
+    elif value.count(":") == 1:
+        host, port_s = value.split(":")
+    elif value.count(":") == 0:
+        host, port_s = value, ""
+    else:
+        raise ValueError(f"{value!r}: write IPv6 addresses as [addr]:port")
+    if not port_s:
+        if default_port is None:
+            raise ValueError(f"{value!r} has no port (host:port)")
+        port_s = str(default_port)
+    if not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
+        raise ValueError(f"{value!r}: port must be a number from 0 to 65535")
+    if not host:
+        raise ValueError(f"{value!r} has no host")
+    return HostPort(host, int(port_s))
+
+
+def _bool(value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"{value!r} is not a boolean (use true/false)")
+
+
+def _positive_int(value: str) -> int:
+    n = int(value)
+    if n <= 0:
+        raise ValueError(f"{value!r} must be a positive whole number")
+    return n
+
+
+def _positive_float(value: str) -> float:
+    n = float(value)
+    if n <= 0:
+        raise ValueError(f"{value!r} must be a positive number")
+    return n
+
+
+def _url(schemes: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        scheme = value.split(":", 1)[0].split("+", 1)[0]
+        if "://" not in value or scheme not in schemes:
+            raise ValueError(f"{value!r} is not a URL of scheme {'/'.join(schemes)}")
+        return value
+
+    return parse
+
+
+def _existing_file(value: str) -> str:
+    if not Path(value).is_file():
+        raise ValueError(f"{value!r}: no such file")
+    return value
+
+
+def _duration_list(value: str) -> tuple[int, ...]:
+    items = tuple(int(x) for x in value.replace(" ", "").split(",") if x)
+    if not items or any(i <= 0 for i in items):
+        raise ValueError(f"{value!r} must be a comma-separated list of positive seconds")
+    return items
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting a Mailward process reads. Build with :meth:`from_env`."""
+
+    data_dir: Path = Path("var")
+    database_url: str = ""
+    redis_url: str = ""
+    smtp_listen: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 2525))
+    web_listen: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 8025))
+    hostname: str = field(default_factory=socket.getfqdn)
+    secret_key: str = ""
+    admin_email: str = "admin@localhost"
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    #: Largest message accepted at DATA, in bytes (SIZE in EHLO).
+    max_message_size: int = 50 * 1024 * 1024
+    #: Most recipients in one SMTP transaction.
+    max_recipients: int = 500
+    #: Seconds a claim on a delivery row lasts before the sweeper may take it over (a crashed process's rows).
+    delivery_lease: int = 300
+    #: Retry schedule in seconds after the first failed attempt; the last step repeats until the queue lifetime ends.
+    retry_schedule: tuple[int, ...] = (60, 300, 900, 1800, 3600)
+    #: Seconds a mail may wait in the queue before it bounces.
+    queue_lifetime: int = 5 * 24 * 3600
+    #: Seconds between two runs of the delivery sweeper in the scheduler.
+    sweep_interval: float = 30.0
+    #: Timeout in seconds of every outbound SMTP conversation step.
+    smtp_timeout: float = 60.0
+    #: Idle seconds after which a pooled downstream connection is closed.
+    pool_idle: float = 30.0
+    #: Smart host for mail to domains no tenant owns (bounces, later outbound); unset: MX lookup.
+    relayhost: HostPort | None = None
+    #: Resolver for MX and checks, host:port; unset: the system resolver.
+    dns: HostPort | None = None
+    #: ClamAV clamd address (host:port or a unix socket path); unset: virus scanning off.
+    clamd: str | None = None
+    #: Sender of bounces and notifications.
+    postmaster: str = ""
+    log_level: str = "INFO"
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "mailward.db"
+
+    @property
+    def private_redis_socket(self) -> Path:
+        return self.data_dir / "valkey" / "valkey.sock"
+
+    @property
+    def uses_private_redis(self) -> bool:
+        return not self.redis_url
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.sqlite_path.resolve()}"
+
+    @property
+    def effective_redis_url(self) -> str:
+        return self.redis_url or f"unix://{self.private_redis_socket.resolve()}"
+
+    @property
+    def bounce_sender(self) -> str:
+        return self.postmaster or f"postmaster@{self.hostname}"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
+        env = dict(os.environ if environ is None else environ)
+        values: dict[str, Any] = {}
+
+        def read(name: str, parse: Callable[[str], Any], attr: str | None = None) -> None:
+            key = PREFIX + name
+            raw = env.get(key)
+            file_key = key + "_FILE"
+            if raw is None and env.get(file_key):
+                try:
+                    raw = Path(env[file_key]).read_text().strip()
+                except OSError as exc:
+                    raise ConfigError(f"{file_key}: cannot read {env[file_key]!r}: {exc.strerror}") from exc
+            if raw is None or raw == "":
+                return
+            try:
+                values[attr or name.lower()] = parse(raw)
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"{key}: {exc}") from exc
+
+        read("DATA_DIR", Path)
+        read("DATABASE_URL", _url(("sqlite", "postgresql", "postgres")))
+        read("REDIS_URL", _url(("redis", "rediss", "unix")))
+        read("SMTP_LISTEN", parse_hostport)
+        read("WEB_LISTEN", parse_hostport)
+        read("HOSTNAME", _hostname)
+        read("SECRET_KEY", str)
+        read("ADMIN_EMAIL", _email)
+        read("TLS_CERT", _existing_file)
+        read("TLS_KEY", _existing_file)
+        read("MAX_MESSAGE_SIZE", _positive_int)
+        read("MAX_RECIPIENTS", _positive_int)
+        read("DELIVERY_LEASE", _positive_int)
+        read("RETRY_SCHEDULE", _duration_list)
+        read("QUEUE_LIFETIME", _positive_int)
+        read("SWEEP_INTERVAL", _positive_float)
+        read("SMTP_TIMEOUT", _positive_float)
+        read("POOL_IDLE", _positive_float)
+        read("RELAYHOST", lambda v: parse_hostport(v, default_port=25))
+        read("DNS", lambda v: _ip_hostport(parse_hostport(v, default_port=53)))
+        read("CLAMD", str)
+        read("POSTMASTER", _email)
+        read("LOG_LEVEL", _log_level)
+        cfg = cls(**values)
+        if bool(cfg.tls_cert) != bool(cfg.tls_key):
+            raise ConfigError("MAILWARD_TLS_CERT and MAILWARD_TLS_KEY: set both or neither")
+        return cfg
+
+    def resolve_secret_key(self) -> str:
+        """The configured secret key, or one generated once and kept under the data directory."""
+        if self.secret_key:
+            return self.secret_key
+        path = self.data_dir / "secret_key"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(os.urandom(32).hex())
+        return path.read_text().strip()
+
+
+def _hostname(value: str) -> str:
+    labels = value.rstrip(".").split(".")
+    if not all(lbl and len(lbl) <= 63 and lbl.replace("-", "").isalnum() for lbl in labels):
+        raise ValueError(f"{value!r} is not a valid host name")
+    return value.rstrip(".").lower()
+
+
+def _email(value: str) -> str:
+    local, sep, domain = value.rpartition("@")
+    if not sep or not local or not domain:
+        raise ValueError(f"{value!r} is not an e-mail address")
+    return value
+
+
+def _ip_hostport(hp: HostPort) -> HostPort:
+    ipaddress.ip_address(hp.host)
+    return hp
+
+
+def _log_level(value: str) -> str:
+    v = value.upper()
+    if v not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError(f"{value!r} is not one of DEBUG, INFO, WARNING, ERROR")
+    return v
+
+
+_config: Config | None = None
+
+
+def get_config() -> Config:
+    """The process-wide configuration, read from the environment on first use."""
+    global _config
+    if _config is None:
+        _config = Config.from_env()
+    return _config
+
+
+def set_config(cfg: Config | None) -> None:
+    """Replace the process-wide configuration (tests, and the CLI after it parsed its options)."""
+    global _config
+    _config = cfg

@@ -1,0 +1,25 @@
+"""Exceptions of the tenancy core."""
+
+
+class MailwardError(Exception):
+    """Base of every Mailward error."""
+
+
+class ConfigError(MailwardError):
+    """A configuration value is missing or invalid; the message names the variable."""
+
+
+class TenantScopeError(MailwardError):
+    """A tenant-owned query or write ran without a scope, or crossed into another tenant."""
+
+
+class NotFound(MailwardError):
+    """The object does not exist in the current scope (another tenant's object looks the same)."""
+
+
+class SchemaNotCurrent(MailwardError):
+    """The database is not migrated to the code's schema revision."""
+
+
+class ValidationError(MailwardError):
+    """A value given by a person or a client is not acceptable; the message says why."""

@@ -1,0 +1,273 @@
+"""SQLAlchemy models. Every tenant-owned table carries ``tenant_id`` and inherits :class:`TenantScoped`."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+from tenants.scope import TenantScoped
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on SQLite (which drops the zone) and PostgreSQL alike."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Role(enum.StrEnum):
+    MSP_ADMIN = "msp_admin"
+    MSP_HELPDESK = "msp_helpdesk"
+    TENANT_ADMIN = "tenant_admin"
+    TENANT_AUDITOR = "tenant_auditor"
+    USER = "user"
+
+    @property
+    def is_msp(self) -> bool:
+        return self in (Role.MSP_ADMIN, Role.MSP_HELPDESK)
+
+
+class TlsMode(enum.StrEnum):
+    NONE = "none"
+    OPPORTUNISTIC = "opportunistic"
+    REQUIRED = "required"
+
+
+class DeliveryStatus(enum.StrEnum):
+    QUEUED = "queued"  # waiting for its first or next attempt
+    DELIVERING = "delivering"  # claimed by a process until lease_until
+    DEFERRED = "deferred"  # a temporary failure; next_attempt_at says when again
+    DELIVERED = "delivered"
+    BOUNCED = "bounced"  # permanent failure or expiry; a DSN was queued unless the sender was <>
+
+    @property
+    def is_final(self) -> bool:
+        return self in (DeliveryStatus.DELIVERED, DeliveryStatus.BOUNCED)
+
+
+PENDING_STATUSES = (DeliveryStatus.QUEUED, DeliveryStatus.DELIVERING, DeliveryStatus.DEFERRED)
+
+
+class Msp(Base):
+    __tablename__ = "msp"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Tenant(Base):
+    """A customer organisation of the MSP. Not tenant-scoped itself: the scope filters by its id."""
+
+    __tablename__ = "tenant"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    msp_id: Mapped[int] = mapped_column(ForeignKey("msp.id"))
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    suspended: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Domain(TenantScoped, Base):
+    __tablename__ = "domain"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(253), unique=True)
+    verified: Mapped[bool] = mapped_column(Boolean, default=False)
+    transport_host: Mapped[str] = mapped_column(String(253))
+    transport_port: Mapped[int] = mapped_column(Integer, default=25)
+    transport_tls: Mapped[str] = mapped_column(String(20), default=TlsMode.OPPORTUNISTIC.value)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    tenant: Mapped[Tenant] = relationship()
+
+    @property
+    def transport(self) -> str:
+        host = f"[{self.transport_host}]" if ":" in self.transport_host else self.transport_host
+        return f"{host}:{self.transport_port}"
+
+
+class User(TenantScoped, Base):
+    __tablename__ = "user_account"
+    __tenant_nullable__ = True
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int | None] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"), index=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    password_hash: Mapped[str | None] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(20))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    @property
+    def role_enum(self) -> Role:
+        return Role(self.role)
+
+
+class ApiKey(TenantScoped, Base):
+    """A bearer key for the REST API; only its hash is stored, its prefix is shown to find it again."""
+
+    __tablename__ = "api_key"
+    __tenant_nullable__ = True
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int | None] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(128))
+    scopes: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    @property
+    def scope_list(self) -> list[str]:
+        return [s for s in self.scopes.split(",") if s]
+
+
+class Message(TenantScoped, Base):
+    """One accepted mail as one tenant sees it. A transaction to two tenants makes two rows with one queue id."""
+
+    __tablename__ = "message"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"))
+    queue_id: Mapped[str] = mapped_column(String(32), index=True)
+    direction: Mapped[str] = mapped_column(String(10), default="inbound")
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    client_ip: Mapped[str | None] = mapped_column(String(45))
+    client_helo: Mapped[str | None] = mapped_column(String(255))
+    mail_from: Mapped[str] = mapped_column(String(320))
+    header_from: Mapped[str | None] = mapped_column(String(998))
+    subject: Mapped[str | None] = mapped_column(String(998))
+    message_id_header: Mapped[str | None] = mapped_column(String(998))
+    size: Mapped[int] = mapped_column(BigInteger)
+    verdict: Mapped[str] = mapped_column(String(20), default="deliver")
+    score: Mapped[float] = mapped_column(Float, default=0.0)
+    explanation: Mapped[str] = mapped_column(Text, default="")
+
+    deliveries: Mapped[list[Delivery]] = relationship(back_populates="message", order_by="Delivery.id")
+
+    __table_args__ = (Index("ix_message_tenant_received", "tenant_id", "received_at"),)
+
+
+class Blob(TenantScoped, Base):
+    """Raw message bytes, behind :class:`tenants.blobs.BlobStore` so an object store can replace the table."""
+
+    __tablename__ = "blob"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"), index=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Delivery(TenantScoped, Base):
+    """Delivery state of one recipient of one message; claimed atomically before any attempt."""
+
+    __tablename__ = "delivery"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"), index=True)
+    message_id: Mapped[str] = mapped_column(ForeignKey("message.id", ondelete="CASCADE"), index=True)
+    rcpt: Mapped[str] = mapped_column(String(320))
+    #: Where it goes: ``transport`` (the tenant domain's server) or ``mx`` (DNS, or the relay host).
+    route: Mapped[str] = mapped_column(String(10), default="transport")
+    status: Mapped[str] = mapped_column(String(12), default=DeliveryStatus.QUEUED.value)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    claim_token: Mapped[str | None] = mapped_column(String(32))
+    last_reply: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    message: Mapped[Message] = relationship(back_populates="deliveries")
+
+    __table_args__ = (Index("ix_delivery_status_next", "status", "next_attempt_at"),)
+
+
+class Event(TenantScoped, Base):
+    """One step of a message's timeline (received, delivery attempt, delivered, deferred, bounced...)."""
+
+    __tablename__ = "event"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"))
+    message_id: Mapped[str] = mapped_column(ForeignKey("message.id", ondelete="CASCADE"), index=True)
+    delivery_id: Mapped[int | None] = mapped_column(ForeignKey("delivery.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    kind: Mapped[str] = mapped_column(String(30))
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+    message: Mapped[Message] = relationship()
+
+    __table_args__ = (Index("ix_event_tenant_at", "tenant_id", "at"),)
+
+
+class Heartbeat(Base):
+    """A running process announces itself here (cluster view)."""
+
+    __tablename__ = "heartbeat"
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    host: Mapped[str] = mapped_column(String(255))
+    version: Mapped[str] = mapped_column(String(40))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    handled: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+__all__ = [
+    "Base",
+    "Msp",
+    "Tenant",
+    "Domain",
+    "User",
+    "ApiKey",
+    "Message",
+    "Blob",
+    "Delivery",
+    "Event",
+    "Heartbeat",
+    "Role",
+    "TlsMode",
+    "DeliveryStatus",
+]

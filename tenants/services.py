@@ -1,0 +1,198 @@
+"""Operations on the tenancy model shared by the CLI, the web consoles and (later) the API.
+
+Each function validates its input and raises :class:`ValidationError` with a message a person can act on.
+The caller owns the session and the scope, and commits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from tenants.exceptions import NotFound, ValidationError
+from tenants.models import ApiKey, Domain, Msp, Role, Tenant, TlsMode, User, utcnow
+from tenants.passwords import hash_password
+from tenants.policy import normalize_domain
+from tenants.scope import current_scope, msp_scope
+
+_DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$")
+_EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,253}$")
+_TENANT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}$")
+API_KEY_SCOPES = ("read", "write", "quarantine")
+MIN_PASSWORD_LENGTH = 10
+
+
+def default_msp(session: Session) -> Msp:
+    msp = session.scalars(select(Msp).order_by(Msp.id)).first()
+    if msp is None:
+        msp = Msp(name="MSP")
+        session.add(msp)
+        session.flush()
+    return msp
+
+
+def create_tenant(session: Session, name: str) -> Tenant:
+    name = name.strip()
+    if not _TENANT_NAME_RE.match(name):
+        raise ValidationError(f"tenant name {name!r}: use 1-100 letters, digits, spaces, '.', '_' or '-'")
+    if session.scalar(select(Tenant.id).where(func.lower(Tenant.name) == name.lower())) is not None:
+        raise ValidationError(f"tenant {name!r} already exists")
+    tenant = Tenant(name=name, msp_id=default_msp(session).id)
+    session.add(tenant)
+    session.flush()
+    return tenant
+
+
+def get_tenant(session: Session, ref: str | int) -> Tenant:
+    """A tenant by id or by name (case-insensitive); in a tenant scope only that tenant is visible."""
+    scope = current_scope()
+    stmt = select(Tenant)
+    if isinstance(ref, int) or str(ref).isdigit():
+        stmt = stmt.where(Tenant.id == int(ref))
+    else:
+        stmt = stmt.where(func.lower(Tenant.name) == str(ref).strip().lower())
+    tenant = session.scalars(stmt).first()
+    if tenant is None or (not scope.is_msp and tenant.id != scope.tenant_id):
+        raise NotFound(f"no tenant {ref!r}")
+    return tenant
+
+
+def list_tenants(session: Session) -> list[Tenant]:
+    scope = current_scope()
+    stmt = select(Tenant).order_by(Tenant.name)
+    if not scope.is_msp:
+        stmt = stmt.where(Tenant.id == scope.tenant_id)
+    return list(session.scalars(stmt))
+
+
+def validate_domain_name(name: str) -> str:
+    d = normalize_domain(name)
+    if not _DOMAIN_RE.match(d):
+        raise ValidationError(f"{name!r} is not a valid domain name")
+    return d
+
+
+def validate_transport(host: str, port: int | str, tls: str) -> tuple[str, int, str]:
+    host = host.strip().strip("[]")
+    if not host or any(c.isspace() for c in host):
+        raise ValidationError("transport host is empty or has spaces")
+    try:
+        port_n = int(port)
+    except (TypeError, ValueError):
+        raise ValidationError(f"transport port {port!r} is not a number") from None
+    if not 1 <= port_n <= 65535:
+        raise ValidationError(f"transport port {port_n} is outside 1-65535")
+    if tls not in {m.value for m in TlsMode}:
+        raise ValidationError(f"TLS mode {tls!r}: use none, opportunistic or required")
+    return host, port_n, tls
+
+
+def parse_transport(value: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` (port defaults to 25)."""
+    value = value.strip()
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else "25"
+    elif value.count(":") == 1:
+        host, port = value.split(":")
+    elif ":" not in value:
+        host, port = value, "25"
+    else:
+        raise ValidationError(f"transport {value!r}: write IPv6 hosts as [addr]:port")
+    h, p, _ = validate_transport(host, port, TlsMode.NONE.value)
+    return h, p
+
+
+def add_domain(session: Session, tenant: Tenant, name: str, host: str, port: int, tls: str = "opportunistic") -> Domain:
+    d = validate_domain_name(name)
+    host, port, tls = validate_transport(host, port, tls)
+    with msp_scope():  # a domain name is unique across all tenants; say so without telling whose it is
+        if session.scalar(select(Domain.id).where(Domain.name == d)) is not None:
+            raise ValidationError(f"domain {d} is already registered")
+    domain = Domain(tenant_id=tenant.id, name=d, transport_host=host, transport_port=port, transport_tls=tls)
+    session.add(domain)
+    session.flush()
+    return domain
+
+
+def update_transport(domain: Domain, host: str, port: int | str, tls: str) -> None:
+    domain.transport_host, domain.transport_port, domain.transport_tls = validate_transport(host, port, tls)
+
+
+def list_domains(session: Session, tenant: Tenant | None = None) -> list[Domain]:
+    stmt = select(Domain).order_by(Domain.name)
+    if tenant is not None:
+        stmt = stmt.where(Domain.tenant_id == tenant.id)
+    return list(session.scalars(stmt))
+
+
+def create_user(
+    session: Session, email: str, role: str, tenant: Tenant | None = None, password: str | None = None
+) -> User:
+    email = email.strip().lower()
+    if not _EMAIL_RE.match(email):
+        raise ValidationError(f"{email!r} is not an e-mail address")
+    try:
+        r = Role(role)
+    except ValueError:
+        raise ValidationError(f"role {role!r}: use one of {', '.join(x.value for x in Role)}") from None
+    if r.is_msp and tenant is not None:
+        raise ValidationError(f"role {r.value} is an MSP role and takes no tenant")
+    if not r.is_msp and tenant is None:
+        raise ValidationError(f"role {r.value} needs a tenant (--tenant)")
+    if password is not None and len(password) < MIN_PASSWORD_LENGTH:
+        raise ValidationError(f"password too short: at least {MIN_PASSWORD_LENGTH} characters")
+    with msp_scope():
+        if session.scalar(select(User.id).where(User.email == email)) is not None:
+            raise ValidationError(f"user {email} already exists")
+    user = User(email=email, role=r.value, tenant_id=tenant.id if tenant else None,
+                password_hash=hash_password(password) if password else None)
+    session.add(user)
+    session.flush()
+    return user
+
+
+@dataclass(frozen=True)
+class NewApiKey:
+    key: ApiKey
+    secret: str  # shown once, never stored
+
+
+def hash_api_key(secret: str) -> str:
+    # API keys are 256-bit random: a fast hash is enough (no dictionary to attack) and keeps auth cheap.
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def create_api_key(session: Session, tenant: Tenant | None, scopes: list[str], name: str = "") -> NewApiKey:
+    bad = [s for s in scopes if s not in API_KEY_SCOPES]
+    if bad or not scopes:
+        raise ValidationError(f"scopes {','.join(scopes) or '(none)'}: choose from {', '.join(API_KEY_SCOPES)}")
+    prefix = "mw_" + secrets.token_hex(4)
+    secret = f"{prefix}_{secrets.token_urlsafe(32)}"
+    key = ApiKey(tenant_id=tenant.id if tenant else None, prefix=prefix, key_hash=hash_api_key(secret),
+                 scopes=",".join(dict.fromkeys(scopes)), name=name)
+    session.add(key)
+    session.flush()
+    return NewApiKey(key, secret)
+
+
+def find_api_key(session: Session, secret: str) -> ApiKey | None:
+    """The live key for a presented secret (MSP scope: the key tells the tenant)."""
+    prefix = secret.rsplit("_", 1)[0] if secret.count("_") >= 2 else ""
+    with msp_scope():
+        key = session.scalars(select(ApiKey).where(ApiKey.prefix == prefix)).first()
+    if key is None or key.revoked_at is not None:
+        return None
+    if not secrets.compare_digest(key.key_hash, hash_api_key(secret)):
+        return None
+    return key
+
+
+def revoke_api_key(key: ApiKey) -> None:
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()

@@ -1,0 +1,1 @@
+"""Background work: RQ jobs (delivery retries, bounces, later digests, sync, retention) and the scheduler."""

@@ -1,0 +1,24 @@
+"""``mailward worker``: an RQ worker on Mailward's queues."""
+
+from __future__ import annotations
+
+from rq import SimpleWorker
+
+from tenants.config import Config
+from tenants.db import require_current_schema
+from tenants.redisconn import redis_client
+from worker.queues import QUEUES, queue
+
+
+class MailwardWorker(SimpleWorker):
+    """Runs jobs in the worker process itself (no fork per job): jobs are I/O-bound, and a pooled database
+    engine must not be shared across a fork. A job still has its timeout; a crash loses no mail, since the
+    database rows stay due and the sweeper queues them again."""
+
+
+def run_worker(cfg: Config, *, burst: bool = False) -> bool:
+    require_current_schema(cfg)
+    conn = redis_client(cfg)
+    worker = MailwardWorker([queue(cfg, name, conn) for name in QUEUES], connection=conn)
+    print(f"mailward worker: serving queues {', '.join(QUEUES)}", flush=True)
+    return worker.work(burst=burst, logging_level=cfg.log_level, with_scheduler=False)
