@@ -20,7 +20,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import event
+from sqlalchemy import Table, event
+from sqlalchemy.sql import visitors
 from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
 
 from tenants.exceptions import NotFound, TenantScopeError
@@ -91,12 +92,35 @@ def reset_scope(token: contextvars.Token[Scope | None]) -> None:
     _current.reset(token)
 
 
+def _scoped_tables() -> dict[Any, type]:
+    """Table → model for every tenant-owned model (found through the mixin's subclasses)."""
+    out: dict[Any, type] = {}
+    stack = list(TenantScoped.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        table = getattr(cls, "__table__", None)
+        if table is not None:
+            out[table] = cls
+    return out
+
+
 def _tenant_classes(state: ORMExecuteState) -> list[type]:
-    classes = []
-    for desc in state.all_mappers:
-        if issubclass(desc.class_, TenantScoped):
-            classes.append(desc.class_)
-    return classes
+    """Tenant-owned models a statement touches, wherever they appear (entities, select_from, joins, subqueries).
+
+    ``all_mappers`` misses tables named only in ``select_from`` (``select(func.count()).select_from(Domain)``),
+    so the statement is walked for tables instead.
+    """
+    tables = _scoped_tables()
+    found: dict[type, None] = {}
+    for mapper in state.all_mappers:
+        if issubclass(mapper.class_, TenantScoped):
+            found[mapper.class_] = None
+    for element in visitors.iterate(state.statement):
+        cls = tables.get(element) if isinstance(element, Table) else None
+        if cls is not None:
+            found[cls] = None
+    return list(found)
 
 
 @event.listens_for(Session, "do_orm_execute")
@@ -118,8 +142,9 @@ def _add_tenant_criteria(state: ORMExecuteState) -> None:
         return
     tid = scope.tenant_id
     for cls in classes:
+        # A plain expression, not a lambda: SQLAlchemy caches lambdas by code and would reuse the first tenant id.
         state.statement = state.statement.options(
-            with_loader_criteria(cls, lambda c, tid=tid: c.tenant_id == tid, include_aliases=True)
+            with_loader_criteria(cls, cls.tenant_id == tid, include_aliases=True)  # type: ignore[attr-defined]
         )
 
 

@@ -1,0 +1,160 @@
+"""Fixtures: real Redis, real PostgreSQL (``MAILWARD_TEST_DB=postgres``) or SQLite, a real SMTP sink, factories.
+
+The database schema is migrated once per run into a template; each test gets a fresh copy (a file copy on SQLite,
+``CREATE DATABASE ... TEMPLATE`` on PostgreSQL) and a flushed Redis.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import create_engine, text
+
+from tenants import db as tdb
+from tenants.config import Config, set_config
+from tenants.scope import msp_scope
+from tests.servers import Sink, free_port, start_postgres, start_redis
+
+TEST_DB = os.environ.get("MAILWARD_TEST_DB", "sqlite")
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Any]:
+    server = start_redis()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Any]:
+    if TEST_DB != "postgres":
+        yield None
+        return
+    server = start_postgres()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def db_template(pg_server: Any) -> Iterator[str]:
+    """A migrated database to copy from: a file path (SQLite) or a database name (PostgreSQL)."""
+    if pg_server is not None:
+        engine = create_engine(pg_server.url(), isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(text("CREATE DATABASE mw_template"))
+        engine.dispose()
+        tdb.migrate(Config(database_url=pg_server.url("mw_template")))
+        tdb.dispose_engines()
+        yield "mw_template"
+        return
+    workdir = Path(tempfile.mkdtemp(prefix="mw-template-"))
+    path = workdir / "template.db"
+    tdb.migrate(Config(database_url=f"sqlite:///{path}"))
+    tdb.dispose_engines()
+    yield str(path)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _fresh_database(pg_server: Any, template: str, data_dir: Path) -> str:
+    if pg_server is not None:
+        name = f"mw_test_{os.getpid()}_{next(_counter)}"
+        engine = create_engine(pg_server.url(), isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE mw_template'))
+        engine.dispose()
+        return pg_server.url(name)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, data_dir / "mailward.db")
+    return ""  # the default: the SQLite file under MAILWARD_DATA_DIR
+
+
+@pytest.fixture
+def env(tmp_path: Path, redis_server: Any, pg_server: Any, db_template: str) -> Iterator[dict[str, str]]:
+    """The environment of a fresh installation: the CLI and every child process read it."""
+    data_dir = tmp_path / "var"
+    database_url = _fresh_database(pg_server, db_template, data_dir)
+    redis.Redis.from_url(redis_server.url).flushall()
+    e = {k: v for k, v in os.environ.items() if not k.startswith("MAILWARD_")}
+    e.update({
+        "MAILWARD_DATA_DIR": str(data_dir),
+        "MAILWARD_REDIS_URL": redis_server.url,
+        "MAILWARD_HOSTNAME": "mx.mailward.test",
+        "MAILWARD_SMTP_LISTEN": f"127.0.0.1:{free_port()}",
+        "MAILWARD_WEB_LISTEN": f"127.0.0.1:{free_port()}",
+        "MAILWARD_SECRET_KEY": "test-secret-key-not-for-production",
+        "MAILWARD_DELIVERY_LEASE": "5",
+        "MAILWARD_SWEEP_INTERVAL": "0.5",
+        "MAILWARD_RETRY_SCHEDULE": "1,1,2",
+        "MAILWARD_SMTP_TIMEOUT": "10",
+        "MAILWARD_LOG_LEVEL": "INFO",
+    })
+    if database_url:
+        e["MAILWARD_DATABASE_URL"] = database_url
+    yield e
+
+
+@pytest.fixture
+def cfg(env: dict[str, str]) -> Iterator[Config]:
+    """The same installation as ``env``, as this process's configuration."""
+    c = Config.from_env(env)
+    set_config(c)
+    yield c
+    set_config(None)
+    tdb.dispose_engines()
+
+
+@pytest.fixture
+def session(cfg: Config) -> Iterator[Any]:
+    s = tdb.session_factory(cfg)()
+    yield s
+    s.rollback()
+    s.close()
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    s = Sink().start()
+    yield s
+    s.stop()
+
+
+class Factory:
+    """Creates tenants, domains and users through the same services the CLI and web use."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+
+    def tenant(self, name: str, domains: tuple[str, ...] = (), transport_port: int = 25,
+               tls: str = "none") -> Any:
+        from tenants.services import add_domain, create_tenant
+
+        with msp_scope(), tdb.session_scope(self.cfg) as s:
+            t = create_tenant(s, name)
+            for d in domains:
+                add_domain(s, t, d, "127.0.0.1", transport_port, tls)
+            s.flush()
+            s.expunge_all()
+        return t
+
+    def user(self, email: str, role: str, tenant: Any = None, password: str = "correct horse battery") -> Any:
+        from tenants.services import create_user
+
+        with msp_scope(), tdb.session_scope(self.cfg) as s:
+            u = create_user(s, email, role, tenant, password)
+            s.flush()
+            s.expunge_all()
+        return u
+
+
+@pytest.fixture
+def factory(cfg: Config) -> Factory:
+    return Factory(cfg)

@@ -1,0 +1,254 @@
+"""Real servers for the tests, on loopback ports with their data in temporary folders.
+
+Each starter returns an object with ``url`` (or ``port``) and ``stop()``. In CI (``CI=true``) a server that cannot
+start fails the run loudly; nothing here skips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP as AioSMTP
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.05, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+# --- Redis / Valkey -----------------------------------------------------------------------------------------------
+
+@dataclass
+class RedisServer:
+    proc: subprocess.Popen[bytes]
+    sock: Path
+    workdir: Path
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.sock}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def start_redis() -> RedisServer:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        from tenants.redisconn import server_binary
+
+        binary = server_binary()
+    workdir = Path(tempfile.mkdtemp(prefix="mw-redis-"))
+    sock = workdir / "redis.sock"
+    proc = subprocess.Popen(
+        [binary, "--port", "0", "--unixsocket", str(sock), "--dir", str(workdir), "--save", "",
+         "--appendonly", "no", "--daemonize", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    import redis
+
+    wait_for(lambda: sock.exists() and redis.Redis(unix_socket_path=str(sock)).ping(), what="redis")
+    return RedisServer(proc, sock, workdir)
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------------------------
+
+@dataclass
+class PostgresServer:
+    workdir: Path
+    port: int
+
+    @property
+    def base_url(self) -> str:
+        return f"postgresql+psycopg://mailward@127.0.0.1:{self.port}"
+
+    def url(self, dbname: str = "postgres") -> str:
+        return f"{self.base_url}/{dbname}"
+
+    def _as_postgres(self, cmd: str) -> None:
+        subprocess.run(_as_postgres_argv(cmd), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def stop(self) -> None:
+        self._as_postgres(f"{PG_BIN}/pg_ctl -D {self.workdir}/data -m immediate stop")
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _as_postgres_argv(cmd: str) -> list[str]:
+    if os.geteuid() == 0:
+        return ["su", "postgres", "-c", cmd]
+    return ["sh", "-c", cmd]
+
+
+def start_postgres() -> PostgresServer:
+    workdir = Path(tempfile.mkdtemp(prefix="mw-pg-"))
+    os.chmod(workdir, 0o755)
+    if os.geteuid() == 0:
+        shutil.chown(workdir, "postgres")
+    port = free_port()
+    run = lambda cmd: subprocess.run(_as_postgres_argv(cmd), check=True, stdout=subprocess.DEVNULL,  # noqa: E731
+                                     stderr=subprocess.PIPE)
+    run(f"{PG_BIN}/initdb -D {workdir}/data -A trust -U mailward")
+    run(f"{PG_BIN}/pg_ctl -D {workdir}/data -l {workdir}/log -w -o "
+        f"'-p {port} -k {workdir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300' start")
+    return PostgresServer(workdir, port)
+
+
+# --- downstream SMTP sink -----------------------------------------------------------------------------------------
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpts: list[str]
+    data: bytes
+
+    @property
+    def message_id(self) -> str | None:
+        from email.parser import BytesHeaderParser
+
+        value = BytesHeaderParser().parsebytes(self.data).get("Message-ID")
+        return str(value).strip() if value else None
+
+
+@dataclass
+class SinkHandler:
+    """Collects mail; ``reply`` can be set to make it answer DATA with an error (e.g. '451 4.3.0 busy')."""
+
+    messages: list[Received] = field(default_factory=list)
+    reply: str | None = None
+    rcpt_reply: dict[str, str] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
+        if address in self.rcpt_reply:
+            return self.rcpt_reply[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.reply:
+            return self.reply
+        with self.lock:
+            self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+        return "250 2.0.0 Ok: sunk"
+
+
+class Sink:
+    """A real SMTP server (aiosmtpd) standing in for a tenant's mail server; can be stopped and restarted."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.handler = SinkHandler()
+        self.controller: Controller | None = None
+
+    def start(self) -> Sink:
+        handler = self.handler
+
+        class _Controller(Controller):
+            def factory(self) -> AioSMTP:
+                return AioSMTP(handler, data_size_limit=None, enable_SMTPUTF8=True)
+
+        self.controller = _Controller(handler, hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+    @property
+    def messages(self) -> list[Received]:
+        with self.handler.lock:
+            return list(self.handler.messages)
+
+    def wait_count(self, n: int, timeout: float = 30.0) -> list[Received]:
+        wait_for(lambda: len(self.messages) >= n, timeout, what=f"{n} mails at the sink (have {len(self.messages)})")
+        return self.messages
+
+
+# --- Mailward processes -------------------------------------------------------------------------------------------
+
+class Process:
+    """A ``mailward`` subcommand run as a real child process with the test's environment."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.args = args
+        self.env = env
+        self.log_path = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Process:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the child
+        self.proc = subprocess.Popen([_python(), "-m", "mailward", *self.args], env=self.env, stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def _python() -> str:
+    import sys
+
+    return sys.executable
+
+
+def run_cli(args: list[str], env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([_python(), "-m", "mailward", *args], env=env, input=stdin, capture_output=True,
+                          text=True, timeout=60)
+
+
+def smtp_ready(port: int) -> bool:
+    return port_open(port)
+
+
+def run_async(coro: Any) -> Any:
+    return asyncio.run(coro)
