@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from email.message import EmailMessage
+from email.message import Message as HeaderBlock
 from email.mime.base import MIMEBase
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
@@ -36,25 +36,23 @@ def build_dsn(cfg: Config, msg: Message, original: bytes, failures: Sequence[tup
     report["Date"] = format_datetime(utcnow())
     report["Message-ID"] = make_msgid(domain=cfg.hostname)
     report["Auto-Submitted"] = "auto-replied"
-    report.attach(MIMEText("\n".join(human), "plain", "utf-8"))
+    text = "\n".join(human)
+    report.attach(MIMEText(text, "plain", "us-ascii" if text.isascii() else "utf-8"))
 
-    status = EmailMessage()
-    status_lines = [
-        f"Reporting-MTA: dns; {cfg.hostname}",
-        f"X-Mailward-Queue-ID: {msg.queue_id}",
-        f"Arrival-Date: {format_datetime(msg.received_at)}",
-    ]
+    per_message = HeaderBlock()
+    per_message["Reporting-MTA"] = f"dns; {cfg.hostname}"
+    per_message["X-Mailward-Queue-ID"] = msg.queue_id
+    per_message["Arrival-Date"] = format_datetime(msg.received_at)
+    blocks = [per_message]
     for rcpt, res in failures:
-        enhanced = _enhanced_status(res)
-        status_lines += [
-            "",
-            f"Final-Recipient: rfc822; {rcpt}",
-            "Action: failed",
-            f"Status: {enhanced}",
-            f"Diagnostic-Code: smtp; {res.code} {res.reply}".replace("\n", " "),
-        ]
+        block = HeaderBlock()
+        block["Final-Recipient"] = f"rfc822; {rcpt}"
+        block["Action"] = "failed"
+        block["Status"] = _enhanced_status(res)
+        block["Diagnostic-Code"] = f"smtp; {res.code} {' '.join(res.reply.split())}"
+        blocks.append(block)
     part = MIMEBase("message", "delivery-status")
-    part.set_payload("\n".join(status_lines) + "\n")
+    part.set_payload(blocks)  # type: ignore[arg-type]  # the generator writes each block as a header section
     report.attach(part)
 
     headers_end = original.find(b"\r\n\r\n")
@@ -62,7 +60,7 @@ def build_dsn(cfg: Config, msg: Message, original: bytes, failures: Sequence[tup
         headers_end = original.find(b"\n\n")
     head = original[: headers_end if headers_end >= 0 else MAX_RETURNED_HEADERS][:MAX_RETURNED_HEADERS]
     returned = MIMEBase("text", "rfc822-headers")
-    returned.set_payload(head.decode("utf-8", "replace"))
+    returned.set_payload(head.decode("utf-8", "replace").rstrip("\r\n") + "\n")
     report.attach(returned)
     return report.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 

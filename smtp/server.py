@@ -46,6 +46,18 @@ REPLY_STORE_FAILED = "451 4.3.0 Temporary storage failure, try again later"
 REPLY_LOOKUP_FAILED = "451 4.3.0 Temporary lookup failure, try again later"
 
 
+def _valid_address(address: str) -> bool:
+    """local@domain with no spaces or control characters (RFC 5321 4.1.2, leniently: real senders vary)."""
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain or len(address) > 320:
+        return False
+    if any(c.isspace() or ord(c) < 32 or c in "<>" for c in address):
+        return False
+    if domain.startswith("["):
+        return domain.endswith("]")
+    return "." in domain and all(label for label in domain.split("."))
+
+
 class MailEnvelope(Envelope):
     """Per-transaction state: aiosmtpd's envelope plus the route found for each recipient at RCPT."""
 
@@ -94,14 +106,24 @@ class IngressHandler:
         out.append("250 HELP")
         return out
 
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: MailEnvelope, address: str, mail_options: list[str]
+    ) -> str:
+        # The null sender of bounces stays "<>" in the envelope (aiosmtpd reads an empty one as "no MAIL yet").
+        if address != "<>" and not _valid_address(address):
+            return "501 5.1.7 Bad sender address syntax"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 Ok"
+
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: MailEnvelope, address: str, rcpt_options: list[str]
     ) -> str:
         if len(envelope.rcpt_tos) >= self.cfg.max_recipients:
             return "452 4.5.3 Too many recipients"
-        local, at, domain = address.rpartition("@")
-        if not at or not local or not domain:
+        if not _valid_address(address):
             return "501 5.1.3 Bad recipient address syntax"
+        domain = address.rpartition("@")[2]
         name = normalize_domain(domain)
         route = self.cache.routes.get(name)
         if route is None:
@@ -136,21 +158,22 @@ class IngressHandler:
         for rcpt in envelope.rcpt_tos:
             by_tenant.setdefault(envelope.routes[rcpt].tenant_id, []).append(rcpt)
         token = secrets.token_hex(8)
+        mail_from = "" if envelope.mail_from in ("<>", None) else envelope.mail_from
         try:
             stored = await asyncio.to_thread(
-                self._commit, queue_id, envelope.mail_from or "", by_tenant, data, peer_ip, session.host_name, token
+                self._commit, queue_id, mail_from, by_tenant, data, peer_ip, session.host_name, token
             )
         except Exception:
             log.exception("commit of %s failed; answering 451", queue_id)
             return REPLY_STORE_FAILED
         self.accepted += 1
         for tenant_id, message_id, rows in stored:
-            env = DeliveryEnvelope(message_id, tenant_id, envelope.mail_from or "")
+            env = DeliveryEnvelope(message_id, tenant_id, mail_from)
             task = asyncio.create_task(self._deliver(env, rows, data, token))
             self._in_flight[task] = (token, rows)
             task.add_done_callback(self._in_flight.pop)
         log.info("accepted %s from %s <%s> for %d recipient(s), %d bytes", queue_id, peer_ip,
-                 envelope.mail_from, len(envelope.rcpt_tos), len(data))
+                 mail_from, len(envelope.rcpt_tos), len(data))
         return f"250 2.0.0 Ok: queued as {queue_id}"
 
     def _commit(

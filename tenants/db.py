@@ -28,21 +28,17 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT}, **kwargs)
 
+        # The driver's own transaction handling stays on: it opens a transaction just before the first write, so
+        # a session that only reads never holds SQLite's single write lock, and a writer waits on busy_timeout.
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, record: Any) -> None:
-            # WAL: readers never block the writer; synchronous=FULL: a commit survives power loss (A 250 is durable).
-            dbapi_conn.isolation_level = None
+            # WAL: readers never block the writer; synchronous=FULL: a commit survives power loss (a 250 is durable).
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT * 1000}")
             cur.close()
-
-        @event.listens_for(engine, "begin")
-        def _sqlite_begin(conn: Any) -> None:
-            # Take the write lock at BEGIN so two writers queue on busy_timeout instead of failing mid-transaction.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     if url.startswith("postgres://"):

@@ -16,6 +16,7 @@ from typing import Any
 
 import redis
 import redis.asyncio
+import redis.asyncio.retry
 import redis.retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 
@@ -31,8 +32,6 @@ REDIS_TIMEOUT = 5.0
 def redis_client(cfg: Config, *, asyncio_client: bool = False) -> Any:
     """A client for the configured Redis (not started here: call :func:`ensure_redis` once at process start)."""
     if asyncio_client:
-        import redis.asyncio.retry
-
         retry: Any = redis.asyncio.retry.Retry(ExponentialBackoff(cap=1.0, base=0.1), 2)
         return redis.asyncio.Redis.from_url(cfg.effective_redis_url, socket_timeout=REDIS_TIMEOUT,
                                             socket_connect_timeout=REDIS_TIMEOUT, retry=retry)

@@ -1,0 +1,87 @@
+"""Who may call a view: every view declares it, and one request hook enforces it.
+
+``@allow("msp_admin", "msp_helpdesk")`` or ``@allow_public`` goes directly under ``@bp.route`` (so the function the
+route registers carries the mark). :func:`enforce` runs before every request: an undeclared view fails closed (500 and
+an error in the log), an anonymous caller is sent to the login page, and a signed-in caller of the wrong role gets
+404 — the same answer as a missing object, so a page never tells who may see what (no existence oracle).
+``tests/test_web_routes.py`` lists every route and fails on any view without a declaration.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from flask import abort, current_app, request
+from flask.typing import ResponseReturnValue
+from flask_login import current_user
+
+from tenants.models import Role
+
+log = logging.getLogger(__name__)
+
+#: Attribute on a view function that holds its :class:`Access`.
+ACCESS_ATTR = "__mailward_access__"
+#: Every role that can sign in (for views open to anyone signed in, like logout).
+ANY_ROLE: tuple[Role, ...] = tuple(Role)
+MSP_ROLES: tuple[Role, ...] = (Role.MSP_ADMIN, Role.MSP_HELPDESK)
+
+V = TypeVar("V", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class Access:
+    """A view's declaration: public, or the roles that may call it."""
+
+    roles: frozenset[Role]
+    public: bool = False
+
+    def admits(self, role: Role) -> bool:
+        return self.public or role in self.roles
+
+
+def allow(*roles: Role | str) -> Callable[[V], V]:
+    """Declare the roles that may call a view; an unknown role name fails at import, not at request time."""
+    if not roles:
+        raise ValueError("allow() needs at least one role; use @allow_public for public views")
+    declared = frozenset(Role(r) for r in roles)
+
+    def mark(view: V) -> V:
+        setattr(view, ACCESS_ATTR, Access(declared))
+        return view
+
+    return mark
+
+
+def allow_public(view: V) -> V:
+    """Declare a view callable without signing in (login page, health probes)."""
+    setattr(view, ACCESS_ATTR, Access(frozenset(), public=True))
+    return view
+
+
+def access_of(view: Callable[..., Any]) -> Access | None:
+    """The declaration a view carries, or None when it has none."""
+    access = getattr(view, ACCESS_ATTR, None)
+    return access if isinstance(access, Access) else None
+
+
+def enforce() -> ResponseReturnValue | None:
+    """Before-request hook: admit the caller to the matched view or stop the request."""
+    endpoint = request.endpoint
+    if endpoint is None:  # no route matched: Flask answers 404/405 itself
+        return None
+    if endpoint == "static" or endpoint.endswith(".static"):
+        return None
+    access = access_of(current_app.view_functions[endpoint])
+    if access is None:
+        log.error("view %s has no access declaration (@allow or @allow_public); refusing the request", endpoint)
+        abort(500)
+    if access.public:
+        return None
+    if not current_user.is_authenticated:
+        return current_app.login_manager.unauthorized()  # type: ignore[attr-defined, no-any-return]
+    if not access.admits(current_user.role):
+        abort(404)
+    return None

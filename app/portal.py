@@ -1,0 +1,76 @@
+"""The tenant portal: a tenant's own domains and their transports; tenant_admin edits, tenant_auditor reads.
+
+Requests here run in the signed-in user's tenant scope, so lists need no tenant filter and an id of another tenant's
+row loads as :class:`~tenants.exceptions.NotFound`, which the application answers with 404.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, flash, redirect, render_template, url_for
+from flask.typing import ResponseReturnValue
+from flask_login import current_user
+
+from app.access import allow
+from app.extensions import config, db
+from app.forms import TransportForm, transport_prefix
+from tenants import services
+from tenants.exceptions import ValidationError
+from tenants.models import Domain, Role
+from tenants.redisconn import bump_policy_version
+from tenants.scope import load
+
+bp = Blueprint("portal", __name__, url_prefix="/portal")
+
+TENANT_ROLES = (Role.TENANT_ADMIN, Role.TENANT_AUDITOR)
+
+
+def _can_edit() -> bool:
+    return current_user.role is Role.TENANT_ADMIN
+
+
+def _transport_form(domain: Domain, back: str) -> TransportForm:
+    """An edit form filled from the row (not from the request)."""
+    return TransportForm(formdata=None, prefix=transport_prefix(domain.id),
+                         data={"host": domain.transport_host, "port": str(domain.transport_port),
+                               "tls": domain.transport_tls, "back": back})
+
+
+def _domain_page(domain: Domain, form: TransportForm | None, status: int = 200) -> ResponseReturnValue:
+    return render_template("portal/domain.html", domain=domain, form=form), status
+
+
+@bp.route("/")
+@allow(*TENANT_ROLES)
+def index() -> ResponseReturnValue:
+    domains = services.list_domains(db.session)
+    forms = {d.id: _transport_form(d, "index") for d in domains} if _can_edit() else {}
+    return render_template("portal/index.html", domains=domains, forms=forms)
+
+
+@bp.route("/domains/<int:domain_id>")
+@allow(*TENANT_ROLES)
+def domain(domain_id: int) -> ResponseReturnValue:
+    d = load(db.session, Domain, domain_id)
+    return _domain_page(d, _transport_form(d, "detail") if _can_edit() else None)
+
+
+@bp.route("/domains/<int:domain_id>/transport", methods=["POST"])
+@allow(Role.TENANT_ADMIN)
+def update_transport(domain_id: int) -> ResponseReturnValue:
+    s = db.session
+    d = load(s, Domain, domain_id)
+    form = TransportForm(prefix=transport_prefix(d.id))
+    if form.validate_on_submit():
+        try:
+            services.update_transport(d, form.host.data or "", form.port.data or "", form.tls.data)
+            s.commit()
+        except ValidationError as exc:
+            s.rollback()
+            flash(str(exc), "error")
+        else:
+            bump_policy_version(config())
+            flash(f"Transport of {d.name} is now {d.transport} (TLS {d.transport_tls}).", "success")
+            if form.back.data == "index":
+                return redirect(url_for("portal.index"))
+            return redirect(url_for("portal.domain", domain_id=d.id))
+    return _domain_page(d, form, status=422)
