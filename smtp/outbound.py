@@ -141,10 +141,10 @@ class SmtpPool:
         for _ in range(2):
             try:
                 client, reused = await self.acquire(hp, tls)
-            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
                 raise _HostFailed(str(exc) or type(exc).__name__) from exc
             try:
-                resp = await client.mail(sender, options=self._mail_options(client, data))
+                await client.mail(sender, options=self._mail_options(client, data))
             except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPConnectError, OSError) as exc:
                 client.close()
                 if reused:
@@ -192,7 +192,7 @@ class SmtpPool:
                 reply = RcptResult(exc.code, exc.message)
             for rcpt in accepted:
                 result.per_rcpt[rcpt] = reply
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
             client.close()
             # The outcome of DATA is unknown: treat as temporary. A resend may duplicate only if the server had
             # accepted the mail and the reply was lost, which SMTP cannot rule out (RFC 1047).

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import Table, event
-from sqlalchemy.sql import visitors
 from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
+from sqlalchemy.sql import visitors
 
 from tenants.exceptions import NotFound, TenantScopeError
 
@@ -116,7 +116,7 @@ def _tenant_classes(state: ORMExecuteState) -> list[type]:
     for mapper in state.all_mappers:
         if issubclass(mapper.class_, TenantScoped):
             found[mapper.class_] = None
-    for element in visitors.iterate(state.statement):
+    for element in visitors.iterate(state.statement):  # type: ignore[arg-type]
         cls = tables.get(element) if isinstance(element, Table) else None
         if cls is not None:
             found[cls] = None
@@ -150,7 +150,8 @@ def _add_tenant_criteria(state: ORMExecuteState) -> None:
 
 @event.listens_for(Session, "before_flush")
 def _stamp_tenant(session: Session, flush_context: Any, instances: Any) -> None:
-    touched = [o for o in list(session.new) + list(session.dirty) + list(session.deleted) if isinstance(o, TenantScoped)]
+    changed = list(session.new) + list(session.dirty) + list(session.deleted)
+    touched = [o for o in changed if isinstance(o, TenantScoped)]
     if not touched:
         return
     scope = _current.get()

@@ -158,3 +158,27 @@ class Factory:
 @pytest.fixture
 def factory(cfg: Config) -> Factory:
     return Factory(cfg)
+
+
+@pytest.fixture
+def web_app(cfg: Config) -> Any:
+    """The web application on this test's installation."""
+    from app import create_app
+
+    return create_app(cfg)
+
+
+@pytest.fixture
+def world(factory: Any) -> dict[str, Any]:
+    """Two tenants, Acme (two domains) and Beta (one), with a user of every role."""
+    acme = factory.tenant("Acme", ("acme.test", "acme2.test"))
+    beta = factory.tenant("Beta", ("beta.test",))
+    factory.user("admin@msp.test", "msp_admin")
+    factory.user("helpdesk@msp.test", "msp_helpdesk")
+    factory.user("admin@acme.test", "tenant_admin", acme)
+    factory.user("auditor@acme.test", "tenant_auditor", acme)
+    factory.user("user@acme.test", "user", acme)
+    factory.user("admin@beta.test", "tenant_admin", beta)
+    return {"acme": acme, "beta": beta}
+
+

@@ -135,6 +135,7 @@ class Received:
     mail_from: str
     rcpts: list[str]
     data: bytes
+    at: float = field(default_factory=time.monotonic)  # when the sink took it (monotonic clock of the test)
 
     @property
     def message_id(self) -> str | None:

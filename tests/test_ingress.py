@@ -18,7 +18,8 @@ from tenants.scope import msp_scope
 from tests.servers import Process, run_cli, wait_for
 
 
-def make_mail(to: str, subject: str = "Hello", sender: str = "alice@sender.example", body: str = "Hi there.\n") -> bytes:
+def make_mail(to: str, subject: str = "Hello", sender: str = "alice@sender.example",
+              body: str = "Hi there.\n") -> bytes:
     msg = EmailMessage()
     msg["From"] = sender
     msg["To"] = to

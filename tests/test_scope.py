@@ -1,4 +1,4 @@
-"""Tenant isolation in the data layer: a tenant scope cannot read, list, count, update or delete another tenant's rows."""
+"""Tenant isolation in the data layer: a tenant scope cannot read, list, count, update or delete others' rows."""
 
 from __future__ import annotations
 

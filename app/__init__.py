@@ -1,0 +1,139 @@
+"""The web process: MSP console, tenant portal, sign-in and health probes (Flask application factory).
+
+One blueprint per audience: ``auth`` (sign-in), ``console`` (MSP, ``/console``), ``portal`` (tenant admin,
+``/portal``), ``health`` (probes). Importing this package does nothing; :func:`create_app` builds an application.
+Production: ``gunicorn 'app:create_app()'``; locally ``mailward web``.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from flask import Flask, render_template, request
+from flask.sessions import SecureCookieSessionInterface
+from flask.typing import ResponseReturnValue
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response
+
+from app.access import enforce
+from app.auth import enter_scope, leave_scope, load_principal
+from app.extensions import csrf, db, init_mailward, login_manager
+from tenants import db as tdb
+from tenants.config import Config, get_config
+from tenants.exceptions import NotFound
+
+log = logging.getLogger(__name__)
+
+#: How long a sign-in lasts without activity; the signed session cookie is refused after it (sliding window).
+SESSION_LIFETIME = timedelta(hours=8)
+#: Largest request body; the consoles post small forms (the API will set its own limit per route).
+MAX_REQUEST_SIZE = 1024 * 1024
+#: No inline script or style and no framing: templates load only /static, and forms post only to this site.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+}
+#: Seconds browsers keep to HTTPS once they reached the site over it.
+HSTS_MAX_AGE = 365 * 24 * 3600
+
+
+class _SessionInterface(SecureCookieSessionInterface):
+    """Mark the session cookie Secure whenever the request came over HTTPS, even if not configured to always."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return bool(super().get_cookie_secure(app) or request.is_secure)
+
+
+def create_app(cfg: Config | None = None) -> Flask:
+    """Build the web application; refuses (:class:`~tenants.exceptions.SchemaNotCurrent`) an unmigrated database."""
+    cfg = cfg or get_config()
+    tdb.require_current_schema(cfg)
+
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=cfg.resolve_secret_key(),
+        SESSION_COOKIE_NAME="mailward_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=False,  # still Secure on every HTTPS request, see _SessionInterface
+        PERMANENT_SESSION_LIFETIME=SESSION_LIFETIME,
+        WTF_CSRF_TIME_LIMIT=int(SESSION_LIFETIME.total_seconds()),
+        MAX_CONTENT_LENGTH=MAX_REQUEST_SIZE,
+    )
+    app.session_interface = _SessionInterface()
+
+    init_mailward(app, cfg)
+    db.init_app(app, cfg)
+    csrf.init_app(app)  # its before_request runs first: a POST without a valid token never reaches a view
+    login_manager.init_app(app)
+    login_manager.login_view = "auth.login"
+    login_manager.login_message_category = "info"
+    login_manager.user_loader(load_principal)
+
+    app.before_request(enter_scope)
+    app.before_request(enforce)
+    app.teardown_request(leave_scope)
+    app.after_request(_security_headers)
+
+    _register_blueprints(app)
+    _register_error_handlers(app)
+    return app
+
+
+def _register_blueprints(app: Flask) -> None:
+    from app import auth, console, health, portal
+
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(console.bp)
+    app.register_blueprint(portal.bp)
+    app.register_blueprint(health.bp)
+    # Next, each in its own module: quarantine (end user, /quarantine) and api (REST v1 with OpenAPI, /api/v1,
+    # authenticated by API key and exempt from CSRF). Their views carry @allow declarations like these.
+
+
+def _security_headers(response: Response) -> Response:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    if request.is_secure:
+        response.headers.setdefault("Strict-Transport-Security", f"max-age={HSTS_MAX_AGE}")
+    if request.endpoint != "static":
+        response.headers.setdefault("Cache-Control", "no-store")  # pages carry tenant data: keep them out of caches
+    return response
+
+
+_ERROR_TEXT = {
+    400: ("Bad request", "The request could not be understood."),
+    404: ("Not found", "There is no such page, or it is not yours to see."),
+    405: ("Method not allowed", "This page does not accept that kind of request."),
+    413: ("Request too large", "The request is larger than this site accepts."),
+    500: ("Server error", "Something went wrong on our side; it has been logged."),
+}
+
+
+def _error_page(code: int, message: str | None = None) -> ResponseReturnValue:
+    title, default = _ERROR_TEXT.get(code, ("Error", "The request failed."))
+    return render_template("errors/error.html", code=code, title=title, message=message or default), code
+
+
+def _register_error_handlers(app: Flask) -> None:
+    def not_found(exc: Exception) -> ResponseReturnValue:
+        return _error_page(404)  # the same page for a missing row and another tenant's row
+
+    def csrf_failed(exc: CSRFError) -> ResponseReturnValue:
+        return _error_page(400, f"{exc.description} Reload the page and submit the form again.")
+
+    def http_error(exc: HTTPException) -> ResponseReturnValue:
+        return _error_page(exc.code or 500)
+
+    app.register_error_handler(NotFound, not_found)
+    app.register_error_handler(CSRFError, csrf_failed)
+    for code in _ERROR_TEXT:
+        app.register_error_handler(code, http_error)

@@ -1,0 +1,92 @@
+"""Every route declares who may call it, and the declaration is what the running application enforces."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flask import Flask
+from werkzeug.routing import Rule
+
+from app.access import access_of, allow, allow_public
+from tenants.models import Role
+from tests.web import csrf_token, domain_row, sign_in, text
+
+#: One signed-in user per role (see the ``world`` fixture).
+USERS = {
+    Role.MSP_ADMIN: "admin@msp.test",
+    Role.MSP_HELPDESK: "helpdesk@msp.test",
+    Role.TENANT_ADMIN: "admin@acme.test",
+    Role.TENANT_AUDITOR: "auditor@acme.test",
+    Role.USER: "user@acme.test",
+}
+
+
+def undeclared(app: Flask) -> list[str]:
+    """Endpoints whose view carries neither ``@allow`` nor ``@allow_public``."""
+    return sorted(rule.endpoint for rule in app.url_map.iter_rules()
+                  if rule.endpoint != "static" and access_of(app.view_functions[rule.endpoint]) is None)
+
+
+def url(rule: Rule, ident: int) -> str:
+    """A concrete URL for a rule, with ``ident`` for every integer argument."""
+    return rule.rule.replace("<int:domain_id>", str(ident))
+
+
+def routes(app: Flask, method: str) -> list[Rule]:
+    return [r for r in app.url_map.iter_rules() if r.endpoint != "static" and method in (r.methods or ())]
+
+
+def test_every_view_declares_who_may_call_it(web_app):
+    assert undeclared(web_app) == [], "add @allow(...) or @allow_public directly under @bp.route"
+
+
+def test_an_undeclared_view_is_found_and_fails_closed(web_app):
+    """A view without a declaration is reported by the check above and refused at run time as well."""
+    def secret() -> str:
+        return "secret data"
+
+    web_app.add_url_rule("/undeclared", "undeclared", secret)
+    assert undeclared(web_app) == ["undeclared"]
+    resp = web_app.test_client().get("/undeclared")
+    assert resp.status_code == 500 and "secret data" not in text(resp)
+
+
+def test_unknown_role_is_refused_at_declaration():
+    with pytest.raises(ValueError):
+        allow("superuser")
+    with pytest.raises(ValueError):
+        allow()
+
+
+def test_public_routes_are_exactly_the_expected_ones(web_app):
+    public = sorted(r.endpoint for r in web_app.url_map.iter_rules()
+                    if r.endpoint != "static" and access_of(web_app.view_functions[r.endpoint]).public)
+    assert public == ["auth.home", "auth.login", "health.healthz", "health.readyz"]
+    assert access_of(allow_public(lambda: None)).public
+
+
+def test_every_protected_route_sends_anonymous_callers_to_login(web_app, world):
+    client = web_app.test_client()
+    token = csrf_token(text(client.get("/login")))
+    for rule in routes(web_app, "GET") + routes(web_app, "POST"):
+        if access_of(web_app.view_functions[rule.endpoint]).public:
+            continue
+        path = url(rule, 1)
+        resp = client.get(path) if "GET" in (rule.methods or ()) else client.post(path, data={"csrf_token": token})
+        assert resp.status_code == 302, path
+        assert resp.headers["Location"].startswith("/login"), path
+
+
+@pytest.mark.parametrize("role", list(Role))
+def test_roles_reach_exactly_the_pages_declared_for_them(web_app, world, cfg, role: Role):
+    """Walk every GET page as each role: a declared role gets in, any other role gets 404."""
+    client = sign_in(web_app, USERS[role])
+    own_domain = domain_row(cfg, "acme.test")[0]
+    for rule in routes(web_app, "GET"):
+        access: Any = access_of(web_app.view_functions[rule.endpoint])
+        if access.public:
+            continue
+        resp = client.get(url(rule, own_domain))
+        expected = 200 if role in access.roles else 404
+        assert resp.status_code == expected, (role, rule.rule)
