@@ -210,6 +210,102 @@ def queue_flush() -> None:
     click.echo(f"{flush(cfg)} delivery job(s) queued")
 
 
+# --- messages and policy ------------------------------------------------------------------------------------------
+
+@cli.group()
+def message() -> None:
+    """Accepted messages: verdicts, findings, timeline."""
+
+
+@message.command("show")
+@click.argument("ident", metavar="ID")
+def message_show(ident: str) -> None:
+    """Show a message (its id or queue id): envelope, verdict, every finding with its score, and its timeline."""
+    from tenants.models import Event, Message
+
+    with _db() as session:
+        msgs = session.scalars(select(Message).where((Message.id == ident) | (Message.queue_id == ident))
+                               .order_by(Message.tenant_id)).all()
+        if not msgs:
+            raise click.ClickException(f"no message {ident!r}")
+        for m in msgs:
+            click.echo(f"message {m.id} (queue id {m.queue_id}, tenant {m.tenant_id}, {m.direction})")
+            click.echo(f"  received  {m.received_at:%Y-%m-%d %H:%M:%S}Z from [{m.client_ip}] helo {m.client_helo}")
+            click.echo(f"  from      {m.mail_from or '<>'}  header From: {m.header_from or '-'}")
+            click.echo(f"  subject   {m.subject or '-'}")
+            kind = f" ({m.quarantine_kind})" if m.quarantine_kind else ""
+            click.echo(f"  verdict   {m.verdict}{kind}, score {m.score:g}")
+            click.echo(f"  why       {m.explanation or '-'}")
+            for f in sorted(m.findings, key=lambda f: -abs(f.score)):
+                click.echo(f"  finding   {f.symbol:<24} {f.score:+7.2f}  {f.reason}")
+            for d in m.deliveries:
+                click.echo(f"  delivery  {d.rcpt}: {d.status} after {d.attempts} attempt(s) {d.last_reply or ''}")
+            events = session.scalars(select(Event).where(Event.message_id == m.id).order_by(Event.id))
+            for e in events:
+                click.echo(f"  event     {e.at:%H:%M:%S} {e.kind}: {e.detail}")
+
+
+@cli.group()
+def policy() -> None:
+    """Filtering policy: the MSP baseline and each tenant's overrides."""
+
+
+@policy.command("show")
+@click.argument("tenant_ref", metavar="[TENANT]", required=False)
+def policy_show(tenant_ref: str | None) -> None:
+    """Show the effective policy of a tenant (or the MSP baseline)."""
+    import dataclasses
+
+    from tenants.policy import Policy, load_policy, policy_from
+    from tenants.policy import _settings_of as settings_of
+    from tenants.services import get_tenant
+
+    with _db() as session:
+        if tenant_ref:
+            effective: Policy = load_policy(session, get_tenant(session, tenant_ref).id)
+        else:
+            effective = policy_from(settings_of(session, None))
+        for key, value in dataclasses.asdict(effective).items():
+            click.echo(f"{key} = {value}")
+
+
+@policy.command("set")
+@click.argument("tenant_ref", metavar="TENANT|--msp")
+@click.argument("assignments", nargs=-1, required=True, metavar="KEY=VALUE...")
+def policy_set(tenant_ref: str, assignments: tuple[str, ...]) -> None:
+    """Change settings, e.g. `policy set Acme greylisting=true tag_threshold=4 scores.BAYES_99=5`.
+
+    TENANT may be `msp` for the baseline (its `locked=key1,key2` forbids tenants to change those keys).
+    """
+    import json
+
+    from tenants.policy import save_settings
+    from tenants.redisconn import bump_policy_version
+    from tenants.services import get_tenant
+
+    changes: dict[str, Any] = {}
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise click.UsageError(f"{item!r}: write KEY=VALUE")
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        if key == "locked":
+            value = [k for k in str(raw).split(",") if k]
+        if key.startswith("scores."):
+            changes.setdefault("scores", {})[key[len("scores."):]] = float(value)
+        else:
+            changes[key] = value
+    cfg = get_config()
+    with _db(cfg) as session:
+        tenant_id = None if tenant_ref.lower() == "msp" else get_tenant(session, tenant_ref).id
+        save_settings(session, tenant_id, changes)
+    bump_policy_version(cfg)
+    click.echo(f"policy of {tenant_ref} updated: {', '.join(sorted(changes))}")
+
+
 # --- processes ----------------------------------------------------------------------------------------------------
 
 @cli.command()

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import email.policy
+import re
+from dataclasses import dataclass, field
 from email.header import decode_header, make_header
-from email.parser import BytesHeaderParser
+from email.message import EmailMessage, Message
+from email.parser import BytesHeaderParser, BytesParser
 from email.policy import compat32
+from html import unescape as html_unescape
+from html.parser import HTMLParser
 
 #: Header fields longer than this are cut when kept as metadata (the raw mail keeps them whole).
 MAX_HEADER_VALUE = 998
@@ -41,3 +46,161 @@ def summarize_headers(data: bytes) -> HeaderSummary:
     mid = msg.get("Message-ID")
     return HeaderSummary(_decoded(msg.get("Subject")), _decoded(msg.get("From")),
                          " ".join(str(mid).split())[:MAX_HEADER_VALUE] if mid else None, defects)
+
+
+# --- the parsed mail every content check reads --------------------------------------------------------------------
+
+#: Most bytes of decoded text kept for the content checks (rules, Bayes); the raw mail is scanned whole by clamd.
+MAX_TEXT = 512 * 1024
+#: Most MIME parts walked; a mail with more gets a MIME_TOO_MANY_PARTS defect and the rest is not looked at.
+MAX_PARTS = 500
+
+_URI_RE = re.compile(r"""(?i)\b(?:https?://|www\.)[^\s<>"'()\[\]{}]+""")
+_HREF_RE = re.compile(r"""(?i)\b(?:href|src|action)\s*=\s*["']?([^"'\s>]+)""")
+
+
+@dataclass
+class Attachment:
+    """A leaf MIME part that is not body text: its declared name and type, and its decoded bytes."""
+
+    filename: str | None
+    declared_type: str
+    data: bytes
+    inline: bool = False
+
+
+@dataclass
+class ParsedMail:
+    """One parse of a raw mail, shared by every content check. Built by :func:`parse_mail`, which never raises."""
+
+    raw: bytes
+    message: EmailMessage | None
+    #: (name, value) of every top-level header in order, values decoded and unfolded.
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    text: str = ""  # decoded text/plain parts
+    html: str = ""  # decoded text/html parts, as markup
+    html_text: str = ""  # what the HTML shows (no tags, no script/style)
+    uris: list[str] = field(default_factory=list)
+    attachments: list[Attachment] = field(default_factory=list)
+    defects: list[str] = field(default_factory=list)
+
+    def header(self, name: str) -> str | None:
+        lname = name.lower()
+        return next((v for n, v in self.headers if n.lower() == lname), None)
+
+    def header_all(self, name: str) -> list[str]:
+        lname = name.lower()
+        return [v for n, v in self.headers if n.lower() == lname]
+
+
+class _HtmlText(HTMLParser):
+    """Visible text of an HTML part: script and style are dropped."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.out: list[str] = []
+        self._skip = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("script", "style", "head", "title"):
+            self._skip += 1
+        elif tag in ("br", "p", "div", "tr", "li"):
+            self.out.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("script", "style", "head", "title") and self._skip:
+            self._skip -= 1
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip:
+            self.out.append(data)
+
+
+def html_to_text(html: str) -> str:
+    parser = _HtmlText()
+    try:
+        parser.feed(html)
+        parser.close()
+    except Exception:  # HTMLParser is lenient; anything left is a broken mail, which keeps what was read
+        pass
+    return re.sub(r"[ \t\r\f\v]+", " ", "".join(parser.out)).strip()
+
+
+def _part_text(part: Message) -> str:
+    try:
+        content = part.get_content()  # type: ignore[attr-defined]
+        return content if isinstance(content, str) else ""
+    except Exception:
+        payload = part.get_payload(decode=True)
+        return payload.decode("latin-1", "replace") if isinstance(payload, bytes) else ""
+
+
+def _header_value(value: object) -> str:
+    try:
+        return " ".join(str(value).split())
+    except Exception:
+        return ""
+
+
+def parse_mail(raw: bytes) -> ParsedMail:
+    """Parse once (``email.policy.default``); parse problems become ``defects``, never exceptions."""
+    try:
+        msg = BytesParser(policy=email.policy.default).parsebytes(raw)
+    except Exception as exc:
+        return ParsedMail(raw, None, defects=[f"unparseable: {type(exc).__name__}"])
+    out = ParsedMail(raw, msg)  # type: ignore[arg-type]
+    try:
+        out.headers = [(name, _header_value(value)) for name, value in msg.items()]
+    except Exception as exc:
+        out.defects.append(f"bad header: {type(exc).__name__}")
+    texts: list[str] = []
+    htmls: list[str] = []
+    for n, part in enumerate(msg.walk()):
+        if n >= MAX_PARTS:
+            out.defects.append("MIME_TOO_MANY_PARTS")
+            break
+        out.defects.extend(type(d).__name__ for d in part.defects)
+        if part.is_multipart():
+            continue
+        ctype = part.get_content_type()
+        disposition = part.get_content_disposition()
+        try:
+            filename = part.get_filename()
+        except Exception:
+            filename = None
+        if disposition != "attachment" and not filename and ctype in ("text/plain", "text/html"):
+            (texts if ctype == "text/plain" else htmls).append(_part_text(part))
+            continue
+        if ctype == "message/rfc822" and part is not msg:
+            continue  # walk() descends into it
+        payload = part.get_payload(decode=True)
+        data = payload if isinstance(payload, bytes) else b""
+        out.attachments.append(Attachment(filename, ctype, data, inline=disposition == "inline"))
+    out.text = "\n".join(texts)[:MAX_TEXT]
+    out.html = "\n".join(htmls)[:MAX_TEXT]
+    out.html_text = html_to_text(out.html) if out.html else ""
+    seen: dict[str, None] = {}
+    for found in _URI_RE.findall(out.text + "\n" + out.html_text):
+        seen[found.rstrip(".,;:!?")] = None
+    for found in _HREF_RE.findall(out.html):
+        if found.lower().startswith(("http:", "https:", "www.")):
+            seen[html_unescape(found)] = None
+    out.uris = list(seen)[:1000]
+    return out
+
+
+def prefix_subject(raw: bytes, prefix: str) -> bytes:
+    """The mail with ``prefix`` put in front of its Subject (added when there is none); the body is untouched."""
+    if not prefix:
+        return raw
+    end = raw.find(b"\r\n\r\n")
+    sep = b"\r\n"
+    if end < 0:
+        end = raw.find(b"\n\n")
+        sep = b"\n"
+    head, body = (raw[:end], raw[end:]) if end >= 0 else (raw, b"")
+    tag = prefix.encode("utf-8", "replace")
+    match = re.search(rb"(?im)^subject:[ \t]*", head)
+    if match is None:
+        return head + sep + b"Subject: " + tag + body
+    return head[:match.end()] + tag + b" " + head[match.end():] + body

@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import aiosmtplib
-import dns.asyncresolver
 import dns.exception
 import dns.resolver
 
+from smtp.dns import async_resolver
 from tenants.config import Config, HostPort
 from tenants.models import TlsMode
 
@@ -220,11 +220,7 @@ class Router:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.resolver = dns.asyncresolver.Resolver(configure=cfg.dns is None)
-        if cfg.dns is not None:
-            self.resolver.nameservers = [cfg.dns.host]
-            self.resolver.port = cfg.dns.port
-        self.resolver.lifetime = min(cfg.smtp_timeout, 30.0)
+        self.resolver = async_resolver(cfg, lifetime=min(cfg.smtp_timeout, 30.0))
 
     @staticmethod
     def transport(host: str, port: int, tls: str) -> NextHop:

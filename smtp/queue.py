@@ -21,7 +21,7 @@ from smtp.outbound import RcptResult
 from tenants.blobs import blob_store
 from tenants.config import Config
 from tenants.ids import new_id
-from tenants.models import Delivery, DeliveryStatus, Event, Message, utcnow
+from tenants.models import Delivery, DeliveryStatus, Event, Finding, Message, utcnow
 from tenants.scope import load
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,11 @@ class NewMessage:
     verdict: str = "deliver"
     score: float = 0.0
     explanation: str = ""
+    quarantine_kind: str | None = None
+    #: (symbol, score, reason) of every finding under the tenant's policy.
+    findings: Sequence[tuple[str, float, str]] = ()
+    #: False for mail that is quarantined or dropped: no delivery rows are written.
+    deliver: bool = True
     #: If set, the rows are written already claimed by this token (the ingress delivers them itself at once).
     claim_token: str | None = None
     lease_seconds: int = 0
@@ -59,11 +64,14 @@ def store_message(session: Session, new: NewMessage) -> Message:
         client_ip=new.client_ip, client_helo=new.client_helo, mail_from=new.mail_from,
         header_from=_clip(new.header_from), subject=_clip(new.subject), message_id_header=_clip(new.message_id_header),
         size=len(new.data), verdict=new.verdict, score=new.score, explanation=new.explanation,
+        quarantine_kind=new.quarantine_kind,
     )
     session.add(msg)
     blob_store.put(session, msg.id, new.tenant_id, new.data)
+    for symbol, score, reason in new.findings:
+        session.add(Finding(tenant_id=new.tenant_id, message=msg, symbol=symbol, score=score, reason=reason))
     claimed = new.claim_token is not None
-    for rcpt in new.rcpts:
+    for rcpt in new.rcpts if new.deliver else ():
         session.add(Delivery(
             tenant_id=new.tenant_id, message=msg, rcpt=rcpt, route=new.route,
             status=(DeliveryStatus.DELIVERING if claimed else DeliveryStatus.QUEUED).value,
@@ -74,6 +82,8 @@ def store_message(session: Session, new: NewMessage) -> Message:
     sender = new.mail_from or "<>"
     session.add(Event(tenant_id=new.tenant_id, message=msg, at=now, kind="received",
                       detail=f"from {sender} to {rcpt_list} ({len(new.data)} bytes)"))
+    if new.explanation and new.direction in ("inbound", "outbound"):
+        session.add(Event(tenant_id=new.tenant_id, message=msg, at=now, kind="scanned", detail=new.explanation))
     return msg
 
 

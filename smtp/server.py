@@ -19,15 +19,19 @@ from email.utils import format_datetime
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from smtp import authres, greylist
+from smtp.checks import CheckContext, Stage, build_checks
 from smtp.delivery import Deliverer
 from smtp.delivery import Envelope as DeliveryEnvelope
-from smtp.mime import summarize_headers
+from smtp.mime import parse_mail, prefix_subject, summarize_headers
+from smtp.pipeline import run_stage
 from smtp.queue import NewMessage, release_claim, store_message
+from smtp.verdict import Action, Verdict, decide, header_block
 from tenants.config import Config
 from tenants.db import require_current_schema, session_factory
 from tenants.ids import new_id
 from tenants.models import Delivery
-from tenants.policy import POLICY_VERSION_KEY, DomainRoute, find_domain_route, normalize_domain
+from tenants.policy import POLICY_VERSION_KEY, DomainRoute, Policy, find_domain_route, load_policy, normalize_domain
 from tenants.redisconn import redis_client
 from tenants.scope import msp_scope, tenant_scope
 
@@ -59,11 +63,18 @@ def _valid_address(address: str) -> bool:
 
 
 class MailEnvelope(Envelope):
-    """Per-transaction state: aiosmtpd's envelope plus the route found for each recipient at RCPT."""
+    """Per-transaction state: aiosmtpd's envelope, the route of each recipient, and the checks' context."""
 
     def __init__(self) -> None:
         super().__init__()
         self.routes: dict[str, DomainRoute] = {}
+        self.ctx: CheckContext | None = None
+        #: The MAIL-stage checks (DNSBL, SPF), started at MAIL FROM and awaited when their answer is needed.
+        self.early: asyncio.Task[None] | None = None
+
+    async def early_done(self) -> None:
+        if self.early is not None:
+            await asyncio.shield(self.early)
 
 
 class IngressSMTP(SMTP):
@@ -72,15 +83,17 @@ class IngressSMTP(SMTP):
 
 
 class DomainCache:
-    """Positive domain → route answers, dropped whenever the policy version moves."""
+    """Positive domain → route answers and tenant policies, dropped whenever the policy version moves."""
 
     def __init__(self) -> None:
         self.routes: dict[str, DomainRoute] = {}
+        self.policies: dict[int, Policy] = {}
         self.version: int | None = None
 
     def check_version(self, version: int | None) -> None:
         if version != self.version:
             self.routes.clear()
+            self.policies.clear()
             self.version = version
 
 
@@ -92,6 +105,8 @@ class IngressHandler:
         self.deliverer = deliverer
         self.cache = DomainCache()
         self.sessions = session_factory(cfg)
+        self.checks = build_checks(cfg)
+        self.redis = redis_client(cfg, asyncio_client=True)
         self._delivery_slots = asyncio.Semaphore(MAX_CONCURRENT_DELIVERIES)
         self._in_flight: dict[asyncio.Task[None], tuple[str, list[Delivery]]] = {}
         self.accepted = 0
@@ -114,6 +129,12 @@ class IngressHandler:
             return "501 5.1.7 Bad sender address syntax"
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
+        peer_ip = session.peer[0] if isinstance(session.peer, tuple) else "127.0.0.1"
+        envelope.ctx = CheckContext(
+            cfg=self.cfg, client_ip=peer_ip, helo=session.host_name or "",
+            mail_from="" if address == "<>" else address, redis=self.redis,
+        )
+        envelope.early = asyncio.create_task(run_stage(self.checks, envelope.ctx, Stage.MAIL))
         return "250 2.1.0 Ok"
 
     async def handle_RCPT(
@@ -136,10 +157,47 @@ class IngressHandler:
                 self.cache.routes[name] = route
         if route is None:
             return "550 5.7.1 Relaying denied: we do not accept mail for this domain"
+        try:
+            policy = await self._policy(route.tenant_id)
+        except Exception:
+            log.exception("policy lookup failed")
+            return REPLY_LOOKUP_FAILED
+        refusal = await self._envelope_checks(envelope, route.tenant_id, policy, address)
+        if refusal is not None:
+            return refusal
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         envelope.routes[address] = route
         return "250 2.1.5 Ok"
+
+    async def _policy(self, tenant_id: int) -> Policy:
+        policy = self.cache.policies.get(tenant_id)
+        if policy is None:
+            policy = await asyncio.to_thread(self._load_policy, tenant_id)
+            self.cache.policies[tenant_id] = policy
+        return policy
+
+    def _load_policy(self, tenant_id: int) -> Policy:
+        with tenant_scope(tenant_id):
+            session = self.sessions()
+            try:
+                return load_policy(session, tenant_id)
+            finally:
+                session.close()
+
+    async def _envelope_checks(self, envelope: MailEnvelope, tenant_id: int, policy: Policy, rcpt: str) -> str | None:
+        """RCPT-time refusals under the recipient tenant's policy: DNSBL zones marked reject, then greylisting."""
+        ctx = envelope.ctx
+        if ctx is None:
+            return None
+        if policy.dnsbl_reject or policy.greylisting:
+            await envelope.early_done()
+        if policy.dnsbl_reject and ctx.facts.get("dnsbl_reject"):
+            zones = ", ".join(sorted({str(z) for z in ctx.facts["dnsbl_reject"]}))
+            return f"554 5.7.1 Service unavailable; client host [{ctx.client_ip}] blocked using {zones}"
+        spf = ctx.facts.get("spf")
+        spf_pass = spf is not None and str(spf[0]) == "pass"
+        return await greylist.check(self.redis, policy, tenant_id, ctx.client_ip, ctx.mail_from, rcpt, spf_pass)
 
     def _lookup(self, name: str) -> DomainRoute | None:
         session = self.sessions()
@@ -153,47 +211,94 @@ class IngressHandler:
         queue_id = new_id()
         peer_ip = session.peer[0] if isinstance(session.peer, tuple) else "127.0.0.1"
         received = self._received_header(session, envelope, queue_id, peer_ip, tls=server._tls_protocol is not None)
-        data = received + raw
         by_tenant: dict[int, list[str]] = {}
         for rcpt in envelope.rcpt_tos:
             by_tenant.setdefault(envelope.routes[rcpt].tenant_id, []).append(rcpt)
+        try:
+            verdicts, ctx = await self._judge(envelope, raw, by_tenant)
+        except Exception:
+            log.exception("checks of %s failed; answering 451", queue_id)
+            return "451 4.3.0 Temporary failure while scanning, try again later"
+        if any(v.action == Action.TEMPFAIL for v in verdicts.values()):
+            why = next(v.explanation for v in verdicts.values() if v.action == Action.TEMPFAIL)
+            log.warning("%s from %s deferred: %s", queue_id, peer_ip, why)
+            return "451 4.7.0 Temporary failure: content scan unavailable, try again later"
+        if all(v.action == Action.REJECT for v in verdicts.values()):
+            first = next(iter(verdicts.values()))
+            log.info("%s from %s rejected: %s", queue_id, peer_ip, first.explanation)
+            if first.kind == "virus":
+                return f"554 5.7.1 Message rejected: virus found ({first.explanation[:200]})"
+            return "554 5.7.1 Message rejected as spam" + (" or unsafe content" if first.kind == "attachment" else "")
         token = secrets.token_hex(8)
-        mail_from = "" if envelope.mail_from in ("<>", None) else envelope.mail_from
+        mail_from = ctx.mail_from
+        content = authres.strip_ours(raw, self.cfg.hostname)
         try:
             stored = await asyncio.to_thread(
-                self._commit, queue_id, mail_from, by_tenant, data, peer_ip, session.host_name, token
+                self._commit, queue_id, mail_from, by_tenant, received, content, verdicts, ctx, peer_ip,
+                session.host_name, token,
             )
         except Exception:
             log.exception("commit of %s failed; answering 451", queue_id)
             return REPLY_STORE_FAILED
         self.accepted += 1
-        for tenant_id, message_id, rows in stored:
+        for tenant_id, message_id, rows, data in stored:
+            if not rows:
+                continue
             env = DeliveryEnvelope(message_id, tenant_id, mail_from)
             task = asyncio.create_task(self._deliver(env, rows, data, token))
             self._in_flight[task] = (token, rows)
             task.add_done_callback(self._in_flight.pop)
-        log.info("accepted %s from %s <%s> for %d recipient(s), %d bytes", queue_id, peer_ip,
-                 mail_from, len(envelope.rcpt_tos), len(data))
+        log.info("accepted %s from %s <%s> for %d recipient(s), %d bytes: %s", queue_id, peer_ip, mail_from,
+                 len(envelope.rcpt_tos), len(raw), "; ".join(v.explanation for v in verdicts.values()))
         return f"250 2.0.0 Ok: queued as {queue_id}"
 
+    async def _judge(
+        self, envelope: MailEnvelope, raw: bytes, by_tenant: dict[int, list[str]]
+    ) -> tuple[dict[int, Verdict], CheckContext]:
+        """Run the DATA-stage checks once and judge the mail under each recipient tenant's policy."""
+        ctx = envelope.ctx or CheckContext(cfg=self.cfg, client_ip="127.0.0.1", helo="", mail_from="")
+        ctx.rcpts = list(envelope.rcpt_tos)
+        ctx.tenant_ids = list(by_tenant)
+        ctx.policies = {tid: await self._policy(tid) for tid in by_tenant}
+        ctx.mail = await asyncio.to_thread(parse_mail, raw)
+        await envelope.early_done()
+        await run_stage(self.checks, ctx, Stage.DATA)
+        return {tid: decide(ctx.findings, tid, ctx.policies[tid]) for tid in by_tenant}, ctx
+
+    def _tenant_content(
+        self, received: bytes, content: bytes, verdict: Verdict, ctx: CheckContext, policy: Policy
+    ) -> bytes:
+        """What is stored (and later delivered) for one tenant: our trace and result headers on top, subject tagged."""
+        data = received + header_block(verdict, self.cfg.hostname, ctx.add_headers) + content
+        if verdict.action == Action.TAG and policy.subject_prefix:
+            data = prefix_subject(data, policy.subject_prefix)
+        return data
+
     def _commit(
-        self, queue_id: str, mail_from: str, by_tenant: dict[int, list[str]], data: bytes, peer_ip: str,
-        helo: str | None, token: str,
-    ) -> list[tuple[int, str, list[Delivery]]]:
-        headers = summarize_headers(data)
+        self, queue_id: str, mail_from: str, by_tenant: dict[int, list[str]], received: bytes, content: bytes,
+        verdicts: dict[int, Verdict], ctx: CheckContext, peer_ip: str, helo: str | None, token: str,
+    ) -> list[tuple[int, str, list[Delivery], bytes]]:
+        assert ctx.mail is not None
+        headers = summarize_headers(content)
         session = self.sessions()
         out = []
         try:
             for tenant_id, rcpts in by_tenant.items():
+                verdict = verdicts[tenant_id]
+                data = self._tenant_content(received, content, verdict, ctx, ctx.policies[tenant_id])
                 with tenant_scope(tenant_id):
                     msg = store_message(session, NewMessage(
                         tenant_id=tenant_id, queue_id=queue_id, mail_from=mail_from, rcpts=rcpts, data=data,
                         client_ip=peer_ip, client_helo=helo, header_from=headers.header_from,
                         subject=headers.subject, message_id_header=headers.message_id,
                         claim_token=token, lease_seconds=self.cfg.delivery_lease,
+                        verdict=verdict.action.value, score=verdict.score, explanation=verdict.explanation,
+                        quarantine_kind=verdict.kind if verdict.action == Action.QUARANTINE else None,
+                        findings=[(f.symbol, f.score, f.reason) for f in verdict.findings],
+                        deliver=verdict.delivers,
                     ))
                     session.flush()
-                out.append((tenant_id, msg.id, list(msg.deliveries)))
+                out.append((tenant_id, msg.id, list(msg.deliveries), data))
             with msp_scope():
                 session.commit()
             return out

@@ -185,8 +185,11 @@ class Message(TenantScoped, Base):
     verdict: Mapped[str] = mapped_column(String(20), default="deliver")
     score: Mapped[float] = mapped_column(Float, default=0.0)
     explanation: Mapped[str] = mapped_column(Text, default="")
+    #: spam, virus or attachment when the verdict is ``quarantine``.
+    quarantine_kind: Mapped[str | None] = mapped_column(String(20))
 
     deliveries: Mapped[list[Delivery]] = relationship(back_populates="message", order_by="Delivery.id")
+    findings: Mapped[list[Finding]] = relationship(back_populates="message", order_by="Finding.id")
 
     __table_args__ = (Index("ix_message_tenant_received", "tenant_id", "received_at"),)
 
@@ -242,6 +245,91 @@ class Event(TenantScoped, Base):
     __table_args__ = (Index("ix_event_tenant_at", "tenant_id", "at"),)
 
 
+class Finding(TenantScoped, Base):
+    """One symbol a check recorded for a message, with the score it had under the tenant's policy."""
+
+    __tablename__ = "finding"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"))
+    message_id: Mapped[str] = mapped_column(ForeignKey("message.id", ondelete="CASCADE"), index=True)
+    symbol: Mapped[str] = mapped_column(String(64))
+    score: Mapped[float] = mapped_column(Float, default=0.0)
+    reason: Mapped[str] = mapped_column(Text, default="")
+
+    message: Mapped[Message] = relationship(back_populates="findings")
+
+
+class PolicySettings(TenantScoped, Base):
+    """Policy as data: the MSP baseline (``tenant_id`` NULL) or one tenant's overrides, a JSON object.
+
+    :mod:`tenants.policy` merges code defaults, the baseline and the tenant's values into a :class:`Policy`.
+    """
+
+    __tablename__ = "policy_settings"
+    __tenant_nullable__ = True
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int | None] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"), unique=True)
+    settings: Mapped[str] = mapped_column(Text, default="{}")
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class BayesToken(TenantScoped, Base):
+    """How often a token was seen in a tenant's trained spam and ham."""
+
+    __tablename__ = "bayes_token"
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"), primary_key=True)
+    token: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    spam: Mapped[int] = mapped_column(Integer, default=0)
+    ham: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class BayesCorpus(TenantScoped, Base):
+    """How many spam and ham mails a tenant's Bayes was trained on."""
+
+    __tablename__ = "bayes_corpus"
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"), primary_key=True)
+    nspam: Mapped[int] = mapped_column(Integer, default=0)
+    nham: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class DkimKey(TenantScoped, Base):
+    """A DKIM signing key of a tenant's domain; the private key is stored encrypted (see :mod:`tenants.dkimkeys`)."""
+
+    __tablename__ = "dkim_key"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"), index=True)
+    domain: Mapped[str] = mapped_column(String(253))
+    selector: Mapped[str] = mapped_column(String(63))
+    private_key_enc: Mapped[str] = mapped_column(Text)
+    public_key: Mapped[str] = mapped_column(Text)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (Index("ix_dkim_key_domain_selector", "domain", "selector", unique=True),)
+
+
+class RelayNetwork(TenantScoped, Base):
+    """A network (CIDR) of a tenant's own servers whose mail through Mailward is outbound."""
+
+    __tablename__ = "relay_network"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"), index=True)
+    cidr: Mapped[str] = mapped_column(String(50), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SmtpCredential(TenantScoped, Base):
+    """SMTP AUTH login of a tenant for relaying outbound mail (submission listener, STARTTLS first)."""
+
+    __tablename__ = "smtp_credential"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"), index=True)
+    username: Mapped[str] = mapped_column(String(320), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 class Heartbeat(Base):
     """A running process announces itself here (cluster view)."""
 
@@ -266,6 +354,13 @@ __all__ = [
     "Blob",
     "Delivery",
     "Event",
+    "Finding",
+    "PolicySettings",
+    "BayesToken",
+    "BayesCorpus",
+    "DkimKey",
+    "RelayNetwork",
+    "SmtpCredential",
     "Heartbeat",
     "Role",
     "TlsMode",

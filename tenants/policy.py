@@ -7,12 +7,15 @@ for new domains and within one poll interval for removals.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tenants.models import Domain, Tenant
+from tenants.exceptions import ValidationError
+from tenants.models import Domain, PolicySettings, Tenant, utcnow
 from tenants.scope import msp_scope
 
 #: Redis key counting policy changes; every change INCRs it and ingress replicas reload when it moves.
@@ -48,3 +51,141 @@ def find_domain_route(session: Session, domain: str) -> DomainRoute | None:
         return None
     d = row[0]
     return DomainRoute(d.name, d.id, d.tenant_id, d.transport_host, d.transport_port, d.transport_tls)
+
+
+# --- filtering policy ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Policy:
+    """What a tenant's mail is judged by: code defaults, overlaid by the MSP baseline, overlaid by the tenant.
+
+    Stored as JSON in :class:`tenants.models.PolicySettings`; :func:`load_policy` merges and validates.
+    """
+
+    #: Score at or above which a delivered mail is tagged (X-Mailward-Status: spam, optional subject prefix).
+    tag_threshold: float = 5.0
+    #: Score at or above which the mail goes to the spam quarantine.
+    quarantine_threshold: float = 8.0
+    #: Score at or above which the mail is rejected at DATA (when every recipient's tenant rejects).
+    reject_threshold: float = 15.0
+    #: Put in front of the subject of tagged mail; empty: the subject is left alone.
+    subject_prefix: str = ""
+    #: Symbol → score, replacing the shipped default (rspamd's model).
+    scores: dict[str, float] = field(default_factory=dict)
+    #: What a virus gets: "quarantine" or "reject". Never delivered.
+    virus_action: str = "quarantine"
+    #: What a dangerous attachment gets: "quarantine", "reject" or "tag".
+    attachment_action: str = "quarantine"
+    #: When a check that must not be skipped (virus) could not run: "tempfail" (451) or "accept" (scored, logged).
+    scanner_unavailable: str = "tempfail"
+    #: DNSBL hits of zones marked reject are refused at RCPT when this is on.
+    dnsbl_reject: bool = True
+    greylisting: bool = False
+    #: Seconds a new triplet must wait before a retry is accepted.
+    greylist_delay: int = 300
+    #: Seconds a new triplet may wait for its retry before it is forgotten.
+    greylist_retry_window: int = 4 * 3600
+    #: Seconds a passed triplet (and its client network) stays allowed.
+    greylist_pass_ttl: int = 36 * 86400
+    #: Outbound mail at or above this score is held (quarantined) instead of sent.
+    outbound_quarantine_threshold: float = 6.0
+    #: Outbound mails per sender address per hour, and per tenant per hour; beyond that 451.
+    outbound_sender_hourly: int = 300
+    outbound_tenant_hourly: int = 5000
+    #: Minimum trained mails of each class before Bayes scores.
+    bayes_min_trained: int = 200
+
+    def score_of(self, symbol: str, default: float) -> float:
+        return self.scores.get(symbol, default)
+
+
+#: Keys the MSP baseline may forbid tenants to change (``locked`` in the baseline JSON).
+POLICY_KEYS: tuple[str, ...] = tuple(f for f in Policy.__dataclass_fields__)
+_CHOICES = {
+    "virus_action": ("quarantine", "reject"),
+    "attachment_action": ("quarantine", "reject", "tag"),
+    "scanner_unavailable": ("tempfail", "accept"),
+}
+
+
+def policy_from(*layers: dict[str, Any]) -> Policy:
+    """Merge settings layers (later wins; ``scores`` merge key by key) into a validated :class:`Policy`."""
+    values: dict[str, Any] = {}
+    scores: dict[str, float] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if key == "locked":
+                continue
+            if key not in Policy.__dataclass_fields__:
+                raise ValidationError(f"unknown policy setting {key!r}")
+            if key == "scores":
+                if not isinstance(value, dict):
+                    raise ValidationError("scores must be an object of symbol: number")
+                scores.update({str(k): float(v) for k, v in value.items()})
+            else:
+                values[key] = value
+    base = Policy()
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        default = getattr(base, key)
+        try:
+            if isinstance(default, bool):
+                if not isinstance(value, bool):
+                    raise ValueError("must be true or false")
+                out[key] = value
+            elif isinstance(default, int):
+                out[key] = int(value)
+                if out[key] < 0:
+                    raise ValueError("must not be negative")
+            elif isinstance(default, float):
+                out[key] = float(value)
+            else:
+                out[key] = str(value)
+        except (TypeError, ValueError) as exc:
+            raise ValidationError(f"policy setting {key}: {exc}") from exc
+        if key in _CHOICES and out[key] not in _CHOICES[key]:
+            raise ValidationError(f"policy setting {key}: one of {', '.join(_CHOICES[key])}")
+    policy = Policy(**out, scores=scores)
+    if not policy.tag_threshold <= policy.quarantine_threshold <= policy.reject_threshold:
+        raise ValidationError("thresholds must satisfy tag <= quarantine <= reject")
+    return policy
+
+
+def _settings_row(session: Session, tenant_id: int | None) -> PolicySettings | None:
+    """The stored settings of a tenant (through the current scope) or of the MSP baseline (which every tenant reads)."""
+    if tenant_id is None:
+        with msp_scope():
+            return session.scalar(select(PolicySettings).where(PolicySettings.tenant_id.is_(None)))
+    return session.scalar(select(PolicySettings).where(PolicySettings.tenant_id == tenant_id))
+
+
+def _settings_of(session: Session, tenant_id: int | None) -> dict[str, Any]:
+    row = _settings_row(session, tenant_id)
+    return dict(json.loads(row.settings)) if row is not None else {}
+
+
+def load_policy(session: Session, tenant_id: int) -> Policy:
+    """The tenant's effective policy: defaults, the MSP baseline, then what the baseline lets the tenant change."""
+    baseline = _settings_of(session, None)
+    locked = set(baseline.get("locked", ()))
+    own = {k: v for k, v in _settings_of(session, tenant_id).items() if k not in locked}
+    return policy_from(baseline, own)
+
+
+def save_settings(session: Session, tenant_id: int | None, changes: dict[str, Any]) -> Policy:
+    """Merge ``changes`` into the stored settings of a tenant (or the baseline for None), validate, and stage it."""
+    current = _settings_of(session, tenant_id)
+    merged = {**current, **changes}
+    if "scores" in changes and "scores" in current:
+        merged["scores"] = {**current["scores"], **changes["scores"]}
+    policy = policy_from(_settings_of(session, None), merged) if tenant_id is not None else policy_from(merged)
+    row = _settings_row(session, tenant_id)
+    if row is None:
+        row = PolicySettings(tenant_id=tenant_id)
+        session.add(row)
+    row.settings = json.dumps(merged, sort_keys=True)
+    row.updated_at = utcnow()
+    if tenant_id is None:
+        with msp_scope():
+            session.flush()
+    return policy

@@ -17,7 +17,7 @@ from smtp.delivery import Deliverer
 from smtp.queue import NewMessage, claim_due, store_message
 from smtp.server import IngressHandler, IngressSMTP
 from tenants.models import Delivery, Event, Message
-from tenants.policy import DomainRoute
+from tenants.policy import DomainRoute, Policy
 from tenants.scope import msp_scope, tenant_scope
 from tests.servers import Process, Sink, free_port, run_cli, wait_for
 from tests.test_ingress import client, make_mail
@@ -190,6 +190,7 @@ def test_store_down_answers_451_and_never_250(cfg, factory):
     async def scenario() -> tuple[int, bytes]:
         handler = IngressHandler(dead, Deliverer(dead))
         handler.cache.routes["acme.test"] = DomainRoute("acme.test", 1, acme.id, "127.0.0.1", 25, "none")
+        handler.cache.policies[acme.id] = Policy()
         port = free_port()
 
         class _C(Controller):

@@ -84,7 +84,7 @@ def test_mail_for_tenant_domain_arrives_with_received_header(env, ingress, acme,
         wait_for(lambda: session.scalars(select(Delivery.status)).all() == ["delivered"] or session.rollback(),
                  10, what="delivered row")
         kinds = session.scalars(select(Event.kind).order_by(Event.id)).all()
-        assert kinds == ["received", "delivered"]
+        assert kinds == ["received", "scanned", "delivered"]
 
 
 def test_unknown_domain_is_refused_at_rcpt_and_never_relayed(env, ingress, acme, sink):

@@ -1,0 +1,24 @@
+"""The check pipeline's registry: every check class, in one list. ``smtp.pipeline`` runs them.
+
+To add a check: a module here with a :class:`~smtp.checks.base.Check` subclass, its symbols in
+``tenants/scores/<group>.toml``, and one line in :data:`REGISTRY`.
+"""
+
+from __future__ import annotations
+
+from smtp.checks.base import Check, CheckContext, Finding, Stage
+from smtp.checks.mimecheck import MimeCheck
+from tenants.config import Config
+
+#: Every check, in no particular order (the pipeline orders them by stage and dependencies).
+REGISTRY: list[type[Check]] = [
+    MimeCheck,
+]
+
+
+def build_checks(cfg: Config) -> list[Check]:
+    """One instance of every registered check, configured."""
+    return [cls(cfg) for cls in REGISTRY]
+
+
+__all__ = ["Check", "CheckContext", "Finding", "Stage", "REGISTRY", "build_checks"]

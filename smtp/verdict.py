@@ -1,0 +1,126 @@
+"""From findings to a verdict, per tenant: scores under the tenant's policy, effects first, then thresholds.
+
+A mail to two tenants is judged under each tenant's policy. Findings with an ``effect`` act whatever the score:
+``virus`` quarantines or rejects (never delivers), ``attachment`` follows ``attachment_action``, ``tempfail`` (a
+required check could not run) answers 451 unless the policy says to accept. Then the score sum meets the thresholds.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from smtp.checks.base import Finding
+from tenants.policy import Policy
+from tenants.symbols import lookup
+
+
+class Action(enum.StrEnum):
+    DELIVER = "deliver"
+    TAG = "tag"
+    QUARANTINE = "quarantine"
+    REJECT = "reject"
+    TEMPFAIL = "tempfail"
+
+
+@dataclass(frozen=True)
+class Scored:
+    symbol: str
+    score: float
+    reason: str
+
+
+@dataclass
+class Verdict:
+    action: Action
+    score: float
+    findings: list[Scored] = field(default_factory=list)
+    #: spam, virus or attachment, when the action is quarantine (or reject).
+    kind: str | None = None
+    explanation: str = ""
+
+    @property
+    def delivers(self) -> bool:
+        return self.action in (Action.DELIVER, Action.TAG)
+
+    @property
+    def status(self) -> str:
+        """The X-Mailward-Status value of delivered mail."""
+        return "spam" if self.action == Action.TAG else "clean"
+
+
+#: How many of the largest scores the one-line explanation names.
+EXPLAIN_TOP = 4
+
+
+def score_findings(findings: Iterable[Finding], tenant_id: int, policy: Policy) -> list[Scored]:
+    """The findings that apply to this tenant, scored under its policy (the first of a repeated symbol counts)."""
+    out: list[Scored] = []
+    seen: set[str] = set()
+    for f in findings:
+        if f.tenant_id is not None and f.tenant_id != tenant_id:
+            continue
+        if f.symbol in seen:
+            continue
+        seen.add(f.symbol)
+        out.append(Scored(f.symbol, round(policy.score_of(f.symbol, lookup(f.symbol).score), 3), f.reason))
+    return out
+
+
+def decide(findings: Iterable[Finding], tenant_id: int, policy: Policy) -> Verdict:
+    scored = score_findings(findings, tenant_id, policy)
+    total = round(sum(s.score for s in scored), 2)
+    effects = {lookup(s.symbol).effect: s for s in scored if lookup(s.symbol).effect}
+    top = ", ".join(f"{s.symbol} {s.score:+g}" for s in sorted(scored, key=lambda s: -abs(s.score))[:EXPLAIN_TOP]
+                    if s.score)
+
+    def verdict(action: Action, kind: str | None, why: str) -> Verdict:
+        detail = f"; {top}" if top else ""
+        return Verdict(action, total, scored, kind, f"{action.value}{f' ({kind})' if kind else ''}: {why}{detail}")
+
+    if "virus" in effects:
+        v = effects["virus"]
+        action = Action.REJECT if policy.virus_action == "reject" else Action.QUARANTINE
+        return verdict(action, "virus", f"virus {v.reason or v.symbol}")
+    if "tempfail" in effects and policy.scanner_unavailable == "tempfail":
+        t = effects["tempfail"]
+        return verdict(Action.TEMPFAIL, None, f"{t.symbol}: {t.reason or 'a required check could not run'}")
+    if "attachment" in effects and policy.attachment_action != "tag":
+        a = effects["attachment"]
+        action = Action.REJECT if policy.attachment_action == "reject" else Action.QUARANTINE
+        return verdict(action, "attachment", f"{a.symbol}: {a.reason}")
+    if total >= policy.reject_threshold:
+        return verdict(Action.REJECT, "spam", f"score {total:g} >= reject {policy.reject_threshold:g}")
+    if total >= policy.quarantine_threshold:
+        return verdict(Action.QUARANTINE, "spam", f"score {total:g} >= quarantine {policy.quarantine_threshold:g}")
+    if total >= policy.tag_threshold:
+        return verdict(Action.TAG, None, f"score {total:g} >= tag {policy.tag_threshold:g}")
+    if "attachment" in effects:
+        return verdict(Action.TAG, None, f"{effects['attachment'].symbol} (policy: tag)")
+    return verdict(Action.DELIVER, None, f"score {total:g} below tag {policy.tag_threshold:g}")
+
+
+def header_block(verdict: Verdict, hostname: str, extra: Iterable[str] = ()) -> bytes:
+    """Header lines to put on top of a delivered mail: our results (Authentication-Results and the like) and score."""
+    lines = list(extra)
+    symbols = ", ".join(f"{s.symbol}={s.score:g}" for s in verdict.findings if s.score)
+    lines.append(f"X-Mailward-Status: {verdict.status}, score={verdict.score:g}")
+    lines.append(f"X-Mailward-Score: {verdict.score:g}" + (f" ({symbols})" if symbols else ""))
+    return "".join(_fold(line) + "\r\n" for line in lines).encode("utf-8", "replace")
+
+
+def _fold(line: str, width: int = 78) -> str:
+    """Fold a header line at spaces so no line exceeds ``width`` where it can be helped (RFC 5322 2.2.3)."""
+    line = line.replace("\r", " ").replace("\n", " ")
+    if len(line) <= width:
+        return line
+    out, current = [], ""
+    for word in line.split(" "):
+        if current and len(current) + 1 + len(word) > width:
+            out.append(current)
+            current = "\t" + word
+        else:
+            current = f"{current} {word}" if current else word
+    out.append(current)
+    return "\r\n".join(out)

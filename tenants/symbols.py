@@ -1,0 +1,48 @@
+"""The default symbol table: score, description and effect of every symbol a check may emit.
+
+Scores are data: ``tenants/scores/*.toml`` ship with the package (one file per check group), the MSP baseline and
+each tenant override scores through :class:`tenants.policy.Policy`. A symbol that no file names scores 0.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+SCORES_DIR = Path(__file__).resolve().parent / "scores"
+
+Effect = Literal["virus", "attachment", "tempfail"]
+EFFECTS: tuple[str, ...] = ("virus", "attachment", "tempfail")
+
+
+@dataclass(frozen=True)
+class Symbol:
+    name: str
+    score: float
+    description: str = ""
+    effect: Effect | None = None
+
+
+@cache
+def symbol_table() -> dict[str, Symbol]:
+    """Every shipped symbol by name; a name defined in two files is an error (it fails at start, not at random)."""
+    table: dict[str, Symbol] = {}
+    for path in sorted(SCORES_DIR.glob("*.toml")):
+        data = tomllib.loads(path.read_text())
+        for name, spec in data.items():
+            if name in table:
+                raise ValueError(f"{path.name}: symbol {name} is already defined in another score file")
+            effect = spec.get("effect")
+            if effect is not None and effect not in EFFECTS:
+                raise ValueError(f"{path.name}: {name}: effect must be one of {', '.join(EFFECTS)}")
+            table[name] = Symbol(name, float(spec.get("score", 0.0)), str(spec.get("description", "")), effect)
+    return table
+
+
+def lookup(name: str) -> Symbol:
+    """The shipped definition of a symbol; ``*_TEMPFAIL`` symbols not named in a file score 0 with no effect."""
+    found = symbol_table().get(name)
+    return found if found is not None else Symbol(name, 0.0)
