@@ -64,7 +64,7 @@ def store_message(session: Session, new: NewMessage) -> Message:
         client_ip=new.client_ip, client_helo=new.client_helo, mail_from=new.mail_from,
         header_from=_clip(new.header_from), subject=_clip(new.subject), message_id_header=_clip(new.message_id_header),
         size=len(new.data), verdict=new.verdict, score=new.score, explanation=new.explanation,
-        quarantine_kind=new.quarantine_kind,
+        quarantine_kind=new.quarantine_kind, deliveries=[], findings=[],  # known empty: no lazy load later
     )
     session.add(msg)
     blob_store.put(session, msg.id, new.tenant_id, new.data)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from sqlalchemy import create_engine, text
 from tenants import db as tdb
 from tenants.config import Config, set_config
 from tenants.scope import msp_scope
-from tests.servers import Sink, free_port, start_postgres, start_redis
+from tests.servers import Process, Sink, free_port, start_postgres, start_redis, wait_for
 
 TEST_DB = os.environ.get("MAILWARD_TEST_DB", "sqlite")
 _counter = itertools.count()
@@ -182,3 +183,26 @@ def world(factory: Any) -> dict[str, Any]:
     return {"acme": acme, "beta": beta}
 
 
+@pytest.fixture
+def ingress(env: dict[str, str], tmp_path: Path, cfg: Config) -> Iterator[Process]:
+    """The SMTP ingress as a real child process on this test's installation."""
+    proc = Process(["smtp"], env, tmp_path / "smtp.log").start()
+    port = int(env["MAILWARD_SMTP_LISTEN"].rsplit(":", 1)[1])
+
+    def up() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            assert proc.proc is not None and proc.proc.poll() is None, proc.log()
+            return False
+
+    wait_for(up, 20, what="ingress port")
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def acme(factory: Factory, sink: Sink) -> Any:
+    """Tenant Acme owning acme.test, delivering to the test's sink."""
+    return factory.tenant("Acme", ("acme.test",), transport_port=sink.port)

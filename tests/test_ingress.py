@@ -8,9 +8,7 @@ import subprocess
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import make_msgid
-from pathlib import Path
 
-import pytest
 from sqlalchemy import select
 
 from tenants.models import Delivery, Event, Message
@@ -31,29 +29,6 @@ def make_mail(to: str, subject: str = "Hello", sender: str = "alice@sender.examp
 
 def smtp_port(env: dict[str, str]) -> int:
     return int(env["MAILWARD_SMTP_LISTEN"].rsplit(":", 1)[1])
-
-
-@pytest.fixture
-def ingress(env, tmp_path: Path, cfg):
-    proc = Process(["smtp"], env, tmp_path / "smtp.log").start()
-    port = smtp_port(env)
-
-    def up() -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return True
-        except OSError:
-            assert proc.proc is not None and proc.proc.poll() is None, proc.log()
-            return False
-
-    wait_for(up, 20, what="ingress port")
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture
-def acme(factory, sink):
-    return factory.tenant("Acme", ("acme.test",), transport_port=sink.port)
 
 
 def client(env: dict[str, str]) -> smtplib.SMTP:

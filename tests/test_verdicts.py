@@ -1,0 +1,124 @@
+"""The verdict drives the mail end to end: tag and deliver, quarantine, reject at DATA, tempfail; greylisting at RCPT.
+
+The ingress runs as a real process; a tenant's policy (scores are data) makes a malformed mail's MIME_DEFECT finding
+weigh what each test needs, so the verdict path is exercised without depending on any one content check.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import time
+
+import pytest
+from sqlalchemy import select
+
+from tenants.models import Delivery, Event, Finding, Message
+from tenants.scope import msp_scope
+from tests.servers import run_cli, wait_for
+from tests.test_ingress import client
+
+#: A multipart mail whose closing boundary is missing: stored and scanned, with a MIME_DEFECT finding.
+BROKEN = (b"From: Alice <alice@sender.example>\r\nTo: bob@acme.test\r\nSubject: Broken report\r\n"
+          b"Message-ID: <broken-1@sender.example>\r\nDate: Wed, 25 Nov 2026 10:00:00 +0000\r\nMIME-Version: 1.0\r\n"
+          b"Content-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\nContent-Type: text/plain\r\n\r\nhello\r\n")
+
+
+def set_policy(env: dict[str, str], *assignments: str, tenant: str = "Acme") -> None:
+    result = run_cli(["policy", "set", tenant, *assignments], env)
+    assert result.returncode == 0, result.stderr
+
+
+def messages(session) -> list[Message]:
+    session.rollback()
+    with msp_scope():
+        return list(session.scalars(select(Message).order_by(Message.received_at)))
+
+
+def send(env: dict[str, str], data: bytes = BROKEN, rcpts: tuple[str, ...] = ("bob@acme.test",)) -> None:
+    with client(env) as c:
+        c.sendmail("alice@sender.example", list(rcpts), data)
+
+
+def test_clean_mail_is_delivered_with_status_headers(env, ingress, acme, sink, session):
+    set_policy(env, "scores.MIME_DEFECT=0.5")
+    send(env)
+    got = sink.wait_count(1)[0].data
+    assert b"X-Mailward-Status: clean, score=0.5" in got
+    assert b"MIME_DEFECT=0.5" in got
+    (msg,) = messages(session)
+    assert msg.verdict == "deliver" and msg.score == 0.5
+    with msp_scope():
+        symbols = session.scalars(select(Finding.symbol).where(Finding.message_id == msg.id)).all()
+    assert symbols == ["MIME_DEFECT"]
+
+
+def test_tagged_mail_is_delivered_with_subject_prefix(env, ingress, acme, sink, session):
+    set_policy(env, "scores.MIME_DEFECT=6", 'subject_prefix="[SPAM]"')
+    send(env)
+    got = sink.wait_count(1)[0].data
+    assert b"Subject: [SPAM] Broken report" in got
+    assert b"X-Mailward-Status: spam, score=6" in got
+    assert messages(session)[0].verdict == "tag"
+
+
+def test_quarantined_mail_is_stored_and_not_delivered(env, ingress, acme, sink, session):
+    set_policy(env, "scores.MIME_DEFECT=9")
+    send(env)
+    wait_for(lambda: messages(session), 10, what="stored message")
+    (msg,) = messages(session)
+    assert (msg.verdict, msg.quarantine_kind) == ("quarantine", "spam")
+    assert "score 9 >= quarantine 8" in msg.explanation
+    with msp_scope():
+        assert session.scalars(select(Delivery).where(Delivery.message_id == msg.id)).all() == []
+        kinds = session.scalars(select(Event.kind).where(Event.message_id == msg.id)).all()
+    assert kinds == ["received", "scanned"]
+    time.sleep(1)
+    assert sink.messages == []
+    shown = run_cli(["message", "show", msg.queue_id], env)
+    assert "verdict   quarantine (spam), score 9" in shown.stdout
+    assert "MIME_DEFECT" in shown.stdout and "CloseBoundaryNotFoundDefect" in shown.stdout
+
+
+def test_reject_at_data_when_every_tenant_rejects(env, ingress, acme, sink, session):
+    set_policy(env, "scores.MIME_DEFECT=20")
+    with client(env) as c, pytest.raises(smtplib.SMTPDataError) as err:
+        c.sendmail("alice@sender.example", ["bob@acme.test"], BROKEN)
+    assert err.value.smtp_code == 554 and b"5.7.1" in err.value.smtp_error
+    assert messages(session) == []
+
+
+def test_two_tenants_judged_each_under_its_own_policy(env, ingress, acme, factory, sink, session):
+    factory.tenant("Beta", ("beta.test",), transport_port=sink.port)
+    set_policy(env, "scores.MIME_DEFECT=20")  # Acme rejects; Beta keeps the default
+    send(env, rcpts=("bob@acme.test", "carol@beta.test"))
+    got = sink.wait_count(1)
+    assert got[0].rcpts == ["carol@beta.test"]
+    verdicts = sorted((m.verdict, m.score) for m in messages(session))
+    assert verdicts == [("deliver", 0.5), ("reject", 20.0)]
+
+
+def test_greylisting_defers_a_new_triplet_then_accepts_the_retry(env, ingress, acme, sink, session):
+    set_policy(env, "greylisting=true", "greylist_delay=1")
+    with client(env) as c:
+        c.ehlo()
+        c.mail("alice@sender.example")
+        code, reply = c.rcpt("bob@acme.test")
+        assert (code, reply[:5]) == (451, b"4.7.1")
+    time.sleep(1.2)
+    send(env)
+    sink.wait_count(1)
+    # The client network and sender are now allowed: a new recipient passes at once.
+    with client(env) as c:
+        c.ehlo()
+        c.mail("alice@sender.example")
+        assert c.rcpt("dave@acme.test")[0] == 250
+
+
+def test_a_forged_authentication_results_header_for_our_host_is_removed(env, ingress, acme, sink):
+    """Attack: a sender adds 'Authentication-Results: <our hostname>; dkim=pass' to look verified downstream."""
+    forged = (b"Authentication-Results: mx.mailward.test; dkim=pass header.d=bank.example\r\n"
+              b"Authentication-Results: elsewhere.example; spf=pass\r\n") + BROKEN
+    send(env, forged)
+    got = sink.wait_count(1)[0].data
+    assert b"mx.mailward.test; dkim=pass header.d=bank.example" not in got
+    assert b"Authentication-Results: elsewhere.example; spf=pass" in got
