@@ -24,6 +24,9 @@ from tenants.config import Config, set_config
 from tenants.scope import msp_scope
 from tests.servers import Process, Sink, free_port, start_postgres, start_redis, wait_for
 
+#: Fixture modules of the real servers the checks need (DNS, clamd), usable from every test module.
+pytest_plugins = ["tests.fixtures_dns", "tests.fixtures_av"]
+
 TEST_DB = os.environ.get("MAILWARD_TEST_DB", "sqlite")
 _counter = itertools.count()
 
@@ -79,8 +82,11 @@ def _fresh_database(pg_server: Any, template: str, data_dir: Path) -> str:
 
 
 @pytest.fixture
-def env(tmp_path: Path, redis_server: Any, pg_server: Any, db_template: str) -> Iterator[dict[str, str]]:
-    """The environment of a fresh installation: the CLI and every child process read it."""
+def env(tmp_path: Path, redis_server: Any, pg_server: Any, db_template: str, dns: Any) -> Iterator[dict[str, str]]:
+    """The environment of a fresh installation: the CLI and every child process read it.
+
+    Its resolver is the loopback DNS server (emptied for each test): nothing a test does asks the internet.
+    """
     data_dir = tmp_path / "var"
     database_url = _fresh_database(pg_server, db_template, data_dir)
     redis.Redis.from_url(redis_server.url).flushall()
@@ -97,6 +103,7 @@ def env(tmp_path: Path, redis_server: Any, pg_server: Any, db_template: str) -> 
         "MAILWARD_RETRY_SCHEDULE": "1,1,2",
         "MAILWARD_SMTP_TIMEOUT": "10",
         "MAILWARD_LOG_LEVEL": "INFO",
+        "MAILWARD_DNS": f"127.0.0.1:{dns.port}",
     })
     if database_url:
         e["MAILWARD_DATABASE_URL"] = database_url

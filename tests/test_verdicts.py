@@ -43,13 +43,15 @@ def test_clean_mail_is_delivered_with_status_headers(env, ingress, acme, sink, s
     set_policy(env, "scores.MIME_DEFECT=0.5")
     send(env)
     got = sink.wait_count(1)[0].data
-    assert b"X-Mailward-Status: clean, score=0.5" in got
+    assert b"X-Mailward-Status: clean, score=" in got
     assert b"MIME_DEFECT=0.5" in got
     (msg,) = messages(session)
-    assert msg.verdict == "deliver" and msg.score == 0.5
     with msp_scope():
-        symbols = session.scalars(select(Finding.symbol).where(Finding.message_id == msg.id)).all()
-    assert symbols == ["MIME_DEFECT"]
+        scores = dict(session.execute(select(Finding.symbol, Finding.score).where(Finding.message_id == msg.id)).all())
+    assert scores["MIME_DEFECT"] == 0.5
+    assert "SPF_NONE" in scores  # the sender domain publishes no SPF record on the test's DNS
+    assert msg.verdict == "deliver" and msg.score == round(sum(scores.values()), 2)
+    assert b"Authentication-Results: mx.mailward.test; spf=none" in got
 
 
 def test_tagged_mail_is_delivered_with_subject_prefix(env, ingress, acme, sink, session):
@@ -93,8 +95,8 @@ def test_two_tenants_judged_each_under_its_own_policy(env, ingress, acme, factor
     send(env, rcpts=("bob@acme.test", "carol@beta.test"))
     got = sink.wait_count(1)
     assert got[0].rcpts == ["carol@beta.test"]
-    verdicts = sorted((m.verdict, m.score) for m in messages(session))
-    assert verdicts == [("deliver", 0.5), ("reject", 20.0)]
+    verdicts = sorted((m.verdict, m.score >= 20) for m in messages(session))
+    assert verdicts == [("deliver", False), ("reject", True)]
 
 
 def test_greylisting_defers_a_new_triplet_then_accepts_the_retry(env, ingress, acme, sink, session):

@@ -1,0 +1,135 @@
+"""A real ClamAV daemon for the tests: Debian's ``clamd`` on a free loopback TCP port with a signature DB we write.
+
+freshclam cannot reach the signature mirrors here, so :func:`start_clamd` writes its own database: an MD5 hash
+signature of the EICAR test file (``.hdb``, matches the file exactly, also inside archives and decoded MIME parts)
+and a body signature (``.ndb``, matches the EICAR string anywhere in a scanned object, e.g. in a text part that
+carries a line end after it). ``StreamMaxLength`` is small so a test can make clamd answer ``size limit exceeded``.
+In CI (``CI=true``) a clamd that cannot start fails the test run; nothing here skips.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.servers import free_port
+
+#: The standard antivirus test file (68 bytes). Built from two halves so this source file itself is no EICAR file.
+EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)" + b"7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+#: Name of the hash signature; clamd reports it as ``Eicar-Test-Signature.UNOFFICIAL``.
+HASH_SIGNATURE = "Eicar-Test-Signature"
+#: Name of the body signature (any file type, any offset).
+BODY_SIGNATURE = "Eicar-Test-Body"
+#: Largest INSTREAM upload clamd accepts here; more gets ``INSTREAM size limit exceeded. ERROR``.
+STREAM_MAX_LENGTH = 4 * 1024 * 1024
+#: Where Debian installs the daemon.
+CLAMD_BINARY = "/usr/sbin/clamd"
+#: Seconds clamd may take to load the database and answer PING (about 2 s with our tiny database).
+START_TIMEOUT = 60.0
+
+
+@dataclass
+class ClamdServer:
+    proc: subprocess.Popen[bytes]
+    workdir: Path
+    port: int
+    #: Seconds from start to the first PONG.
+    startup_seconds: float
+
+    @property
+    def address(self) -> str:
+        """The value for ``Config(clamd=...)``."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def socket_path(self) -> Path:
+        """The same clamd's unix socket."""
+        return self.workdir / "clamd.sock"
+
+    def log(self) -> str:
+        path = self.workdir / "clamd.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def write_database(db: Path, *, body_signature: bool = True) -> None:
+    """The test signature database: EICAR by MD5 (whole file) and, unless told not to, by body pattern (anywhere)."""
+    db.mkdir(parents=True, exist_ok=True)
+    (db / "test.hdb").write_text(f"{hashlib.md5(EICAR).hexdigest()}:{len(EICAR)}:{HASH_SIGNATURE}\n")
+    if body_signature:
+        # ndb: Name:TargetType:Offset:HexSignature; target type 0 = any file, offset * = anywhere.
+        (db / "test.ndb").write_text(f"{BODY_SIGNATURE}:0:*:{EICAR.hex()}\n")
+
+
+def ping(port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.sendall(b"zPING\0")
+            return s.recv(16).rstrip(b"\0\n") == b"PONG"
+    except OSError:
+        return False
+
+
+def start_clamd(*, body_signature: bool = True, timeout: float = START_TIMEOUT) -> ClamdServer:
+    """Start clamd in a temporary folder and wait until it answers PING; raises with its log if it cannot.
+
+    Without ``body_signature`` only the MD5 signature is loaded: it matches a scanned object that is exactly the
+    EICAR file, so a hit on a mail proves clamd decoded the MIME part (and unpacked the archive) itself.
+    """
+    if not Path(CLAMD_BINARY).exists():
+        raise RuntimeError(f"{CLAMD_BINARY} is missing: install the Debian package clamav-daemon")
+    workdir = Path(tempfile.mkdtemp(prefix="mw-clamd-"))
+    db = workdir / "db"
+    write_database(db, body_signature=body_signature)
+    port = free_port()
+    conf = workdir / "clamd.conf"
+    conf.write_text("\n".join([
+        f"DatabaseDirectory {db}",
+        f"TCPSocket {port}",
+        "TCPAddr 127.0.0.1",
+        f"LocalSocket {workdir / 'clamd.sock'}",
+        "Foreground yes",
+        f"PidFile {workdir / 'clamd.pid'}",
+        f"LogFile {workdir / 'clamd.log'}",
+        f"TemporaryDirectory {workdir}",
+        "ScanArchive yes",
+        "ScanMail yes",
+        f"StreamMaxLength {STREAM_MAX_LENGTH}",
+        "MaxThreads 4",
+        "SelfCheck 0",
+        "Bytecode no",
+    ]) + "\n")
+    if os.geteuid() == 0:
+        conf.write_text(conf.read_text() + "User root\n")
+    started = time.monotonic()
+    proc = subprocess.Popen([CLAMD_BINARY, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    server = ClamdServer(proc, workdir, port, 0.0)
+    deadline = started + timeout
+    while time.monotonic() < deadline:
+        if ping(port):
+            server.startup_seconds = time.monotonic() - started
+            return server
+        if proc.poll() is not None:
+            log = server.log()
+            server.stop()
+            raise RuntimeError(f"clamd exited with status {proc.returncode} at start:\n{log[-4000:]}")
+        time.sleep(0.1)
+    log = server.log()
+    server.stop()
+    raise TimeoutError(f"clamd did not answer PING within {timeout:g}s:\n{log[-4000:]}")
