@@ -85,6 +85,15 @@ def create_app(cfg: Config | None = None) -> Flask:
 
     _register_blueprints(app)
     _register_error_handlers(app)
+
+    @app.context_processor
+    def _platform_warnings() -> dict[str, list[str]]:
+        """Warnings every signed-in page shows at the top (operators must not miss them)."""
+        warnings = []
+        if cfg.clamd is None:
+            warnings.append("Virus scanning is off: MAILWARD_CLAMD is not set, so no mail is scanned for viruses.")
+        return {"platform_warnings": warnings}
+
     return app
 
 

@@ -4,7 +4,7 @@ freshclam cannot reach the signature mirrors here, so :func:`start_clamd` writes
 signature of the EICAR test file (``.hdb``, matches the file exactly, also inside archives and decoded MIME parts)
 and a body signature (``.ndb``, matches the EICAR string anywhere in a scanned object, e.g. in a text part that
 carries a line end after it). ``StreamMaxLength`` is small so a test can make clamd answer ``size limit exceeded``.
-In CI (``CI=true``) a clamd that cannot start fails the test run; nothing here skips.
+A clamd that cannot start raises, with its log: the tests that need it fail, locally and in CI; nothing here skips.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ BODY_SIGNATURE = "Eicar-Test-Body"
 STREAM_MAX_LENGTH = 4 * 1024 * 1024
 #: Where Debian installs the daemon.
 CLAMD_BINARY = "/usr/sbin/clamd"
-#: Seconds clamd may take to load the database and answer PING (about 2 s with our tiny database).
+#: Seconds clamd may take to load the database and answer PING (about 0.1 s here with our two signatures).
 START_TIMEOUT = 60.0
 
 

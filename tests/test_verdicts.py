@@ -124,3 +124,85 @@ def test_a_forged_authentication_results_header_for_our_host_is_removed(env, ing
     got = sink.wait_count(1)[0].data
     assert b"mx.mailward.test; dkim=pass header.d=bank.example" not in got
     assert b"Authentication-Results: elsewhere.example; spf=pass" in got
+
+
+@pytest.fixture
+def av_ingress(env, tmp_path, cfg, clamd_server):
+    """The ingress with virus scanning on, against the real clamd."""
+    from tests.servers import Process
+
+    env["MAILWARD_CLAMD"] = clamd_server.address
+    proc = Process(["smtp"], env, tmp_path / "smtp-av.log").start()
+    wait_for(lambda: _connectable(env), 20, what="ingress port")
+    yield proc
+    proc.stop()
+
+
+def _connectable(env: dict[str, str]) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", int(env["MAILWARD_SMTP_LISTEN"].rsplit(":", 1)[1])), 0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _zip_with_eicar() -> bytes:
+    import io
+    import zipfile
+
+    from tests.clamd import EICAR
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("readme.txt", EICAR)
+    return buf.getvalue()
+
+
+def test_a_virus_is_quarantined_and_never_delivered(env, av_ingress, acme, sink, session):
+    from email.message import EmailMessage
+
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "alice@sender.example", "bob@acme.test", "Invoice"
+    msg.set_content("See the attachment.")
+    msg.add_attachment(_zip_with_eicar(), maintype="application", subtype="zip", filename="invoice.zip")
+    send(env, msg.as_bytes())
+    wait_for(lambda: messages(session), 10, what="stored message")
+    (stored,) = messages(session)
+    assert (stored.verdict, stored.quarantine_kind) == ("quarantine", "virus")
+    assert "virus Eicar-Test-" in stored.explanation
+    time.sleep(1)
+    assert sink.messages == []
+
+
+def test_a_virus_is_rejected_when_the_policy_says_so(env, av_ingress, acme, sink, session):
+    from tests.clamd import EICAR
+
+    set_policy(env, "virus_action=reject")
+    data = b"From: a@sender.example\r\nTo: bob@acme.test\r\nSubject: x\r\n\r\n" + EICAR + b"\r\n"
+    with client(env) as c, pytest.raises(smtplib.SMTPDataError) as err:
+        c.sendmail("alice@sender.example", ["bob@acme.test"], data)
+    assert err.value.smtp_code == 554 and b"virus" in err.value.smtp_error
+    assert messages(session) == []
+
+
+def test_clamd_unreachable_answers_451_and_never_passes_unscanned(env, tmp_path, cfg, acme, sink, session):
+    from tests.servers import Process, free_port
+
+    env["MAILWARD_CLAMD"] = f"127.0.0.1:{free_port()}"  # nothing listens there
+    proc = Process(["smtp"], env, tmp_path / "smtp-noav.log").start()
+    try:
+        wait_for(lambda: _connectable(env), 20, what="ingress port")
+        with client(env) as c, pytest.raises(smtplib.SMTPDataError) as err:
+            c.sendmail("alice@sender.example", ["bob@acme.test"], BROKEN)
+        assert err.value.smtp_code == 451
+        set_policy(env, "scanner_unavailable=accept")
+        time.sleep(1.5)  # the ingress reloads policy when the version moves
+        send(env)
+        sink.wait_count(1)
+        (stored,) = messages(session)
+        with msp_scope():
+            assert "CLAM_TEMPFAIL" in {f.symbol for f in stored.findings}
+    finally:
+        proc.stop()

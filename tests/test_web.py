@@ -334,3 +334,18 @@ def test_pages_hold_to_the_csp_no_inline_script_or_style(web_app, world):
         html = text(client.get(path))
         assert not re.search(r"<script|\sstyle=|\son[a-z]+=|javascript:", html, re.I), path
         assert "/static/mailward.css" in html
+
+
+def test_every_page_warns_when_virus_scanning_is_off(web_app, world, cfg):
+    """No clamd configured (the embedded default without ClamAV): operators see it on every page."""
+    assert cfg.clamd is None
+    for email, page in (("admin@msp.test", "/console/"), ("admin@acme.test", "/portal/")):
+        body = text(sign_in(web_app, email).get(page))
+        assert "Virus scanning is off" in body, page
+
+
+def test_no_virus_warning_when_clamd_is_configured(cfg, world):
+    import dataclasses
+
+    app = create_app(dataclasses.replace(cfg, clamd="127.0.0.1:3310"))
+    assert "Virus scanning is off" not in text(sign_in(app, "admin@msp.test").get("/console/"))

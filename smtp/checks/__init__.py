@@ -6,11 +6,13 @@ To add a check: a module here with a :class:`~smtp.checks.base.Check` subclass, 
 
 from __future__ import annotations
 
+from smtp.checks.attachments import AttachmentCheck
 from smtp.checks.auth import ArcCheck, DkimCheck, DmarcCheck
 from smtp.checks.base import Check, CheckContext, Finding, Stage
 from smtp.checks.dnsbl import DnsblCheck, UriblCheck
 from smtp.checks.mimecheck import MimeCheck
 from smtp.checks.spf import SpfCheck
+from smtp.checks.virus import VirusCheck
 from tenants.config import Config
 
 #: Every check, in no particular order (the pipeline orders them by stage and dependencies).
@@ -22,6 +24,8 @@ REGISTRY: list[type[Check]] = [
     DkimCheck,
     ArcCheck,
     DmarcCheck,
+    VirusCheck,
+    AttachmentCheck,
 ]
 
 
