@@ -9,8 +9,10 @@ from __future__ import annotations
 from smtp.checks.attachments import AttachmentCheck
 from smtp.checks.auth import ArcCheck, DkimCheck, DmarcCheck
 from smtp.checks.base import Check, CheckContext, Finding, Stage
+from smtp.checks.bayes import BayesCheck
 from smtp.checks.dnsbl import DnsblCheck, UriblCheck
 from smtp.checks.mimecheck import MimeCheck
+from smtp.checks.rules import RulesCheck
 from smtp.checks.spf import SpfCheck
 from smtp.checks.virus import VirusCheck
 from tenants.config import Config
@@ -26,6 +28,8 @@ REGISTRY: list[type[Check]] = [
     DmarcCheck,
     VirusCheck,
     AttachmentCheck,
+    RulesCheck,
+    BayesCheck,
 ]
 
 
