@@ -49,8 +49,10 @@ class NewMessage:
     quarantine_kind: str | None = None
     #: (symbol, score, reason) of every finding under the tenant's policy.
     findings: Sequence[tuple[str, float, str]] = ()
-    #: False for mail that is quarantined or dropped: no delivery rows are written.
+    #: False for mail that is quarantined (rows held as ``quarantined``) or dropped (no rows).
     deliver: bool = True
+    #: Days a quarantined mail is kept (sets ``expires_at``).
+    retention_days: int | None = None
     #: If set, the rows are written already claimed by this token (the ingress delivers them itself at once).
     claim_token: str | None = None
     lease_seconds: int = 0
@@ -65,17 +67,25 @@ def store_message(session: Session, new: NewMessage) -> Message:
         header_from=_clip(new.header_from), subject=_clip(new.subject), message_id_header=_clip(new.message_id_header),
         size=len(new.data), verdict=new.verdict, score=new.score, explanation=new.explanation,
         quarantine_kind=new.quarantine_kind, deliveries=[], findings=[],  # known empty: no lazy load later
+        expires_at=now + timedelta(days=new.retention_days) if new.retention_days is not None else None,
     )
     session.add(msg)
     blob_store.put(session, msg.id, new.tenant_id, new.data)
     for symbol, score, reason in new.findings:
         session.add(Finding(tenant_id=new.tenant_id, message=msg, symbol=symbol, score=score, reason=reason))
-    claimed = new.claim_token is not None
-    for rcpt in new.rcpts if new.deliver else ():
+    held = not new.deliver and new.quarantine_kind is not None
+    claimed = new.claim_token is not None and new.deliver
+    if claimed:
+        status = DeliveryStatus.DELIVERING
+    elif held:
+        status = DeliveryStatus.QUARANTINED
+    else:
+        status = DeliveryStatus.QUEUED
+    for rcpt in new.rcpts if new.deliver or held else ():
         session.add(Delivery(
-            tenant_id=new.tenant_id, message=msg, rcpt=rcpt, route=new.route,
-            status=(DeliveryStatus.DELIVERING if claimed else DeliveryStatus.QUEUED).value,
-            claim_token=new.claim_token, lease_until=now + timedelta(seconds=new.lease_seconds) if claimed else None,
+            tenant_id=new.tenant_id, message=msg, rcpt=rcpt, route=new.route, status=status.value,
+            claim_token=new.claim_token if claimed else None,
+            lease_until=now + timedelta(seconds=new.lease_seconds) if claimed else None,
             next_attempt_at=now, created_at=now, updated_at=now,
         ))
     rcpt_list = ", ".join(new.rcpts)

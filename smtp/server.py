@@ -30,7 +30,7 @@ from smtp.verdict import Action, Verdict, decide, header_block
 from tenants.config import Config
 from tenants.db import require_current_schema, session_factory
 from tenants.ids import new_id
-from tenants.models import Delivery
+from tenants.models import Delivery, DeliveryStatus
 from tenants.policy import POLICY_VERSION_KEY, DomainRoute, Policy, find_domain_route, load_policy, normalize_domain
 from tenants.redisconn import redis_client
 from tenants.scope import msp_scope, tenant_scope
@@ -296,9 +296,13 @@ class IngressHandler:
                         quarantine_kind=verdict.kind if verdict.action == Action.QUARANTINE else None,
                         findings=[(f.symbol, f.score, f.reason) for f in verdict.findings],
                         deliver=verdict.delivers,
+                        retention_days=ctx.policies[tenant_id].retention_days(verdict.kind or "spam")
+                        if verdict.action == Action.QUARANTINE else None,
                     ))
                     session.flush()
-                out.append((tenant_id, msg.id, list(msg.deliveries), data))
+                # Only rows claimed for the fast path; quarantined rows wait for a release.
+                claimed = [d for d in msg.deliveries if d.status == DeliveryStatus.DELIVERING.value]
+                out.append((tenant_id, msg.id, claimed, data))
             with msp_scope():
                 session.commit()
             return out

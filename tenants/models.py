@@ -83,10 +83,12 @@ class DeliveryStatus(enum.StrEnum):
     DEFERRED = "deferred"  # a temporary failure; next_attempt_at says when again
     DELIVERED = "delivered"
     BOUNCED = "bounced"  # permanent failure or expiry; a DSN was queued unless the sender was <>
+    QUARANTINED = "quarantined"  # held in the quarantine; release sets it back to queued
+    DISCARDED = "discarded"  # deleted from the quarantine (or dropped by policy); never delivered
 
     @property
     def is_final(self) -> bool:
-        return self in (DeliveryStatus.DELIVERED, DeliveryStatus.BOUNCED)
+        return self in (DeliveryStatus.DELIVERED, DeliveryStatus.BOUNCED, DeliveryStatus.DISCARDED)
 
 
 PENDING_STATUSES = (DeliveryStatus.QUEUED, DeliveryStatus.DELIVERING, DeliveryStatus.DEFERRED)
@@ -108,6 +110,10 @@ class Tenant(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     suspended: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: Branding on the end-user portal and digests: the name shown, an accent colour (#rrggbb), a logo URL.
+    brand_name: Mapped[str | None] = mapped_column(String(200))
+    brand_color: Mapped[str | None] = mapped_column(String(7))
+    brand_logo_url: Mapped[str | None] = mapped_column(String(500))
 
 
 class Domain(TenantScoped, Base):
@@ -140,6 +146,8 @@ class User(TenantScoped, Base):
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: When the last quarantine digest to this user was built (the next lists only newer mail).
+    last_digest_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     @property
     def role_enum(self) -> Role:
@@ -187,11 +195,17 @@ class Message(TenantScoped, Base):
     explanation: Mapped[str] = mapped_column(Text, default="")
     #: spam, virus or attachment when the verdict is ``quarantine``.
     quarantine_kind: Mapped[str | None] = mapped_column(String(20))
+    #: When a quarantined mail is purged (received_at + the tenant's retention for its kind).
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     deliveries: Mapped[list[Delivery]] = relationship(back_populates="message", order_by="Delivery.id")
     findings: Mapped[list[Finding]] = relationship(back_populates="message", order_by="Finding.id")
 
-    __table_args__ = (Index("ix_message_tenant_received", "tenant_id", "received_at"),)
+    __table_args__ = (
+        Index("ix_message_tenant_received", "tenant_id", "received_at"),
+        Index("ix_message_tenant_quarantine", "tenant_id", "quarantine_kind", "received_at"),
+        Index("ix_message_expires", "expires_at"),
+    )
 
 
 class Blob(TenantScoped, Base):
@@ -225,7 +239,10 @@ class Delivery(TenantScoped, Base):
 
     message: Mapped[Message] = relationship(back_populates="deliveries")
 
-    __table_args__ = (Index("ix_delivery_status_next", "status", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_delivery_status_next", "status", "next_attempt_at"),
+        Index("ix_delivery_tenant_rcpt_status", "tenant_id", "rcpt", "status"),
+    )
 
 
 class Event(TenantScoped, Base):
@@ -330,6 +347,60 @@ class SmtpCredential(TenantScoped, Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class ListEntry(TenantScoped, Base):
+    """An allow- or block-list entry: MSP-wide (no tenant), a tenant's (no user), or one user's own.
+
+    ``value`` is an address, a domain (matching its subdomains too) or an IP network, as ``value_type`` says.
+    """
+
+    __tablename__ = "list_entry"
+    __tenant_nullable__ = True
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int | None] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(5))  # allow | block
+    value_type: Mapped[str] = mapped_column(String(10))  # address | domain | ip
+    value: Mapped[str] = mapped_column(String(320))
+    comment: Mapped[str] = mapped_column(String(500), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(320), default="")
+
+    __table_args__ = (Index("ix_list_entry_scope", "tenant_id", "user_id", "kind"),)
+
+
+class UserAddress(TenantScoped, Base):
+    """Another address (alias, shared mailbox) whose quarantined mail a user may see, besides their login e-mail."""
+
+    __tablename__ = "user_address"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id", ondelete="CASCADE"), index=True)
+    address: Mapped[str] = mapped_column(String(320))
+
+    __table_args__ = (Index("ix_user_address_tenant_address", "tenant_id", "address", unique=True),)
+
+
+class MessageView(TenantScoped, Base):
+    """Who opened a message (envelope-level access audit, and "seen by" in shared quarantines)."""
+
+    __tablename__ = "message_view"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"))
+    message_id: Mapped[str] = mapped_column(ForeignKey("message.id", ondelete="CASCADE"), index=True)
+    user_email: Mapped[str] = mapped_column(String(320))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class UsedToken(Base):
+    """A single-use action token (digest links) that was spent, and what it did; replay finds it here."""
+
+    __tablename__ = "used_token"
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"), index=True)
+    used_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    result: Mapped[str] = mapped_column(String(200), default="")
+
+
 class Heartbeat(Base):
     """A running process announces itself here (cluster view)."""
 
@@ -361,6 +432,10 @@ __all__ = [
     "DkimKey",
     "RelayNetwork",
     "SmtpCredential",
+    "ListEntry",
+    "UserAddress",
+    "MessageView",
+    "UsedToken",
     "Heartbeat",
     "Role",
     "TlsMode",

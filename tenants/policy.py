@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -94,6 +95,18 @@ class Policy:
     outbound_tenant_hourly: int = 5000
     #: Minimum trained mails of each class before Bayes scores.
     bayes_min_trained: int = 200
+    #: Days a quarantined mail is kept, per kind, before the purge job removes it.
+    retention_spam_days: int = 14
+    retention_virus_days: int = 30
+    retention_attachment_days: int = 30
+    #: Quarantine digests: on or off, the local hour they go out, the tenant's time zone (IANA name).
+    digest_enabled: bool = True
+    digest_hour: int = 8
+    timezone: str = "UTC"
+
+    def retention_days(self, kind: str) -> int:
+        return {"virus": self.retention_virus_days, "attachment": self.retention_attachment_days}.get(
+            kind, self.retention_spam_days)
 
     def score_of(self, symbol: str, default: float) -> float:
         return self.scores.get(symbol, default)
@@ -146,6 +159,12 @@ def policy_from(*layers: dict[str, Any]) -> Policy:
         if key in _CHOICES and out[key] not in _CHOICES[key]:
             raise ValidationError(f"policy setting {key}: one of {', '.join(_CHOICES[key])}")
     policy = Policy(**out, scores=scores)
+    if not 0 <= policy.digest_hour <= 23:
+        raise ValidationError("policy setting digest_hour: an hour from 0 to 23")
+    try:
+        ZoneInfo(policy.timezone)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValidationError(f"policy setting timezone: {policy.timezone!r} is not an IANA time zone") from exc
     if not policy.tag_threshold <= policy.quarantine_threshold <= policy.reject_threshold:
         raise ValidationError("thresholds must satisfy tag <= quarantine <= reject")
     return policy

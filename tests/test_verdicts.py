@@ -70,8 +70,11 @@ def test_quarantined_mail_is_stored_and_not_delivered(env, ingress, acme, sink, 
     (msg,) = messages(session)
     assert (msg.verdict, msg.quarantine_kind) == ("quarantine", "spam")
     assert "score 9 >= quarantine 8" in msg.explanation
+    assert msg.expires_at is not None and 13 <= (msg.expires_at - msg.received_at).days <= 14
     with msp_scope():
-        assert session.scalars(select(Delivery).where(Delivery.message_id == msg.id)).all() == []
+        rows = session.scalars(select(Delivery).where(Delivery.message_id == msg.id)).all()
+    assert [(d.rcpt, d.status) for d in rows] == [("bob@acme.test", "quarantined")]
+    with msp_scope():
         kinds = session.scalars(select(Event.kind).where(Event.message_id == msg.id)).all()
     assert kinds == ["received", "scanned"]
     time.sleep(1)
