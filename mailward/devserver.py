@@ -17,6 +17,7 @@ from types import FrameType
 
 from sqlalchemy import select
 
+from mailward.localclamd import find_or_start
 from tenants.config import Config
 from tenants.db import migrate, session_scope
 from tenants.models import Role, User
@@ -49,6 +50,13 @@ def run_all(cfg: Config) -> int:
 
     children: dict[str, subprocess.Popen[bytes]] = {}
     env = dict(os.environ)
+    clamd_proc = None
+    if cfg.clamd is None:
+        clamd, virus_scan, clamd_proc = find_or_start(cfg.data_dir)
+        if clamd:
+            env["MAILWARD_CLAMD"] = clamd
+    else:
+        virus_scan = f"clamd at {cfg.clamd}"
     for name in PROCESSES:
         log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it for its lifetime
         children[name] = subprocess.Popen([sys.executable, "-m", "mailward", name], env=env, stdout=log,
@@ -59,6 +67,7 @@ def run_all(cfg: Config) -> int:
     print(f"  SMTP ingress : {cfg.smtp_listen}")
     print(f"  Web console  : http://{cfg.web_listen}/")
     print(f"  Data         : {cfg.data_dir.resolve()} (logs in {logs.resolve()})")
+    print(f"  Virus scan   : {virus_scan}")
     if password:
         print(f"  Admin login  : {cfg.admin_email} / {password}   (shown once; keep it)")
     else:
@@ -93,6 +102,9 @@ def run_all(cfg: Config) -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    if clamd_proc is not None:
+        clamd_proc.terminate()
+        clamd_proc.wait(STOP_GRACE)
     stop_private_redis(cfg)
     if failed:
         print(f"mailward: error: {failed}", file=sys.stderr)
