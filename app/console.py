@@ -11,6 +11,7 @@ from flask import Blueprint, flash, redirect, render_template, url_for
 from flask.typing import ResponseReturnValue
 from flask_login import current_user
 from sqlalchemy.exc import IntegrityError
+from wtforms.fields.choices import SelectChoice
 
 from app.access import MSP_ROLES, allow
 from app.extensions import config, db
@@ -33,7 +34,7 @@ def _page(tenant_form: TenantForm | None = None, domain_form: DomainForm | None 
         domains[d.tenant_id].append(d)
     tenant_form = tenant_form or TenantForm(formdata=None, prefix="tenant")
     domain_form = domain_form or DomainForm(formdata=None, prefix="domain")
-    domain_form.tenant.choices = [(t.id, t.name) for t in tenants]
+    domain_form.tenant.choices = [SelectChoice(t.id, t.name) for t in tenants]
     return render_template("console/index.html", tenants=tenants, domains=domains, tenant_form=tenant_form,
                            domain_form=domain_form, can_edit=current_user.role is Role.MSP_ADMIN), status
 
@@ -71,7 +72,7 @@ def create_tenant() -> ResponseReturnValue:
 def add_domain() -> ResponseReturnValue:
     s = db.session
     form = DomainForm(prefix="domain")
-    form.tenant.choices = [(t.id, t.name) for t in services.list_tenants(s)]
+    form.tenant.choices = [SelectChoice(t.id, t.name) for t in services.list_tenants(s)]
     if form.validate_on_submit():
         try:
             tenant = services.get_tenant(s, form.tenant.data)

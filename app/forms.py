@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from flask_wtf import FlaskForm
 from wtforms import HiddenField, PasswordField, SelectField, StringField, SubmitField
+from wtforms.fields.choices import SelectChoice
 from wtforms.validators import AnyOf, DataRequired, Length
 
 from tenants.models import TlsMode
 
 TLS_CHOICES = [
-    (TlsMode.NONE.value, "none"),
-    (TlsMode.OPPORTUNISTIC.value, "opportunistic (STARTTLS if offered)"),
-    (TlsMode.REQUIRED.value, "required (STARTTLS or defer)"),
+    SelectChoice(TlsMode.NONE.value, "none"),
+    SelectChoice(TlsMode.OPPORTUNISTIC.value, "opportunistic (STARTTLS if offered)"),
+    SelectChoice(TlsMode.REQUIRED.value, "required (STARTTLS or defer)"),
 ]
 
 
