@@ -372,15 +372,16 @@ def run() -> None:
     sys.exit(run_all(get_config()))
 
 
-from mailward.bayes_cli import bayes  # noqa: E402  (per-tenant Bayes training)
-
-cli.add_command(bayes)
-
 from mailward import outbound_cli  # noqa: E402  (relay networks, SMTP credentials, DKIM keys)
 
 cli.add_command(outbound_cli.relay)
 cli.add_command(outbound_cli.smtp_credential)
 cli.add_command(outbound_cli.dkim)
+
+
+from mailward.bayes_cli import bayes  # noqa: E402  (per-tenant Bayes training)
+
+cli.add_command(bayes)
 
 
 # --- entry point --------------------------------------------------------------------------------------------------

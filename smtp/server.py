@@ -2,6 +2,10 @@
 
 A ``250`` to DATA is sent only after the message, its blob, one delivery row per recipient and the tracking event
 are committed in one transaction. Any failure of that commit answers ``451 4.3.0``.
+
+Mail is inbound unless the connection belongs to a sending tenant (a client in its relay network on port 25, or a
+login on the submission listener): then it is outbound (see :mod:`smtp.submission`), judged under the tenant's
+outbound policy, DKIM-signed and routed to the recipients' MX. Nothing else is ever relayed.
 """
 
 from __future__ import annotations
@@ -16,19 +20,26 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from smtp import authres, greylist
+from smtp import greylist
 from smtp.checks import CheckContext, Stage, build_checks
+from smtp.checks.auth import strip_spoofed_authres
 from smtp.delivery import Deliverer
 from smtp.delivery import Envelope as DeliveryEnvelope
+from smtp.dkimsign import header_from_domain
 from smtp.mime import parse_mail, prefix_subject, summarize_headers
 from smtp.pipeline import run_stage
 from smtp.queue import NewMessage, release_claim, store_message
+from smtp.ratelimit import REPLY_LIMITED
+from smtp.session import IngressSession, IngressSMTP, MailEnvelope, Submitter
+from smtp.submission import REPLY_AUTH_REQUIRED, REPLY_SENDER_NOT_ALLOWED, Outbound, SubmissionSMTP, decide_outbound
 from smtp.verdict import Action, Verdict, decide, header_block
 from tenants.config import Config
 from tenants.db import require_current_schema, session_factory
+from tenants.exceptions import ConfigError
 from tenants.ids import new_id
 from tenants.models import Delivery, DeliveryStatus
 from tenants.policy import POLICY_VERSION_KEY, DomainRoute, Policy, find_domain_route, load_policy, normalize_domain
@@ -48,6 +59,8 @@ CLIENT_TIMEOUT = 300
 
 REPLY_STORE_FAILED = "451 4.3.0 Temporary storage failure, try again later"
 REPLY_LOOKUP_FAILED = "451 4.3.0 Temporary lookup failure, try again later"
+REPLY_RELAY_DENIED = "550 5.7.1 Relaying denied: we do not accept mail for this domain"
+REPLY_SIGNING_FAILED = "451 4.3.0 Temporary failure while signing, try again later"
 
 
 def _valid_address(address: str) -> bool:
@@ -62,24 +75,8 @@ def _valid_address(address: str) -> bool:
     return "." in domain and all(label for label in domain.split("."))
 
 
-class MailEnvelope(Envelope):
-    """Per-transaction state: aiosmtpd's envelope, the route of each recipient, and the checks' context."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.routes: dict[str, DomainRoute] = {}
-        self.ctx: CheckContext | None = None
-        #: The MAIL-stage checks (DNSBL, SPF), started at MAIL FROM and awaited when their answer is needed.
-        self.early: asyncio.Task[None] | None = None
-
-    async def early_done(self) -> None:
-        if self.early is not None:
-            await asyncio.shield(self.early)
-
-
-class IngressSMTP(SMTP):
-    def _create_envelope(self) -> MailEnvelope:
-        return MailEnvelope()
+def _peer_ip(session: Session) -> str:
+    return session.peer[0] if isinstance(session.peer, tuple) else "127.0.0.1"
 
 
 class DomainCache:
@@ -107,6 +104,7 @@ class IngressHandler:
         self.sessions = session_factory(cfg)
         self.checks = build_checks(cfg)
         self.redis = redis_client(cfg, asyncio_client=True)
+        self.outbound = Outbound(cfg, self.sessions, self.redis)
         self._delivery_slots = asyncio.Semaphore(MAX_CONCURRENT_DELIVERIES)
         self._in_flight: dict[asyncio.Task[None], tuple[str, list[Delivery]]] = {}
         self.accepted = 0
@@ -115,8 +113,9 @@ class IngressHandler:
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
     ) -> list[str]:
         session.host_name = hostname
-        # aiosmtpd handles pipelined commands; it just does not say so. Inbound port 25 offers no AUTH.
-        out = [r for r in responses if not r.startswith("250-AUTH") and r != "250 HELP"]
+        # aiosmtpd handles pipelined commands; it just does not say so. Port 25 offers no AUTH (submission does).
+        offers_auth = isinstance(server, IngressSMTP) and server.offers_auth
+        out = [r for r in responses if (offers_auth or not r.startswith("250-AUTH")) and r != "250 HELP"]
         out.append("250-PIPELINING")
         out.append("250 HELP")
         return out
@@ -127,15 +126,66 @@ class IngressHandler:
         # The null sender of bounces stays "<>" in the envelope (aiosmtpd reads an empty one as "no MAIL yet").
         if address != "<>" and not _valid_address(address):
             return "501 5.1.7 Bad sender address syntax"
+        peer_ip = _peer_ip(session)
+        if isinstance(server, IngressSMTP) and server.offers_auth:
+            if not isinstance(session.auth_data, Submitter):
+                return REPLY_AUTH_REQUIRED
+            submitter: Submitter | None = session.auth_data
+        else:
+            submitter = await self._relay_submitter(session, peer_ip)
+        policy = None
+        if submitter is not None:
+            try:
+                policy = await self._policy(submitter.tenant_id)
+                refusal = await self._outbound_sender_checks(submitter, address, policy)
+            except Exception:
+                log.exception("outbound sender lookup failed")
+                return REPLY_LOOKUP_FAILED
+            if refusal is not None:
+                log.info("MAIL FROM <%s> of tenant %d (%s) from %s refused: %s", address, submitter.tenant_id,
+                         submitter.via, peer_ip, refusal)
+                return refusal
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
-        peer_ip = session.peer[0] if isinstance(session.peer, tuple) else "127.0.0.1"
+        envelope.submitter = submitter
         envelope.ctx = CheckContext(
             cfg=self.cfg, client_ip=peer_ip, helo=session.host_name or "",
             mail_from="" if address == "<>" else address, redis=self.redis,
+            direction="inbound" if submitter is None else "outbound",
         )
+        if submitter is not None and policy is not None:
+            envelope.ctx.tenant_ids = [submitter.tenant_id]
+            envelope.ctx.policies = {submitter.tenant_id: policy}
         envelope.early = asyncio.create_task(run_stage(self.checks, envelope.ctx, Stage.MAIL))
         return "250 2.1.0 Ok"
+
+    async def _relay_submitter(self, session: Session, peer_ip: str) -> Submitter | None:
+        """The tenant whose relay network the client is in, looked up once per connection."""
+        if not isinstance(session, IngressSession):
+            return None
+        if not session.relay_checked:
+            try:
+                session.submitter = await self.outbound.relay_submitter(peer_ip)
+            except Exception as exc:
+                # Not knowing is not "inbound": unknown recipient domains get 451 instead of 550 meanwhile.
+                log.warning("relay networks unavailable (%s: %s); %s is treated as inbound for now",
+                            type(exc).__name__, exc, peer_ip)
+                session.relay_unknown = True
+                return None
+            session.relay_checked, session.relay_unknown = True, False
+            if session.submitter is not None:
+                log.info("%s relays for tenant %d (%s)", peer_ip, session.submitter.tenant_id, session.submitter.via)
+        return session.submitter
+
+    async def _outbound_sender_checks(self, submitter: Submitter, address: str, policy: Policy) -> str | None:
+        """MAIL FROM of a sending tenant: a domain of its own (a null sender is checked at DATA), within its limits."""
+        if address != "<>":
+            domain = address.rpartition("@")[2]
+            if not await self.outbound.may_send_as(submitter, domain):
+                return REPLY_SENDER_NOT_ALLOWED.format(domain=normalize_domain(domain))
+        if await self.outbound.limiter.check(submitter.tenant_id, address, policy) is not None:
+            return REPLY_LIMITED
+        return None
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: MailEnvelope, address: str, rcpt_options: list[str]
@@ -144,6 +194,8 @@ class IngressHandler:
             return "452 4.5.3 Too many recipients"
         if not _valid_address(address):
             return "501 5.1.3 Bad recipient address syntax"
+        if envelope.submitter is not None:
+            return await self._outbound_rcpt(envelope, envelope.submitter, address, rcpt_options)
         domain = address.rpartition("@")[2]
         name = normalize_domain(domain)
         route = self.cache.routes.get(name)
@@ -156,7 +208,9 @@ class IngressHandler:
             if route is not None:
                 self.cache.routes[name] = route
         if route is None:
-            return "550 5.7.1 Relaying denied: we do not accept mail for this domain"
+            if isinstance(session, IngressSession) and session.relay_unknown:
+                return REPLY_LOOKUP_FAILED  # the client may be a tenant's server: not a final no
+            return REPLY_RELAY_DENIED
         try:
             policy = await self._policy(route.tenant_id)
         except Exception:
@@ -168,6 +222,22 @@ class IngressHandler:
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         envelope.routes[address] = route
+        return "250 2.1.5 Ok"
+
+    async def _outbound_rcpt(
+        self, envelope: MailEnvelope, submitter: Submitter, address: str, rcpt_options: list[str]
+    ) -> str:
+        """Any recipient domain is fine for a sending tenant, within its hourly recipient limits."""
+        try:
+            policy = await self._policy(submitter.tenant_id)
+        except Exception:
+            log.exception("policy lookup failed")
+            return REPLY_LOOKUP_FAILED
+        sender = envelope.mail_from if envelope.mail_from and envelope.mail_from != "<>" else ""
+        if await self.outbound.limiter.take(submitter.tenant_id, sender or "<>", policy) is not None:
+            return REPLY_LIMITED
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 Ok"
 
     async def _policy(self, tenant_id: int) -> Policy:
@@ -207,9 +277,11 @@ class IngressHandler:
             session.close()
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: MailEnvelope) -> str:
+        if envelope.submitter is not None:
+            return await self._outbound_data(server, session, envelope, envelope.submitter)
         raw = envelope.original_content or b""
         queue_id = new_id()
-        peer_ip = session.peer[0] if isinstance(session.peer, tuple) else "127.0.0.1"
+        peer_ip = _peer_ip(session)
         received = self._received_header(session, envelope, queue_id, peer_ip, tls=server._tls_protocol is not None)
         by_tenant: dict[int, list[str]] = {}
         for rcpt in envelope.rcpt_tos:
@@ -231,7 +303,7 @@ class IngressHandler:
             return "554 5.7.1 Message rejected as spam" + (" or unsafe content" if first.kind == "attachment" else "")
         token = secrets.token_hex(8)
         mail_from = ctx.mail_from
-        content = authres.strip_ours(raw, self.cfg.hostname)
+        content = strip_spoofed_authres(raw, self.cfg.hostname)
         try:
             stored = await asyncio.to_thread(
                 self._commit, queue_id, mail_from, by_tenant, received, content, verdicts, ctx, peer_ip,
@@ -280,29 +352,36 @@ class IngressHandler:
     ) -> list[tuple[int, str, list[Delivery], bytes]]:
         assert ctx.mail is not None
         headers = summarize_headers(content)
+        new = []
+        for tenant_id, rcpts in by_tenant.items():
+            verdict = verdicts[tenant_id]
+            new.append(NewMessage(
+                tenant_id=tenant_id, queue_id=queue_id, mail_from=mail_from, rcpts=rcpts,
+                data=self._tenant_content(received, content, verdict, ctx, ctx.policies[tenant_id]),
+                client_ip=peer_ip, client_helo=helo, header_from=headers.header_from,
+                subject=headers.subject, message_id_header=headers.message_id,
+                claim_token=token, lease_seconds=self.cfg.delivery_lease,
+                verdict=verdict.action.value, score=verdict.score, explanation=verdict.explanation,
+                quarantine_kind=verdict.kind if verdict.action == Action.QUARANTINE else None,
+                findings=[(f.symbol, f.score, f.reason) for f in verdict.findings],
+                deliver=verdict.delivers,
+                retention_days=ctx.policies[tenant_id].retention_days(verdict.kind or "spam")
+                if verdict.action == Action.QUARANTINE else None,
+            ))
+        return self._store_all(new)
+
+    def _store_all(self, new: list[NewMessage]) -> list[tuple[int, str, list[Delivery], bytes]]:
+        """Store one message per tenant in one transaction; (tenant, message id, delivery rows, bytes) of each."""
         session = self.sessions()
         out = []
         try:
-            for tenant_id, rcpts in by_tenant.items():
-                verdict = verdicts[tenant_id]
-                data = self._tenant_content(received, content, verdict, ctx, ctx.policies[tenant_id])
-                with tenant_scope(tenant_id):
-                    msg = store_message(session, NewMessage(
-                        tenant_id=tenant_id, queue_id=queue_id, mail_from=mail_from, rcpts=rcpts, data=data,
-                        client_ip=peer_ip, client_helo=helo, header_from=headers.header_from,
-                        subject=headers.subject, message_id_header=headers.message_id,
-                        claim_token=token, lease_seconds=self.cfg.delivery_lease,
-                        verdict=verdict.action.value, score=verdict.score, explanation=verdict.explanation,
-                        quarantine_kind=verdict.kind if verdict.action == Action.QUARANTINE else None,
-                        findings=[(f.symbol, f.score, f.reason) for f in verdict.findings],
-                        deliver=verdict.delivers,
-                        retention_days=ctx.policies[tenant_id].retention_days(verdict.kind or "spam")
-                        if verdict.action == Action.QUARANTINE else None,
-                    ))
+            for item in new:
+                with tenant_scope(item.tenant_id):
+                    msg = store_message(session, item)
                     session.flush()
                 # Only rows claimed for the fast path; quarantined rows wait for a release.
                 claimed = [d for d in msg.deliveries if d.status == DeliveryStatus.DELIVERING.value]
-                out.append((tenant_id, msg.id, claimed, data))
+                out.append((item.tenant_id, msg.id, claimed, item.data))
             with msp_scope():
                 session.commit()
             return out
@@ -320,6 +399,8 @@ class IngressHandler:
         proto = "ESMTP" if session.extended_smtp else "SMTP"
         if tls:
             proto += "S"
+        if session.authenticated:
+            proto += "A"  # RFC 3848: ESMTPA, ESMTPSA
         if envelope.smtp_utf8:
             proto = "UTF8" + proto.replace("ESMTP", "SMTP")
         for_clause = f"\r\n\tfor <{envelope.rcpt_tos[0]}>" if len(envelope.rcpt_tos) == 1 else ""
@@ -328,6 +409,90 @@ class IngressHandler:
             f"Received: from {helo} ([{peer_ip}])\r\n\tby {self.cfg.hostname} (Mailward) with {proto} "
             f"id {queue_id}{for_clause};\r\n\t{when}\r\n"
         ).encode("utf-8", "replace")
+
+    # --- outbound -------------------------------------------------------------------------------------------------
+
+    async def _outbound_data(
+        self, server: SMTP, session: Session, envelope: MailEnvelope, submitter: Submitter
+    ) -> str:
+        """DATA of a sending tenant: check, judge under its outbound policy, sign, commit, deliver to the MX."""
+        raw = envelope.original_content or b""
+        queue_id = new_id()
+        peer_ip = _peer_ip(session)
+        tenant_id = submitter.tenant_id
+        mail_from = "" if envelope.mail_from in (None, "<>") else str(envelope.mail_from)
+        if not mail_from:  # the null sender (a bounce from the tenant's server): its From must be the tenant's
+            from_domain = header_from_domain(raw)
+            try:
+                allowed = from_domain is not None and await self.outbound.may_send_as(submitter, from_domain)
+            except Exception:
+                log.exception("outbound sender lookup failed")
+                return REPLY_LOOKUP_FAILED
+            if not allowed:
+                return REPLY_SENDER_NOT_ALLOWED.format(domain=from_domain or "(no From)")
+        try:
+            verdict, ctx = await self._judge_outbound(envelope, raw, tenant_id)
+        except Exception:
+            log.exception("checks of outbound %s failed; answering 451", queue_id)
+            return "451 4.3.0 Temporary failure while scanning, try again later"
+        if verdict.action == Action.TEMPFAIL:
+            log.warning("outbound %s of tenant %d deferred: %s", queue_id, tenant_id, verdict.explanation)
+            return "451 4.7.0 Temporary failure: content scan unavailable, try again later"
+        if verdict.action == Action.REJECT:
+            log.warning("outbound %s of tenant %d (%s) rejected: %s", queue_id, tenant_id, submitter.via,
+                        verdict.explanation)
+            if verdict.kind == "virus":
+                return f"554 5.7.1 Message rejected: virus found ({verdict.explanation[:200]})"
+            return "554 5.7.1 Message rejected: unsafe content"
+        received = self._received_header(session, envelope, queue_id, peer_ip, tls=server._tls_protocol is not None)
+        try:
+            data, signed = await self.outbound.sign(tenant_id, received + raw, mail_from)
+        except Exception:
+            log.exception("DKIM signing of outbound %s (tenant %d) failed; answering 451", queue_id, tenant_id)
+            return REPLY_SIGNING_FAILED
+        headers = summarize_headers(raw)
+        token = secrets.token_hex(8)
+        policy = ctx.policies[tenant_id]
+        new = NewMessage(
+            tenant_id=tenant_id, queue_id=queue_id, mail_from=mail_from, rcpts=list(envelope.rcpt_tos), data=data,
+            route="mx", direction="outbound", client_ip=peer_ip, client_helo=session.host_name,
+            header_from=headers.header_from, subject=headers.subject, message_id_header=headers.message_id,
+            claim_token=token, lease_seconds=self.cfg.delivery_lease,
+            verdict=verdict.action.value, score=verdict.score, explanation=verdict.explanation,
+            quarantine_kind=verdict.kind if verdict.action == Action.QUARANTINE else None,
+            findings=[(f.symbol, f.score, f.reason) for f in verdict.findings], deliver=verdict.delivers,
+            retention_days=policy.retention_days(verdict.kind or "spam") if verdict.action == Action.QUARANTINE
+            else None,
+        )
+        try:
+            stored = await asyncio.to_thread(self._store_all, [new])
+        except Exception:
+            log.exception("commit of outbound %s failed; answering 451", queue_id)
+            return REPLY_STORE_FAILED
+        self.accepted += 1
+        for tid, message_id, rows, stored_data in stored:
+            if rows:
+                env = DeliveryEnvelope(message_id, tid, mail_from)
+                task = asyncio.create_task(self._deliver(env, rows, stored_data, token))
+                self._in_flight[task] = (token, rows)
+                task.add_done_callback(self._in_flight.pop)
+        log.info("accepted outbound %s of tenant %d (%s) from %s <%s> for %d recipient(s), %d bytes, %s: %s",
+                 queue_id, tenant_id, submitter.via, peer_ip, mail_from, len(envelope.rcpt_tos), len(raw), signed,
+                 verdict.explanation)
+        return f"250 2.0.0 Ok: queued as {queue_id}"
+
+    async def _judge_outbound(self, envelope: MailEnvelope, raw: bytes, tenant_id: int) -> tuple[Verdict, CheckContext]:
+        """Run the DATA-stage checks that apply to outbound mail and judge it under the sender's outbound policy."""
+        ctx = envelope.ctx or CheckContext(cfg=self.cfg, client_ip="127.0.0.1", helo="", mail_from="",
+                                           direction="outbound")
+        policy = await self._policy(tenant_id)
+        ctx.rcpts = list(envelope.rcpt_tos)
+        ctx.tenant_ids = [tenant_id]
+        ctx.policies = {tenant_id: policy}
+        ctx.mail = await asyncio.to_thread(parse_mail, raw)
+        await envelope.early_done()
+        await run_stage(self.checks, ctx, Stage.DATA)
+        return decide_outbound(ctx.findings, tenant_id, policy), ctx
 
     async def _deliver(self, env: DeliveryEnvelope, rows: Sequence[Delivery], data: bytes, token: str) -> None:
         async with self._delivery_slots:
@@ -367,10 +532,12 @@ class IngressHandler:
         while True:
             try:
                 raw = await client.get(POLICY_VERSION_KEY)
-                self.cache.check_version(int(raw) if raw else 0)
+                version: int | None = int(raw) if raw else 0
             except Exception as exc:  # Redis down: keep the cache; mail still flows
                 log.debug("policy version poll failed: %s", exc)
-                self.cache.check_version(None)
+                version = None
+            self.cache.check_version(version)
+            self.outbound.cache.check_version(version)
             await asyncio.sleep(POLICY_POLL_INTERVAL)
 
 
@@ -382,27 +549,42 @@ def tls_context(cfg: Config) -> ssl.SSLContext | None:
     return ctx
 
 
+def _addresses(server: asyncio.Server) -> str:
+    return ", ".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in server.sockets)
+
+
 async def serve(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
-    """Run the ingress until SIGTERM or SIGINT."""
+    """Run the ingress (port 25, and the submission listener when configured) until SIGTERM or SIGINT."""
+    cfg.check_submission()
     require_current_schema(cfg)
+    tls = tls_context(cfg)
+    if cfg.submission_listen is not None and tls is None:
+        raise ConfigError("MAILWARD_SUBMISSION_LISTEN needs MAILWARD_TLS_CERT and MAILWARD_TLS_KEY")
     deliverer = Deliverer(cfg)
     handler = IngressHandler(cfg, deliverer)
-    tls = tls_context(cfg)
     loop = asyncio.get_running_loop()
+    common: dict[str, Any] = dict(data_size_limit=cfg.max_message_size, enable_SMTPUTF8=True, hostname=cfg.hostname,
+                                  ident="Mailward ESMTP", tls_context=tls, timeout=CLIENT_TIMEOUT, loop=loop)
 
     def factory() -> IngressSMTP:
-        return IngressSMTP(
-            handler, data_size_limit=cfg.max_message_size, enable_SMTPUTF8=True, hostname=cfg.hostname,
-            ident="Mailward ESMTP", tls_context=tls, timeout=CLIENT_TIMEOUT, loop=loop,
-        )
+        return IngressSMTP(handler, **common)
 
-    server = await loop.create_server(factory, host=cfg.smtp_listen.host, port=cfg.smtp_listen.port,
-                                      family=socket.AF_UNSPEC, reuse_address=True)
+    def submission_factory() -> SubmissionSMTP:
+        return SubmissionSMTP(handler, login=handler.outbound.login, **common)
+
+    servers = [await loop.create_server(factory, host=cfg.smtp_listen.host, port=cfg.smtp_listen.port,
+                                        family=socket.AF_UNSPEC, reuse_address=True)]
+    addrs = _addresses(servers[0])
+    if cfg.submission_listen is not None:
+        servers.append(await loop.create_server(submission_factory, host=cfg.submission_listen.host,
+                                                port=cfg.submission_listen.port, family=socket.AF_UNSPEC,
+                                                reuse_address=True))
+        log.info("SMTP submission listening on %s (STARTTLS, then AUTH)", _addresses(servers[1]))
+        addrs += f"; submission on {_addresses(servers[1])}"
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     poller = asyncio.create_task(handler.poll_policy_version())
-    addrs = ", ".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in server.sockets)
     log.info("SMTP ingress listening on %s as %s", addrs, cfg.hostname)
     print(f"mailward smtp: listening on {addrs}", flush=True)
     if ready is not None:
@@ -411,7 +593,8 @@ async def serve(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
     try:
         await stop.wait()
     finally:
-        server.close()
+        for server in servers:
+            server.close()
         poller.cancel()
         await handler.drain(SHUTDOWN_GRACE)
         await deliverer.close()

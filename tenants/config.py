@@ -129,7 +129,7 @@ class Config:
     smtp_timeout: float = 60.0
     #: Idle seconds after which a pooled downstream connection is closed.
     pool_idle: float = 30.0
-    #: Smart host for mail to domains no tenant owns (bounces, later outbound); unset: MX lookup.
+    #: Smart host for mail to domains no tenant owns (bounces and outbound mail); unset: MX lookup.
     relayhost: HostPort | None = None
     #: Resolver for MX and checks, host:port; unset: the system resolver.
     dns: HostPort | None = None
@@ -138,6 +138,10 @@ class Config:
     #: Sender of bounces and notifications.
     postmaster: str = ""
     log_level: str = "INFO"
+    #: Address of the submission listener (SMTP AUTH after STARTTLS, for tenants' outbound mail); unset: off.
+    submission_listen: HostPort | None = None
+    #: Secret the DKIM private keys are encrypted with; unset: derived from the secret key.
+    dkim_key_secret: str = ""
 
     @property
     def sqlite_path(self) -> Path:
@@ -207,10 +211,24 @@ class Config:
         read("CLAMD", str)
         read("POSTMASTER", _email)
         read("LOG_LEVEL", _log_level)
+        read("SUBMISSION_LISTEN", parse_hostport)
+        read("DKIM_KEY_SECRET", str)
         cfg = cls(**values)
         if bool(cfg.tls_cert) != bool(cfg.tls_key):
             raise ConfigError("MAILWARD_TLS_CERT and MAILWARD_TLS_KEY: set both or neither")
+        cfg.check_submission()
         return cfg
+
+    def check_submission(self) -> None:
+        """The submission listener needs a certificate (AUTH only after STARTTLS) and an address of its own."""
+        if self.submission_listen is None:
+            return
+        if not self.tls_cert or not self.tls_key:
+            raise ConfigError("MAILWARD_SUBMISSION_LISTEN needs MAILWARD_TLS_CERT and MAILWARD_TLS_KEY: "
+                              "clients must STARTTLS before they may AUTH")
+        if self.submission_listen == self.smtp_listen:
+            raise ConfigError(f"MAILWARD_SUBMISSION_LISTEN: {self.submission_listen} is already "
+                              "MAILWARD_SMTP_LISTEN; give the submission listener its own port")
 
     def resolve_secret_key(self) -> str:
         """The configured secret key, or one generated once and kept under the data directory."""

@@ -23,3 +23,19 @@ class SchemaNotCurrent(MailwardError):
 
 class ValidationError(MailwardError):
     """A value given by a person or a client is not acceptable; the message says why."""
+
+
+class PermissionDenied(MailwardError):
+    """The caller may see the object but not do this to it (e.g. a user releasing a virus)."""
+
+
+class TokenError(MailwardError):
+    """A signed link token cannot be used."""
+
+
+class TokenExpired(TokenError):
+    """The token's signature is good but it is older than its lifetime."""
+
+
+class TokenInvalid(TokenError):
+    """The token was not made by us with this purpose (bad signature, tampered, or malformed)."""

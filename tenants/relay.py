@@ -1,0 +1,200 @@
+"""Who may send mail out through Mailward, for which tenant, and as whom.
+
+A tenant's own servers relay from its registered networks (port 25) or log in with a per-tenant SMTP credential
+(the submission port, after STARTTLS). Either way the session belongs to one tenant, and that tenant may only use
+envelope senders in its own domains (or their subdomains no other tenant registered).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from functools import cache
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tenants.exceptions import ValidationError
+from tenants.models import Domain, RelayNetwork, SmtpCredential, Tenant, utcnow
+from tenants.passwords import hash_password, verify_password
+from tenants.policy import normalize_domain
+from tenants.scope import msp_scope
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: Widest relay network accepted per IP version: anything wider would let a large part of the Internet send as the
+#: tenant (IPv4 /8, IPv6 /32, a whole provider allocation).
+MIN_PREFIX = {4: 8, 6: 32}
+#: Shortest password accepted for an SMTP credential (random ones are longer).
+MIN_SMTP_PASSWORD = 12
+#: Longest SMTP username (the column's width).
+USERNAME_MAX = 320
+
+_USERNAME_RE = re.compile(r"^[A-Za-z0-9._%+@-]+$")
+
+
+# --- relay networks -----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RelayNet:
+    network: IPNetwork
+    tenant_id: int
+
+
+def parse_network(cidr: str) -> IPNetwork:
+    """A CIDR with no host bits set, not wider than :data:`MIN_PREFIX` allows."""
+    try:
+        net = ipaddress.ip_network(cidr.strip(), strict=True)
+    except ValueError as exc:
+        raise ValidationError(f"{cidr!r} is not a network in CIDR notation ({exc})") from None
+    if net.prefixlen < MIN_PREFIX[net.version]:
+        raise ValidationError(f"{net} is too wide: at most /{MIN_PREFIX[net.version]} for IPv{net.version}")
+    return net
+
+
+def add_relay_network(session: Session, tenant: Tenant, cidr: str) -> RelayNetwork:
+    """Register a network of the tenant's servers; one that overlaps another tenant's network is refused."""
+    net = parse_network(cidr)
+    with msp_scope():
+        for other in session.scalars(select(RelayNetwork)):
+            existing = ipaddress.ip_network(other.cidr)
+            if existing.version == net.version and existing.overlaps(net):  # type: ignore[arg-type]
+                if other.tenant_id != tenant.id:
+                    raise ValidationError(f"{net} overlaps {existing}, a relay network of another tenant")
+                if existing == net:
+                    raise ValidationError(f"{net} is already a relay network of this tenant")
+    row = RelayNetwork(tenant_id=tenant.id, cidr=str(net))
+    session.add(row)
+    session.flush()
+    return row
+
+
+def list_relay_networks(session: Session, tenant: Tenant | None = None) -> list[RelayNetwork]:
+    stmt = select(RelayNetwork).order_by(RelayNetwork.tenant_id, RelayNetwork.cidr)
+    if tenant is not None:
+        stmt = stmt.where(RelayNetwork.tenant_id == tenant.id)
+    return list(session.scalars(stmt))
+
+
+def load_relay_networks(session: Session) -> list[RelayNet]:
+    """Every relay network of an active tenant, most specific first (what the ingress matches client IPs against)."""
+    with msp_scope():
+        rows = session.execute(
+            select(RelayNetwork.cidr, RelayNetwork.tenant_id).join(Tenant, Tenant.id == RelayNetwork.tenant_id)
+            .where(Tenant.suspended.is_(False))
+        ).all()
+    nets = [RelayNet(ipaddress.ip_network(cidr), int(tid)) for cidr, tid in rows]
+    return sorted(nets, key=lambda n: -n.network.prefixlen)
+
+
+def match_relay_network(networks: list[RelayNet], ip: str) -> RelayNet | None:
+    """The most specific network containing ``ip`` (IPv4-mapped IPv6 peers count as their IPv4 address)."""
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    for net in networks:
+        if addr.version == net.network.version and addr in net.network:
+            return net
+    return None
+
+
+# --- sender domains -----------------------------------------------------------------------------------------------
+
+def parent_domains(domain: str) -> list[str]:
+    """``a.b.example`` → ``[a.b.example, b.example]``: the name and its parents down to two labels."""
+    labels = normalize_domain(domain).split(".")
+    return [".".join(labels[i:]) for i in range(max(len(labels) - 1, 1))]
+
+
+def sender_domain_owner(session: Session, domain: str) -> int | None:
+    """The active tenant owning ``domain``: the one that registered it, or else its closest registered parent."""
+    candidates = parent_domains(domain)
+    with msp_scope():
+        rows = session.execute(
+            select(Domain.name, Domain.tenant_id, Tenant.suspended).join(Tenant, Tenant.id == Domain.tenant_id)
+            .where(Domain.name.in_(candidates))
+        ).all()
+    found = {name: (int(tid), bool(suspended)) for name, tid, suspended in rows}
+    for name in candidates:
+        if name in found:
+            tid, suspended = found[name]
+            return None if suspended else tid
+    return None
+
+
+# --- SMTP AUTH credentials ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SmtpLogin:
+    """A successful SMTP AUTH: which credential, of which tenant."""
+
+    credential_id: int
+    tenant_id: int
+    username: str
+
+
+def validate_username(username: str) -> str:
+    u = username.strip().lower()
+    if not u or len(u) > USERNAME_MAX or not _USERNAME_RE.match(u):
+        raise ValidationError(f"SMTP username {username!r}: use letters, digits and . _ % + - @")
+    return u
+
+
+def create_smtp_credential(session: Session, tenant: Tenant, username: str, password: str) -> SmtpCredential:
+    name = validate_username(username)
+    if len(password) < MIN_SMTP_PASSWORD:
+        raise ValidationError(f"password too short: at least {MIN_SMTP_PASSWORD} characters")
+    with msp_scope():  # usernames are unique across tenants (the login names the tenant)
+        if session.scalar(select(SmtpCredential.id).where(SmtpCredential.username == name)) is not None:
+            raise ValidationError(f"SMTP username {name} is taken")
+    cred = SmtpCredential(tenant_id=tenant.id, username=name, password_hash=hash_password(password))
+    session.add(cred)
+    session.flush()
+    return cred
+
+
+def list_smtp_credentials(session: Session, tenant: Tenant | None = None) -> list[SmtpCredential]:
+    stmt = select(SmtpCredential).order_by(SmtpCredential.tenant_id, SmtpCredential.username)
+    if tenant is not None:
+        stmt = stmt.where(SmtpCredential.tenant_id == tenant.id)
+    return list(session.scalars(stmt))
+
+
+def revoke_smtp_credential(session: Session, username: str) -> SmtpCredential:
+    """Revoke a credential (in the current scope); sessions already logged in keep going until they end."""
+    cred = session.scalar(select(SmtpCredential).where(SmtpCredential.username == validate_username(username)))
+    if cred is None:
+        raise ValidationError(f"no SMTP username {username!r}")
+    if cred.revoked_at is None:
+        cred.revoked_at = utcnow()
+    return cred
+
+
+@cache
+def _dummy_hash() -> str:
+    """A hash to verify against when the username is unknown, so both cases take the same time."""
+    return hash_password("no such smtp user")
+
+
+def verify_smtp_login(session: Session, username: str, password: str) -> SmtpLogin | None:
+    """The login for a username and password, or None (unknown, wrong, revoked, or the tenant is suspended)."""
+    try:
+        name = validate_username(username)
+    except ValidationError:
+        return None
+    with msp_scope():
+        row = session.execute(
+            select(SmtpCredential, Tenant.suspended).join(Tenant, Tenant.id == SmtpCredential.tenant_id)
+            .where(SmtpCredential.username == name)
+        ).first()
+    if row is None:
+        verify_password(_dummy_hash(), password)
+        return None
+    cred, suspended = row
+    if not verify_password(cred.password_hash, password) or cred.revoked_at is not None or suspended:
+        return None
+    return SmtpLogin(cred.id, cred.tenant_id, cred.username)
