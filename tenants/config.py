@@ -135,6 +135,15 @@ class Config:
     dns: HostPort | None = None
     #: ClamAV clamd address (host:port or a unix socket path); unset: virus scanning off.
     clamd: str | None = None
+    #: DNSBL/URIBL zones, ``KIND:ZONE=CODES:SYMBOL[:reject],...;...`` (see smtp/checks/dnsbl.py); unset: the shipped
+    #: zones; ``none``: no lists.
+    dnsbl_zones: str | None = None
+    #: Optional extra scorers: SpamAssassin spamd (host:port) and rspamd (its HTTP URL); unset: off.
+    spamd: str | None = None
+    rspamd: str | None = None
+    #: The web address people reach (digest links, portal links), e.g. https://mail.example.net; unset: the web
+    #: listen address.
+    public_url: str | None = None
     #: Sender of bounces and notifications.
     postmaster: str = ""
     log_level: str = "INFO"
@@ -162,6 +171,11 @@ class Config:
     @property
     def effective_redis_url(self) -> str:
         return self.redis_url or f"unix://{self.private_redis_socket.resolve()}"
+
+    @property
+    def web_url(self) -> str:
+        """Base URL of the web process as people reach it (no trailing slash)."""
+        return self.public_url or f"http://{self.web_listen}"
 
     @property
     def bounce_sender(self) -> str:
@@ -209,6 +223,10 @@ class Config:
         read("RELAYHOST", lambda v: parse_hostport(v, default_port=25))
         read("DNS", lambda v: _ip_hostport(parse_hostport(v, default_port=53)))
         read("CLAMD", str)
+        read("DNSBL_ZONES", str)
+        read("SPAMD", lambda v: str(parse_hostport(v, default_port=783)))
+        read("RSPAMD", _url(("http", "https")))
+        read("PUBLIC_URL", lambda v: _url(("http", "https"))(v).rstrip("/"))
         read("POSTMASTER", _email)
         read("LOG_LEVEL", _log_level)
         read("SUBMISSION_LISTEN", parse_hostport)

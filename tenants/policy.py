@@ -90,7 +90,8 @@ class Policy:
     greylist_pass_ttl: int = 36 * 86400
     #: Outbound mail at or above this score is held (quarantined) instead of sent.
     outbound_quarantine_threshold: float = 6.0
-    #: Outbound mails per sender address per hour, and per tenant per hour; beyond that 451.
+    #: Outbound recipients per sender address per hour, and per tenant per hour (a mail to N people counts N);
+    #: beyond that 451 at MAIL FROM or RCPT.
     outbound_sender_hourly: int = 300
     outbound_tenant_hourly: int = 5000
     #: Minimum trained mails of each class before Bayes scores.

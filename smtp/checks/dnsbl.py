@@ -28,6 +28,7 @@ from smtp.checks.auth import org_domain
 from smtp.checks.base import Check, CheckContext, Stage
 from smtp.dns import DNS_LIFETIME, async_resolver
 from tenants.config import Config
+from tenants.exceptions import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +195,7 @@ def zones_from_config(cfg: Config) -> tuple[Zone, ...]:
     try:
         return parse_zones(str(spec))
     except ValueError as exc:
-        raise ValueError(f"MAILWARD_DNSBL_ZONES: {exc}") from exc
+        raise ConfigError(f"MAILWARD_DNSBL_ZONES: {exc}") from exc
 
 
 def reversed_ip(ip: str) -> str | None:
