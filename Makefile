@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
 # Debian packages the test suite starts for real (see ../shared/RECIPES.md).
-TEST_DEBS := redis-server postgresql clamav-daemon slapd ldap-utils chromium libmagic1 openssl
+TEST_DEBS := redis-server postgresql clamav-daemon slapd ldap-utils chromium libmagic1 openssl spamd rspamd
 # Debian packages `make run` needs on a bare machine (the venv module).
 RUN_DEBS  := python3-venv
 

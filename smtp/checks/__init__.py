@@ -12,7 +12,9 @@ from smtp.checks.base import Check, CheckContext, Finding, Stage
 from smtp.checks.bayes import BayesCheck
 from smtp.checks.dnsbl import DnsblCheck, UriblCheck
 from smtp.checks.mimecheck import MimeCheck
+from smtp.checks.rspamd import RspamdCheck
 from smtp.checks.rules import RulesCheck
+from smtp.checks.spamd import SpamdCheck
 from smtp.checks.spf import SpfCheck
 from smtp.checks.virus import VirusCheck
 from tenants.config import Config
@@ -30,6 +32,8 @@ REGISTRY: list[type[Check]] = [
     AttachmentCheck,
     RulesCheck,
     BayesCheck,
+    SpamdCheck,
+    RspamdCheck,
 ]
 
 

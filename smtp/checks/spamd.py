@@ -1,0 +1,193 @@
+"""SpamAssassin as an optional second opinion: the mail goes to spamd (``SYMBOLS`` over aiospamc), its score becomes
+one band symbol.
+
+A check cannot add an arbitrary score, only symbols whose scores are data (``tenants/scores/spamd.toml``), so
+spamd's score is mapped to a band: ``SPAMD_0_2`` … ``SPAMD_8_PLUS``; the reason carries the exact score, spamd's
+threshold and the rules that hit. spamd sees the mail as delivered to it, so a ``Received`` header naming the client
+(HELO, verified reverse name, IP) is put in front: without it SpamAssassin would not know the last relay.
+Off unless an address is configured (``MAILWARD_SPAMD``); when spamd cannot answer, ``SPAMD_TEMPFAIL`` (score 0).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiospamc
+from aiospamc.exceptions import AIOSpamcConnectionFailed, ClientException, TimeoutException
+from aiospamc.responses import ResponseException
+
+from smtp.checks.base import Check, CheckContext, Stage
+from smtp.checks.rspamd import RDNS_TIMEOUT, client_hostname
+from tenants.config import Config, parse_hostport
+from tenants.exceptions import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: spamd's usual TCP port, used when MAILWARD_SPAMD names a host without one.
+DEFAULT_PORT = 783
+#: Seconds allowed to connect to spamd.
+CONNECT_TIMEOUT = 5.0
+#: Seconds one scan may take, from connect to answer. Network rules (DNSBL, Razor, Pyzor) can take ten seconds or more.
+SCAN_TIMEOUT = 30.0
+#: Mails larger than this are not sent (spamc's own default limit is 500 KB): big mails are rarely spam, and
+#: SpamAssassin's time grows with size. They get SPAMD_SKIPPED (score 0).
+MAX_SIZE = 512 * 1024
+#: Most characters of the HELO name put in the Received header.
+MAX_HELO = 255
+#: Prefix a path needs to be taken as a unix socket when it contains no slash.
+UNIX_PREFIX = "unix:"
+
+#: Band symbols by the lowest spamd score they hold, highest first; a score below every bound is the first band.
+BANDS: tuple[tuple[float, str], ...] = ((8.0, "SPAMD_8_PLUS"), (5.0, "SPAMD_5_8"), (2.0, "SPAMD_2_5"))
+LOW_BAND = "SPAMD_0_2"
+
+
+class SpamdError(Exception):
+    """spamd could not be reached, timed out, or answered with an error."""
+
+
+@dataclass(frozen=True)
+class SpamdAddress:
+    """Where spamd listens: a unix socket path, or a TCP host and port."""
+
+    path: str | None = None
+    host: str = ""
+    port: int = DEFAULT_PORT
+
+    @classmethod
+    def parse(cls, value: str) -> SpamdAddress:
+        """``/run/spamd.sock``, ``unix:spamd.sock``, ``host``, ``host:port`` or ``[v6]:port``."""
+        value = value.strip()
+        if value.startswith(UNIX_PREFIX):
+            return cls(path=value[len(UNIX_PREFIX):])
+        if "/" in value:
+            return cls(path=value)
+        hp = parse_hostport(value, default_port=DEFAULT_PORT)
+        return cls(host=hp.host, port=hp.port)
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return self.path
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class SpamdResult:
+    score: float
+    threshold: float
+    #: Names of the SpamAssassin rules that hit, in spamd's order.
+    rules: tuple[str, ...]
+
+
+def band(score: float) -> str:
+    """The band symbol of a spamd score."""
+    for bound, symbol in BANDS:
+        if score >= bound:
+            return symbol
+    return LOW_BAND
+
+
+class SpamdClient:
+    """One ``SYMBOLS`` request per mail through aiospamc (TCP or unix socket)."""
+
+    def __init__(self, address: str, *, connect_timeout: float = CONNECT_TIMEOUT,
+                 timeout: float = SCAN_TIMEOUT) -> None:
+        if connect_timeout <= 0 or timeout <= 0:
+            raise ValueError("timeouts must be positive")
+        self.address = SpamdAddress.parse(address)
+        self.connect_timeout = connect_timeout
+        self.timeout = timeout
+
+    async def symbols(self, message: bytes) -> SpamdResult:
+        """Score ``message``; raises SpamdError when spamd cannot answer."""
+        where = self.address
+        try:
+            response = await aiospamc.symbols(
+                message,
+                host=where.host or "localhost", port=where.port,
+                socket_path=Path(where.path) if where.path is not None else None,
+                timeout=aiospamc.Timeout(total=self.timeout, connection=self.connect_timeout,
+                                         response=self.timeout),
+            )
+        except TimeoutError as exc:  # aiospamc's total timeout
+            raise SpamdError(f"spamd at {where}: no answer within {self.timeout:g}s") from exc
+        except TimeoutException as exc:  # its connect or response timeout, or spamd's own
+            raise SpamdError(f"spamd at {where} timed out: {exc or type(exc).__name__}") from exc
+        except ResponseException as exc:
+            raise SpamdError(f"spamd at {where} answered an error: {exc}") from exc
+        except AIOSpamcConnectionFailed as exc:
+            raise SpamdError(f"spamd at {where} unreachable: {exc.__cause__ or exc}") from exc
+        except ClientException as exc:  # an answer that is not spamd's protocol
+            cause = exc.__cause__ or exc
+            raise SpamdError(f"spamd at {where}: {type(exc).__name__}: {cause}") from exc
+        except OSError as exc:
+            raise SpamdError(f"spamd at {where}: {exc.strerror or exc}") from exc
+        spam = response.headers.spam
+        if spam is None:
+            raise SpamdError(f"spamd at {where} answered without a Spam header")
+        names = response.body.decode("ascii", "replace").strip()
+        rules = tuple(n.strip() for n in names.split(",") if n.strip())
+        return SpamdResult(float(spam.score), float(spam.threshold), rules)
+
+
+def _token(value: str) -> str:
+    """A HELO as one harmless token: a line break in it would put a forged header above ours, so such things go."""
+    return "".join(ch for ch in value if ch > " " and ch not in "()\x7f")[:MAX_HELO]
+
+
+def received_header(ctx: CheckContext, hostname: str | None, crlf: bool) -> bytes:
+    """The trace header our MTA would add, so SpamAssassin sees the client as the last relay."""
+    helo = _token(ctx.helo) or "unknown"
+    rdns = f"{hostname} " if hostname else ""
+    line_end = "\r\n" if crlf else "\n"
+    value = (f"Received: from {helo} ({rdns}[{ctx.client_ip}]){line_end}\tby {ctx.cfg.hostname} (Mailward) "
+             f"with ESMTP; {email.utils.formatdate(localtime=False)}{line_end}")
+    return value.encode("utf-8", "replace")
+
+
+class SpamdCheck(Check):
+    """SpamAssassin's score as a band symbol. Optional, inbound only: SpamAssassin has no notion of a submitter."""
+
+    name = "spamd"
+    stage = Stage.DATA
+    #: A little longer than the client's own timeout plus the reverse lookup, so the clearer error is recorded.
+    timeout = SCAN_TIMEOUT + RDNS_TIMEOUT + 2.0
+    symbols = ("SPAMD_0_2", "SPAMD_2_5", "SPAMD_5_8", "SPAMD_8_PLUS", "SPAMD_SKIPPED", "SPAMD_TEMPFAIL")
+    directions = ("inbound",)
+
+    def __init__(self, cfg: Config, *, spamd: str | None = None, max_size: int = MAX_SIZE) -> None:
+        super().__init__(cfg)
+        address = spamd if spamd is not None else getattr(cfg, "spamd", None)
+        self.max_size = max_size
+        self.client: SpamdClient | None = None
+        if address:
+            try:
+                self.client = SpamdClient(address)
+            except ValueError as exc:
+                raise ConfigError(f"MAILWARD_SPAMD: {exc}") from exc
+
+    @property
+    def enabled(self) -> bool:
+        return self.client is not None
+
+    async def run(self, ctx: CheckContext) -> None:
+        if ctx.mail is None or self.client is None:
+            return
+        raw = ctx.mail.raw
+        if len(raw) > self.max_size:
+            ctx.add("SPAMD_SKIPPED", f"{len(raw)} bytes, over the {self.max_size} byte limit for spamd")
+            return
+        hostname = await client_hostname(ctx)
+        first_line = raw.split(b"\n", 1)[0]
+        message = received_header(ctx, hostname, first_line.endswith(b"\r")) + raw
+        try:
+            result = await self.client.symbols(message)
+        except SpamdError as exc:
+            log.warning("spamd check failed (client %s): %s", ctx.client_ip, exc)
+            ctx.add(self.tempfail_symbol, str(exc))
+            return
+        rules = ", ".join(result.rules) or "no rules"
+        ctx.add(band(result.score), f"spamd score {result.score:.1f}/{result.threshold:.1f} ({rules})")
