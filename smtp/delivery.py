@@ -45,15 +45,26 @@ class Deliverer:
         self.pool = pool or SmtpPool(cfg)
         self.router = router or Router(cfg)
 
-    async def deliver(self, env: Envelope, rows: Sequence[Delivery], data: bytes, token: str) -> None:
-        """Send ``data`` to every claimed row and record the outcomes (the claim is ``token``)."""
+    async def deliver(
+        self, env: Envelope, rows: Sequence[Delivery], data: bytes, token: str,
+        hops: dict[str, NextHop] | None = None,
+    ) -> None:
+        """Send ``data`` to every claimed row and record the outcomes (the claim is ``token``).
+
+        ``hops``: transports already known by recipient domain (the ingress found them at RCPT), so the database is
+        not asked again.
+        """
         with tenant_scope(env.tenant_id):
-            groups = await self._group(env, rows)
+            groups = await self._group(env, rows, hops or {})
             await asyncio.gather(*(self._send_group(env, hop, group, data, token) for hop, group in groups))
 
-    async def _group(self, env: Envelope, rows: Sequence[Delivery]) -> list[tuple[NextHop, list[Delivery]]]:
-        transport_domains = {_domain_of(r.rcpt) for r in rows if r.route == "transport"}
-        transports = await asyncio.to_thread(_load_transports, self.cfg, transport_domains) if transport_domains else {}
+    async def _group(
+        self, env: Envelope, rows: Sequence[Delivery], known: dict[str, NextHop]
+    ) -> list[tuple[NextHop, list[Delivery]]]:
+        transport_domains = {_domain_of(r.rcpt) for r in rows if r.route == "transport"} - set(known)
+        transports = dict(known)
+        if transport_domains:
+            transports.update(await asyncio.to_thread(_load_transports, self.cfg, transport_domains))
         by_hop: dict[NextHop, list[Delivery]] = defaultdict(list)
         for row in rows:
             domain = _domain_of(row.rcpt)

@@ -31,6 +31,7 @@ from smtp.delivery import Deliverer
 from smtp.delivery import Envelope as DeliveryEnvelope
 from smtp.dkimsign import header_from_domain
 from smtp.mime import parse_mail, prefix_subject, summarize_headers
+from smtp.outbound import NextHop, Router
 from smtp.pipeline import run_stage
 from smtp.queue import NewMessage, release_claim, store_message
 from smtp.ratelimit import REPLY_LIMITED
@@ -317,7 +318,9 @@ class IngressHandler:
             if not rows:
                 continue
             env = DeliveryEnvelope(message_id, tenant_id, mail_from)
-            task = asyncio.create_task(self._deliver(env, rows, data, token))
+            hops = {normalize_domain(r.domain): Router.transport(r.transport_host, r.transport_port, r.transport_tls)
+                    for r in envelope.routes.values() if r.tenant_id == tenant_id}
+            task = asyncio.create_task(self._deliver(env, rows, data, token, hops))
             self._in_flight[task] = (token, rows)
             task.add_done_callback(self._in_flight.pop)
         log.info("accepted %s from %s <%s> for %d recipient(s), %d bytes: %s", queue_id, peer_ip, mail_from,
@@ -494,10 +497,13 @@ class IngressHandler:
         await run_stage(self.checks, ctx, Stage.DATA)
         return decide_outbound(ctx.findings, tenant_id, policy), ctx
 
-    async def _deliver(self, env: DeliveryEnvelope, rows: Sequence[Delivery], data: bytes, token: str) -> None:
+    async def _deliver(
+        self, env: DeliveryEnvelope, rows: Sequence[Delivery], data: bytes, token: str,
+        hops: dict[str, NextHop] | None = None,
+    ) -> None:
         async with self._delivery_slots:
             try:
-                await self.deliverer.deliver(env, rows, data, token)
+                await self.deliverer.deliver(env, rows, data, token, hops)
             except Exception:
                 # The rows stay claimed until their lease ends; then the worker's sweeper retries them.
                 log.exception("fast-path delivery of %s failed; the worker will retry", env.message_id)

@@ -1,0 +1,1 @@
+"""Benchmarks: print figures, never part of pass/fail (see bench/README.md)."""
