@@ -94,7 +94,17 @@ _URL_PATH_SPLIT = re.compile(r"[/.?=&_\-+%#:;,~]+")
 #: Second-level labels of country domains under which registrations sit one level deeper (example.co.uk).
 _SECOND_LEVEL = frozenset({"co", "com", "net", "org", "ac", "gov", "edu", "ne", "or", "go", "gob", "nic"})
 #: Headers whose words become tokens, each with its prefix.
-_WORD_HEADERS = {"subject": "s:", "x-mailer": "xm:", "user-agent": "xm:", "organization": "org:"}
+_WORD_HEADERS = {"x-mailer": "xm:", "user-agent": "xm:", "organization": "org:"}
+#: Headers whose number of occurrences becomes a token (SpamBayes' "safe_headers": present in most mail, never
+#: names a host or a person, so the count says how the mail was composed and relayed).
+_COUNTED_HEADERS = ("abuse-reports-to", "date", "errors-to", "from", "importance", "in-reply-to", "message-id",
+                    "mime-version", "organization", "received", "reply-to", "return-path", "subject", "to",
+                    "user-agent", "x-abuse-info", "x-complaints-to", "x-face")
+#: Words of the subject and runs of punctuation in it (SpamBayes: "!!!" and "$$$" are clues of their own).
+_SUBJECT_WORD = re.compile(r"[\w$.%'-]+")
+_SUBJECT_PUNCT = re.compile(r"[^\w\s]{2,}|[!$%]")
+#: Body word pairs tokenized as bigrams (SpamBayes' optional bigrams): "click here" says more than each word.
+USE_BIGRAMS = True
 
 
 def registered_domain(host: str) -> str:
@@ -126,7 +136,8 @@ def _count_bucket(n: int) -> str:
     return "many"
 
 
-def _words(text: str, prefix: str = "") -> Iterator[str]:
+def _words(text: str, prefix: str = "", bigrams: bool = False) -> Iterator[str]:
+    previous = ""
     for raw in _WS.split(text):
         word = raw.strip(_STRIP).lower()
         n = len(word)
@@ -135,8 +146,12 @@ def _words(text: str, prefix: str = "") -> Iterator[str]:
         if n > MAX_WORD:
             # Long runs (mangled words, unknown charsets, ids) are too rare to learn one by one; their shape is not.
             yield f"{prefix}skip:{word[0]} {n // 10 * 10}"
+            previous = ""
         else:
             yield prefix + word
+            if bigrams and previous:
+                yield f"{prefix}bi:{previous} {word}"
+            previous = word
 
 
 def _header_tokens(mail: MailLike) -> Iterator[str]:
@@ -155,6 +170,16 @@ def _header_tokens(mail: MailLike) -> Iterator[str]:
                 if word and len(word) <= MAX_HEADER_WORD:
                     yield prefix + word
     subject = first("subject")
+    for word in _SUBJECT_WORD.findall(subject.lower()):
+        word = word.strip(_STRIP)
+        if len(word) > MAX_WORD:
+            yield f"s:skip:{word[0]} {len(word) // 10 * 10}"
+        elif word:
+            yield "s:" + word
+    for run in _SUBJECT_PUNCT.findall(subject):
+        yield "s:" + run[:5]
+    for header in _COUNTED_HEADERS:
+        yield f"hdr:{header}:{min(len(headers.get(header, ())), 9)}"
     if not subject:
         yield "s:<none>"
     elif sum(c.isupper() for c in subject) > 2 * max(1, sum(c.islower() for c in subject)):
@@ -323,7 +348,7 @@ def _body_tokens(mail: MailLike) -> Iterator[str]:
     for domain in _EMAIL_IN_TEXT.findall(body):
         yield from _domain_tokens("e:", domain)
     body = _EMAIL_IN_TEXT.sub(" ", _URL_IN_TEXT.sub(" ", body))
-    yield from _words(body)
+    yield from _words(body, bigrams=USE_BIGRAMS)
 
 
 def tokenize(mail: MailLike) -> list[str]:
@@ -358,7 +383,7 @@ def mail_hashes(mail: MailLike) -> list[int]:
 # --- classifier -----------------------------------------------------------------------------------------------------
 
 #: Robinson's s: how strongly the prior pulls the probability of a rarely seen token (1: like one sighting).
-UNKNOWN_WORD_STRENGTH = 1.0
+UNKNOWN_WORD_STRENGTH = 0.45
 #: Robinson's x: the probability assumed for a token never seen.
 UNKNOWN_WORD_PROB = 0.5
 #: Tokens whose probability is closer to 0.5 than this are ignored as noise.

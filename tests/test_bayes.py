@@ -104,6 +104,15 @@ def test_tokenizer_prefixes_header_tokens_and_url_hosts() -> None:
     assert {"s:quarterly", "s:figures", "fn:big", "fd:mail.bigshop.example", "fd:.bigshop.example",
             "u:click.bigshop.example", "u:.bigshop.example", "up:offer", "u:<from-domain>", "hello"} <= tokens
     assert "quarterly" not in tokens  # subject words are their own tokens
+    assert {"hdr:received:0", "hdr:message-id:1", "hdr:subject:1"} <= tokens  # SpamBayes' header counts
+
+
+def test_tokenizer_makes_subject_punctuation_skip_and_bigram_tokens() -> None:
+    raw = make_mail(["click", "here", "supercalifragilistic", "now"], subject="FREE money!!! $$$",
+                    sender="x@y.example", url="")
+    tokens = set(bayes.tokenize(parse_mail(raw)))
+    assert {"s:free", "s:money", "s:!!!", "s:$$$", "bi:click here", "skip:s 20"} <= tokens
+    assert "bi:here now" not in tokens  # a skipped long word breaks the pair
 
 
 def test_token_hash_is_a_signed_64_bit_integer() -> None:
@@ -121,7 +130,10 @@ def test_combination_is_symmetric_and_ignores_weak_tokens() -> None:
     assert spammy > 0.99 and hammy < 0.01
     assert abs(spammy + hammy - 1.0) < 1e-9
     assert bayes.token_probability(0, 0, 10, 10) == 0.5
-    assert bayes.token_probability(1, 0, 10, 10) == pytest.approx(0.75)  # one sighting: shrunk towards 0.5
+    # One sighting, shrunk towards 0.5 with SpamBayes' strength 0.45: (0.45 * 0.5 + 1) / 1.45.
+    assert bayes.token_probability(1, 0, 10, 10) == pytest.approx(0.8448, abs=1e-4)
+    # Counts are compared as ratios of each class's trained mails (Robinson): 5 of 100 spam vs 5 of 400 ham.
+    assert bayes.token_probability(5, 5, 100, 400) == pytest.approx((0.225 + 10 * 0.8) / 10.45)
 
 
 # --- store ----------------------------------------------------------------------------------------------------------

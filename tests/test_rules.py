@@ -175,6 +175,21 @@ def test_mailing_lists_may_set_reply_to_and_rewrite_the_display_name() -> None:
     assert not {"REPLYTO_OTHER_DOMAIN", "FROM_DISPLAY_OTHER_ADDR"} & hits(listed)
 
 
+def test_click_tracking_through_the_senders_own_domain_is_no_link_mismatch() -> None:
+    """Newsletters route links through a click counter at their own domain; a link to a third domain still fires."""
+    tracked = make({"From": "Shop News <news@mail.shop.example>"},
+                   html='<p><a href="https://click.shop.example/r?id=7">www.partner.example</a></p>')
+    assert "HTML_LINK_TEXT_MISMATCH" not in hits(tracked)
+    elsewhere = make({"From": "Shop News <news@mail.shop.example>"},
+                     html='<p><a href="https://click.tracker.example/r?id=7">www.partner.example</a></p>')
+    assert "HTML_LINK_TEXT_MISMATCH" in hits(elsewhere)
+
+
+def test_link_text_that_is_no_host_name_is_no_link_mismatch() -> None:
+    broken = make(html='<p><a href="https://www.all-life-ins.example/">www.all-life</a></p>')
+    assert "HTML_LINK_TEXT_MISMATCH" not in hits(broken)
+
+
 def test_a_brand_in_a_person_name_at_the_brand_domain_is_fine() -> None:
     assert "FROM_DISPLAY_BRAND" not in hits(make({"From": '"Microsoft Outlook" <no-reply@microsoft.com>'}))
     assert "FROM_DISPLAY_BRAND" in hits(make({"From": '"Microsoft 365" <admin@m365-alerts.example>'}))
