@@ -245,12 +245,27 @@ def test_smtp_service_maps_25_to_the_listener(docs: list[dict[str, Any]]) -> Non
     assert container["livenessProbe"]["tcpSocket"]["port"] == 2525
 
 
-def test_submission_port_can_be_added() -> None:
-    docs = render({"ingress": {"service": {"extraPorts": [{"name": "submission", "port": 587, "targetPort": 2587}]}}})
+def test_submission_listener_is_exposed_on_587_with_tls() -> None:
+    docs = render({"ingress": {"submission": {"enabled": True}}, "tls": {"enabled": True, "existingSecret": "mx"}})
     svc = one(docs, "Service", f"{FULLNAME}-ingress")["spec"]
     assert {(p["port"], p["targetPort"]) for p in svc["ports"]} == {(25, "smtp"), (587, "submission")}
     container = deployment(docs, "ingress")["spec"]["template"]["spec"]["containers"][0]
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"smtp": 2525, "submission": 2587}
+    assert env_of(container)["MAILWARD_SUBMISSION_LISTEN"]["value"] == "0.0.0.0:2587"
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBE_VERSIONS[-1], strict=True)
+
+
+def test_submission_without_tls_stops_rendering() -> None:
+    """AUTH must never be offered in clear text: the chart refuses submission without a certificate."""
+    with pytest.raises(helm_python.HelmRenderError, match="submission requires STARTTLS"):
+        render({"ingress": {"submission": {"enabled": True}}})
+
+
+def test_extra_ports_can_be_added() -> None:
+    docs = render({"ingress": {"service": {"extraPorts": [{"name": "smtps", "port": 465, "targetPort": 2465}]}}})
+    svc = one(docs, "Service", f"{FULLNAME}-ingress")["spec"]
+    assert {(p["port"], p["targetPort"]) for p in svc["ports"]} == {(25, "smtp"), (465, "smtps")}
 
 
 def test_web_service_probes_and_ingress() -> None:

@@ -82,6 +82,9 @@ app.kubernetes.io/part-of: mailward
 {{- if and .Values.tls.enabled (not .Values.tls.existingSecret) (not (and .Values.tls.certificate .Values.tls.key)) }}
 {{- fail "tls.enabled needs tls.existingSecret, or both tls.certificate and tls.key" }}
 {{- end }}
+{{- if and .Values.ingress.submission.enabled (not .Values.tls.enabled) }}
+{{- fail "ingress.submission.enabled needs tls.enabled: submission requires STARTTLS before AUTH" }}
+{{- end }}
 {{- end }}
 
 {{/* Changes whenever a setting that pods read at start changes, so that an upgrade restarts them. */}}
