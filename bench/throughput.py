@@ -486,8 +486,22 @@ def run_ingress(args: argparse.Namespace, stack: contextlib.ExitStack, workdir: 
         resolver = f"loopback DNS on 127.0.0.1:{dns.port}"
     else:
         resolver = "the system's DNS resolver (no tests/dnsserver.py)"
+    checks = []
+    if args.clamd:
+        from tests.clamd import start_clamd
+
+        clamd = start_clamd()
+        stack.callback(clamd.stop)
+        extra_env["MAILWARD_CLAMD"] = clamd.address
+        checks.append(f"clamd on {clamd.address}")
     mw = Installation(workdir, stack, database_url=args.database_url, postgres=args.postgres, extra_env=extra_env)
     mw.set_up(sink.port, tenant, domain)
+    if args.train:
+        spam, ham = args.train
+        mw.cli("bayes", "train", tenant, "--spam", str(spam), "--ham", str(ham))
+        checks.append(f"Bayes trained on {spam.name} + {ham.name}")
+    if checks:
+        print("checks on: every registered check, " + ", ".join(checks))
     ingress = mw.start_ingress()
     pid = ingress.proc.pid
     if args.worker:
@@ -582,6 +596,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dir", type=Path, default=None,
                         help="where to make the temporary folder (the SQLite file's filesystem matters)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, database)")
+    parser.add_argument("--clamd", action="store_true",
+                        help="scan for viruses with a real clamd (Debian clamav-daemon, test signatures)")
+    parser.add_argument("--train", nargs=2, type=Path, metavar=("SPAM_DIR", "HAM_DIR"),
+                        help="train the tenant's Bayes first (e.g. the SpamAssassin corpus folders), so it scores")
     return parser.parse_args(argv)
 
 
