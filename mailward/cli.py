@@ -383,6 +383,12 @@ from mailward.bayes_cli import bayes  # noqa: E402  (per-tenant Bayes training)
 
 cli.add_command(bayes)
 
+from mailward import quarantine_cli  # noqa: E402  (quarantine, allow/block lists, digests)
+
+cli.add_command(quarantine_cli.quarantine)
+cli.add_command(quarantine_cli.lists)
+cli.add_command(quarantine_cli.digest)
+
 
 # --- entry point --------------------------------------------------------------------------------------------------
 

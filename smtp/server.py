@@ -27,6 +27,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from smtp import greylist
 from smtp.checks import CheckContext, Stage, build_checks
 from smtp.checks.auth import strip_spoofed_authres
+from smtp.checks.lists import ListsCheck, findings_for_rcpt, rcpt_groups
 from smtp.delivery import Deliverer
 from smtp.delivery import Envelope as DeliveryEnvelope
 from smtp.dkimsign import header_from_domain
@@ -58,8 +59,12 @@ SHUTDOWN_GRACE = 10.0
 #: Seconds a client may stay silent before the ingress hangs up (RFC 5321 4.5.3.2 suggests 5 minutes).
 CLIENT_TIMEOUT = 300
 
+#: What a recipient is judged as: its tenant, and its user's own list decision (None: the tenant's verdict).
+Judged = tuple[int, str | None]
+
 REPLY_STORE_FAILED = "451 4.3.0 Temporary storage failure, try again later"
 REPLY_LOOKUP_FAILED = "451 4.3.0 Temporary lookup failure, try again later"
+REPLY_BLOCKED = "550 5.7.1 Sender blocked by the recipient's policy"
 REPLY_RELAY_DENIED = "550 5.7.1 Relaying denied: we do not accept mail for this domain"
 REPLY_SIGNING_FAILED = "451 4.3.0 Temporary failure while signing, try again later"
 
@@ -104,6 +109,7 @@ class IngressHandler:
         self.cache = DomainCache()
         self.sessions = session_factory(cfg)
         self.checks = build_checks(cfg)
+        self._lists = next((c for c in self.checks if isinstance(c, ListsCheck)), None)
         self.redis = redis_client(cfg, asyncio_client=True)
         self.outbound = Outbound(cfg, self.sessions, self.redis)
         self._delivery_slots = asyncio.Semaphore(MAX_CONCURRENT_DELIVERIES)
@@ -257,9 +263,16 @@ class IngressHandler:
                 session.close()
 
     async def _envelope_checks(self, envelope: MailEnvelope, tenant_id: int, policy: Policy, rcpt: str) -> str | None:
-        """RCPT-time refusals under the recipient tenant's policy: DNSBL zones marked reject, then greylisting."""
+        """RCPT-time decisions under the recipient tenant's policy: the envelope against the allow/block lists (the
+        recipient's own, then the tenant's and the MSP's), DNSBL zones marked reject, then greylisting. An allow-listed
+        envelope skips DNSBL refusal and greylisting; its content is still checked at DATA (viruses included)."""
         ctx = envelope.ctx
         if ctx is None:
+            return None
+        listed = await self._envelope_list(ctx, tenant_id, rcpt)
+        if listed == "block":
+            return REPLY_BLOCKED
+        if listed == "allow":
             return None
         if policy.dnsbl_reject or policy.greylisting:
             await envelope.early_done()
@@ -269,6 +282,19 @@ class IngressHandler:
         spf = ctx.facts.get("spf")
         spf_pass = spf is not None and str(spf[0]) == "pass"
         return await greylist.check(self.redis, policy, tenant_id, ctx.client_ip, ctx.mail_from, rcpt, spf_pass)
+
+    async def _envelope_list(self, ctx: CheckContext, tenant_id: int, rcpt: str) -> str | None:
+        """"allow", "block" or None for the envelope (sender, client IP) as this recipient's lists say."""
+        if self._lists is None:
+            return None
+        try:
+            lists = (await self._lists.lists_for(ctx, [tenant_id]))[tenant_id]
+        except Exception:
+            log.exception("allow/block lists unavailable at RCPT; deciding at DATA")
+            return None
+        who: dict[str, str | None] = dict(sender=ctx.mail_from or None, header_from=None, client_ip=ctx.client_ip)
+        found = lists.user_match(rcpt, **who) or lists.tenant_match(**who)
+        return found.outcome if found is not None else None
 
     def _lookup(self, name: str) -> DomainRoute | None:
         session = self.sessions()
@@ -288,7 +314,7 @@ class IngressHandler:
         for rcpt in envelope.rcpt_tos:
             by_tenant.setdefault(envelope.routes[rcpt].tenant_id, []).append(rcpt)
         try:
-            verdicts, ctx = await self._judge(envelope, raw, by_tenant)
+            verdicts, groups, ctx = await self._judge(envelope, raw, by_tenant)
         except Exception:
             log.exception("checks of %s failed; answering 451", queue_id)
             return "451 4.3.0 Temporary failure while scanning, try again later"
@@ -307,7 +333,7 @@ class IngressHandler:
         content = strip_spoofed_authres(raw, self.cfg.hostname)
         try:
             stored = await asyncio.to_thread(
-                self._commit, queue_id, mail_from, by_tenant, received, content, verdicts, ctx, peer_ip,
+                self._commit, queue_id, mail_from, groups, received, content, verdicts, ctx, peer_ip,
                 session.host_name, token,
             )
         except Exception:
@@ -329,7 +355,7 @@ class IngressHandler:
 
     async def _judge(
         self, envelope: MailEnvelope, raw: bytes, by_tenant: dict[int, list[str]]
-    ) -> tuple[dict[int, Verdict], CheckContext]:
+    ) -> tuple[dict[Judged, Verdict], dict[Judged, list[str]], CheckContext]:
         """Run the DATA-stage checks once and judge the mail under each recipient tenant's policy."""
         ctx = envelope.ctx or CheckContext(cfg=self.cfg, client_ip="127.0.0.1", helo="", mail_from="")
         ctx.rcpts = list(envelope.rcpt_tos)
@@ -338,7 +364,15 @@ class IngressHandler:
         ctx.mail = await asyncio.to_thread(parse_mail, raw)
         await envelope.early_done()
         await run_stage(self.checks, ctx, Stage.DATA)
-        return {tid: decide(ctx.findings, tid, ctx.policies[tid]) for tid in by_tenant}, ctx
+        # A recipient whose user has an own list decision is judged apart from the rest of its tenant.
+        groups: dict[Judged, list[str]] = {}
+        verdicts: dict[Judged, Verdict] = {}
+        for tid, rcpts in by_tenant.items():
+            for outcome, group in rcpt_groups(ctx, rcpts).items():
+                findings = findings_for_rcpt(ctx, tid, group[0]) if outcome else ctx.findings
+                groups[(tid, outcome)] = group
+                verdicts[(tid, outcome)] = decide(findings, tid, ctx.policies[tid])
+        return verdicts, groups, ctx
 
     def _tenant_content(
         self, received: bytes, content: bytes, verdict: Verdict, ctx: CheckContext, policy: Policy
@@ -350,14 +384,14 @@ class IngressHandler:
         return data
 
     def _commit(
-        self, queue_id: str, mail_from: str, by_tenant: dict[int, list[str]], received: bytes, content: bytes,
-        verdicts: dict[int, Verdict], ctx: CheckContext, peer_ip: str, helo: str | None, token: str,
+        self, queue_id: str, mail_from: str, groups: dict[Judged, list[str]], received: bytes, content: bytes,
+        verdicts: dict[Judged, Verdict], ctx: CheckContext, peer_ip: str, helo: str | None, token: str,
     ) -> list[tuple[int, str, list[Delivery], bytes]]:
         assert ctx.mail is not None
         headers = summarize_headers(content)
         new = []
-        for tenant_id, rcpts in by_tenant.items():
-            verdict = verdicts[tenant_id]
+        for (tenant_id, outcome), rcpts in groups.items():
+            verdict = verdicts[(tenant_id, outcome)]
             new.append(NewMessage(
                 tenant_id=tenant_id, queue_id=queue_id, mail_from=mail_from, rcpts=rcpts,
                 data=self._tenant_content(received, content, verdict, ctx, ctx.policies[tenant_id]),

@@ -46,7 +46,9 @@ class Verdict:
 
     @property
     def status(self) -> str:
-        """The X-Mailward-Status value of delivered mail."""
+        """The X-Mailward-Status value of delivered (or later released) mail."""
+        if self.action == Action.QUARANTINE:
+            return self.kind or "spam"
         return "spam" if self.action == Action.TAG else "clean"
 
 
@@ -124,3 +126,27 @@ def _fold(line: str, width: int = 78) -> str:
             current = f"{current} {word}" if current else word
     out.append(current)
     return "\r\n".join(out)
+
+
+def strip_header_block(data: bytes, hostname: str) -> bytes:
+    """A stored mail as its sender sent it: without our Received line, our Authentication-Results and the
+    X-Mailward-* fields that the ingress put on top (what Bayes training must see, as classification did)."""
+    pos = 0
+    received_seen = False
+    ours_ar = b"authentication-results: " + hostname.lower().encode("ascii", "replace")
+    while pos < len(data):
+        end = pos
+        while True:  # one header field: its line and the continuation lines after it
+            nl = data.find(b"\n", end)
+            if nl < 0:
+                return data[pos:]
+            end = nl + 1
+            if data[end:end + 1] not in (b" ", b"\t"):
+                break
+        field = data[pos:end].lower()
+        if field.startswith(b"received:") and not received_seen and b"(mailward)" in field:
+            received_seen = True
+        elif not field.startswith(b"x-mailward-") and not field.startswith(ours_ar):
+            break
+        pos = end
+    return data[pos:]

@@ -39,3 +39,7 @@ class TokenExpired(TokenError):
 
 class TokenInvalid(TokenError):
     """The token was not made by us with this purpose (bad signature, tampered, or malformed)."""
+
+
+class TokenUsed(TokenError):
+    """A single-use token (a login link) was already spent."""

@@ -8,6 +8,7 @@ for new domains and within one poll interval for removals.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -104,6 +105,8 @@ class Policy:
     digest_enabled: bool = True
     digest_hour: int = 8
     timezone: str = "UTC"
+    #: Sender (From and envelope) of the tenant's digests; empty: the installation's postmaster address.
+    digest_sender: str = ""
 
     def retention_days(self, kind: str) -> int:
         return {"virus": self.retention_virus_days, "attachment": self.retention_attachment_days}.get(
@@ -115,6 +118,7 @@ class Policy:
 
 #: Keys the MSP baseline may forbid tenants to change (``locked`` in the baseline JSON).
 POLICY_KEYS: tuple[str, ...] = tuple(f for f in Policy.__dataclass_fields__)
+_SENDER_RE = re.compile(r"^[^@\s<>]{1,64}@[^@\s<>]{1,253}$")
 _CHOICES = {
     "virus_action": ("quarantine", "reject"),
     "attachment_action": ("quarantine", "reject", "tag"),
@@ -160,6 +164,8 @@ def policy_from(*layers: dict[str, Any]) -> Policy:
         if key in _CHOICES and out[key] not in _CHOICES[key]:
             raise ValidationError(f"policy setting {key}: one of {', '.join(_CHOICES[key])}")
     policy = Policy(**out, scores=scores)
+    if policy.digest_sender and not _SENDER_RE.match(policy.digest_sender):
+        raise ValidationError(f"policy setting digest_sender: {policy.digest_sender!r} is not an e-mail address")
     if not 0 <= policy.digest_hour <= 23:
         raise ValidationError("policy setting digest_hour: an hour from 0 to 23")
     try:

@@ -209,3 +209,26 @@ def test_clamd_unreachable_answers_451_and_never_passes_unscanned(env, tmp_path,
             assert "CLAM_TEMPFAIL" in {f.symbol for f in stored.findings}
     finally:
         proc.stop()
+
+
+def test_block_listed_envelope_sender_is_refused_at_rcpt(env, ingress, acme, sink, session):
+    assert run_cli(["list", "add", "block", "sender.example", "--tenant", "Acme"], env).returncode == 0
+    time.sleep(1.2)  # the ingress notices the policy version within a poll interval
+    with client(env) as c:
+        c.ehlo()
+        c.mail("alice@sender.example")
+        code, reply = c.rcpt("bob@acme.test")
+    assert (code, reply[:5]) == (550, b"5.7.1")
+    assert messages(session) == []
+
+
+def test_allow_listed_sender_skips_greylisting_but_not_the_content_checks(env, ingress, acme, sink, session):
+    set_policy(env, "greylisting=true", "greylist_delay=3600", "scores.MIME_DEFECT=9")
+    assert run_cli(["list", "add", "allow", "alice@sender.example", "--tenant", "Acme"], env).returncode == 0
+    time.sleep(1.2)
+    send(env)  # no 451: the allow-listed envelope is not greylisted
+    sink.wait_count(1)
+    (msg,) = messages(session)
+    with msp_scope():
+        symbols = {f.symbol for f in msg.findings}
+    assert {"LIST_ALLOW", "MIME_DEFECT"} <= symbols and msg.verdict == "deliver"

@@ -1,4 +1,9 @@
-"""``mailward scheduler``: one process that enqueues periodic work. A Redis lock keeps it to one at a time."""
+"""``mailward scheduler``: one process that runs or enqueues periodic work. A Redis lock keeps it to one at a time.
+
+What runs when is one table, :func:`periodic_jobs`: the delivery sweeper every ``sweep_interval`` (in this process:
+it only queues jobs), the retention purge hourly and the digest check every few minutes (each queues RQ jobs that
+the workers run). A job that fails is logged and tried again at its next interval; it never stops the others.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from types import FrameType
 
 import redis
@@ -14,6 +21,8 @@ import redis
 from tenants.config import Config
 from tenants.db import require_current_schema
 from tenants.redisconn import redis_client
+from worker.digest import DIGEST_CHECK_INTERVAL, schedule_digests
+from worker.retention import PURGE_INTERVAL, enqueue_purge
 from worker.sweeper import sweep
 
 log = logging.getLogger(__name__)
@@ -21,6 +30,45 @@ log = logging.getLogger(__name__)
 LOCK_KEY = "mailward:scheduler:lock"
 #: Seconds the scheduler lock lives without renewal; a dead scheduler is replaced after this.
 LOCK_TTL = 60
+#: Longest sleep between two looks at the table (so the lock is renewed well within its TTL).
+MAX_TICK = 5.0
+
+
+@dataclass
+class PeriodicJob:
+    """One row of the schedule: what to call with the configuration, and how many seconds apart."""
+
+    name: str
+    interval: Callable[[Config], float]
+    run: Callable[[Config], object]
+    #: Monotonic time of the next run; 0: at start.
+    next_at: float = 0.0
+
+
+def periodic_jobs() -> list[PeriodicJob]:
+    """The schedule. Each entry runs once at start, then every interval."""
+    return [
+        PeriodicJob("sweep", lambda cfg: cfg.sweep_interval, sweep),
+        PeriodicJob("purge", lambda cfg: PURGE_INTERVAL, enqueue_purge),
+        PeriodicJob("digests", lambda cfg: DIGEST_CHECK_INTERVAL, schedule_digests),
+    ]
+
+
+def run_due(cfg: Config, jobs: list[PeriodicJob], now: float) -> list[str]:
+    """Run every job whose time has come (in table order) and set its next time; the names of those run."""
+    ran = []
+    for job in jobs:
+        if job.next_at > now:
+            continue
+        job.next_at = now + job.interval(cfg)
+        ran.append(job.name)
+        try:
+            job.run(cfg)
+        except (redis.RedisError, OSError) as exc:
+            log.warning("scheduler: %s: Redis unavailable (%s); retrying next time", job.name, exc)
+        except Exception:
+            log.exception("scheduler: %s failed", job.name)
+    return ran
 
 
 def run_scheduler(cfg: Config, *, stop: threading.Event | None = None) -> None:
@@ -35,17 +83,17 @@ def run_scheduler(cfg: Config, *, stop: threading.Event | None = None) -> None:
         signal.signal(signal.SIGINT, on_signal)
     me = f"{socket.gethostname()}:{id(stop)}"
     client = redis_client(cfg)
-    print(f"mailward scheduler: sweeping the delivery queue every {cfg.sweep_interval:g}s", flush=True)
+    jobs = periodic_jobs()
+    table = ", ".join(f"{j.name} every {j.interval(cfg):g}s" for j in jobs)
+    print(f"mailward scheduler: {table}", flush=True)
     while not stop.is_set():
-        started = time.monotonic()
         try:
             if _hold_lock(client, me):
-                sweep(cfg)
+                run_due(cfg, jobs, time.monotonic())
         except (redis.RedisError, OSError) as exc:
             log.warning("scheduler: Redis unavailable (%s); retrying", exc)
-        except Exception:
-            log.exception("scheduler: sweep failed")
-        stop.wait(max(0.0, cfg.sweep_interval - (time.monotonic() - started)))
+        next_at = min(j.next_at for j in jobs)
+        stop.wait(min(MAX_TICK, max(0.0, next_at - time.monotonic())))
     try:
         if client.get(LOCK_KEY) == me.encode():
             client.delete(LOCK_KEY)

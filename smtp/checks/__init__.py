@@ -11,6 +11,7 @@ from smtp.checks.auth import ArcCheck, DkimCheck, DmarcCheck
 from smtp.checks.base import Check, CheckContext, Finding, Stage
 from smtp.checks.bayes import BayesCheck
 from smtp.checks.dnsbl import DnsblCheck, UriblCheck
+from smtp.checks.lists import ListsCheck
 from smtp.checks.mimecheck import MimeCheck
 from smtp.checks.rspamd import RspamdCheck
 from smtp.checks.rules import RulesCheck
@@ -34,6 +35,7 @@ REGISTRY: list[type[Check]] = [
     BayesCheck,
     SpamdCheck,
     RspamdCheck,
+    ListsCheck,
 ]
 
 
