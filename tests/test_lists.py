@@ -275,8 +275,11 @@ def _messages(session) -> list[Message]:
 
 def test_ingress_rejects_a_block_listed_sender_and_delivers_an_allow_listed_one(env, ingress, acme, sink, session):
     assert run_cli(["list", "add", "block", "junk.example", "--tenant", "Acme"], env).returncode == 0
+    with client(env) as c, pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        c.sendmail("spammer@junk.example", ["bob@acme.test"], raw_mail())  # the envelope is judged at RCPT
+    assert refused.value.recipients["bob@acme.test"][0] == 550
     with client(env) as c, pytest.raises(smtplib.SMTPDataError) as err:
-        c.sendmail("spammer@junk.example", ["bob@acme.test"], raw_mail())
+        c.sendmail("bounce@mailer.example", ["bob@acme.test"], raw_mail())  # only the header From is listed: DATA
     assert err.value.smtp_code == 554
     assert run_cli(["policy", "set", "Acme", "scores.MIME_DEFECT=9"], env).returncode == 0
     added = run_cli(["list", "add", "allow", "friend@partner.example", "--tenant", "Acme"], env)
@@ -341,15 +344,17 @@ def test_ingress_applies_users_own_lists_per_recipient(env, ingress, acme, facto
     assert run_cli(["list", "add", "block", "junk.example", "--tenant", "Acme"], env).returncode == 0
     assert run_cli(["list", "add", "allow", "spammer@junk.example", "--user", "bob@acme.test"], env).returncode == 0
     assert run_cli(["list", "add", "block", "partner.example", "--user", "carol@acme.test"], env).returncode == 0
+    # The envelope is judged per recipient at RCPT: bob's own allow entry beats the tenant's block; carol is refused.
     with client(env) as c:
         refused = c.sendmail("spammer@junk.example", ["bob@acme.test", "carol@acme.test"], raw_mail())
-    assert refused == {}
+    assert {rcpt: code for rcpt, (code, _) in refused.items()} == {"carol@acme.test": 550}
     (got,) = sink.wait_count(1)
-    assert got.rcpts == ["bob@acme.test"]  # bob's own allow entry beats the tenant's block; carol's copy is dropped
+    assert got.rcpts == ["bob@acme.test"]
     with client(env) as c:
-        c.sendmail("friend@partner.example", ["bob@acme.test", "carol@acme.test"],
-                   raw_mail(sender="friend@partner.example"))
+        refused = c.sendmail("friend@partner.example", ["bob@acme.test", "carol@acme.test"],
+                             raw_mail(sender="friend@partner.example"))
+    assert list(refused) == ["carol@acme.test"]  # carol blocks the partner for herself only
     got = sink.wait_count(2)
-    assert got[1].rcpts == ["bob@acme.test"]  # carol blocks the partner for herself only
-    with client(env) as c, pytest.raises(smtplib.SMTPDataError):
+    assert got[1].rcpts == ["bob@acme.test"]
+    with client(env) as c, pytest.raises(smtplib.SMTPRecipientsRefused):
         c.sendmail("friend@partner.example", ["carol@acme.test"], raw_mail(sender="friend@partner.example"))
