@@ -1,7 +1,8 @@
 """The web process: MSP console, tenant portal, sign-in and health probes (Flask application factory).
 
 One blueprint per audience: ``auth`` (sign-in), ``console`` (MSP, ``/console``), ``portal`` (tenant admin,
-``/portal``), ``health`` (probes). Importing this package does nothing; :func:`create_app` builds an application.
+``/portal``: domains, quarantine, lists, branding), ``quarantine`` (end user, ``/q``, and the pages digest links
+open), ``health`` (probes). Importing this package does nothing; :func:`create_app` builds an application.
 Production: ``gunicorn 'app:create_app()'``; locally ``mailward web``.
 """
 
@@ -98,14 +99,17 @@ def create_app(cfg: Config | None = None) -> Flask:
 
 
 def _register_blueprints(app: Flask) -> None:
-    from app import auth, console, health, portal
+    # portal_lists and portal_quarantine add their views to the portal blueprint (one blueprint per audience).
+    from app import auth, console, health, held, portal, portal_lists, portal_quarantine, quarantine  # noqa: F401
 
+    held.init_app(app)
     app.register_blueprint(auth.bp)
     app.register_blueprint(console.bp)
     app.register_blueprint(portal.bp)
+    app.register_blueprint(quarantine.bp)
     app.register_blueprint(health.bp)
-    # Next, each in its own module: quarantine (end user, /quarantine) and api (REST v1 with OpenAPI, /api/v1,
-    # authenticated by API key and exempt from CSRF). Their views carry @allow declarations like these.
+    # Next, in its own module: api (REST v1 with OpenAPI, /api/v1, authenticated by API key and exempt from CSRF).
+    # Its views carry @allow declarations like these.
 
 
 def _security_headers(response: Response) -> Response:

@@ -3,7 +3,8 @@
 ``@allow("msp_admin", "msp_helpdesk")`` or ``@allow_public`` goes directly under ``@bp.route`` (so the function the
 route registers carries the mark). :func:`enforce` runs before every request: an undeclared view fails closed (500 and
 an error in the log), an anonymous caller is sent to the login page, and a signed-in caller of the wrong role gets
-404 — the same answer as a missing object, so a page never tells who may see what (no existence oracle).
+404 — the same answer as a missing object, so a page never tells who may see what (no existence oracle). A session
+opened by a digest's magic link reaches only the quarantine blueprint; anything else asks for the password.
 ``tests/test_web_routes.py`` lists every route and fails on any view without a declaration.
 """
 
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from flask import abort, current_app, request
+from flask import abort, current_app, request, session
 from flask.typing import ResponseReturnValue
 from flask_login import current_user
 
@@ -27,6 +28,12 @@ ACCESS_ATTR = "__mailward_access__"
 #: Every role that can sign in (for views open to anyone signed in, like logout).
 ANY_ROLE: tuple[Role, ...] = tuple(Role)
 MSP_ROLES: tuple[Role, ...] = (Role.MSP_ADMIN, Role.MSP_HELPDESK)
+#: Session key set when a digest's magic link signed the user in (see :func:`app.auth.start_session`).
+LINK_SESSION = "via_link"
+#: What a magic-link session may reach: the user's own quarantine, and signing out. A link in a mail proves access
+#: to the mailbox, not the password: it must not open the tenant portal of an admin whose digest it came in.
+LINK_BLUEPRINTS = frozenset({"quarantine"})
+LINK_ENDPOINTS = frozenset({"auth.logout", "auth.home"})
 
 V = TypeVar("V", bound=Callable[..., Any])
 
@@ -84,4 +91,6 @@ def enforce() -> ResponseReturnValue | None:
         return current_app.login_manager.unauthorized()  # type: ignore[attr-defined, no-any-return]
     if not access.admits(current_user.role):
         abort(404)
+    if session.get(LINK_SESSION) and request.blueprint not in LINK_BLUEPRINTS and endpoint not in LINK_ENDPOINTS:
+        return current_app.login_manager.unauthorized()  # type: ignore[attr-defined, no-any-return]
     return None

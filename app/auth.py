@@ -19,7 +19,7 @@ from flask_login import current_user, login_user, logout_user
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.access import ANY_ROLE, allow, allow_public
+from app.access import ANY_ROLE, LINK_SESSION, allow, allow_public
 from app.extensions import db
 from app.forms import LoginForm
 from tenants.models import Role, Tenant, User, utcnow
@@ -100,12 +100,14 @@ def leave_scope(exc: BaseException | None) -> None:
 
 
 def home_url(principal: Any) -> str:
-    """Where a role lands after sign-in."""
+    """Where a role lands after sign-in (a digest-link sign-in lands in the user's own quarantine)."""
+    if session.get(LINK_SESSION):
+        return url_for("quarantine.index")
     if principal.role.is_msp:
         return url_for("console.index")
     if principal.role in (Role.TENANT_ADMIN, Role.TENANT_AUDITOR):
         return url_for("portal.index")
-    return url_for("auth.home")
+    return url_for("quarantine.index")
 
 
 @cache
@@ -130,6 +132,22 @@ def authenticate(email: str, password: str) -> Principal | None:
         return _principal(s, user)
 
 
+def start_session(session_db: Session, user: User, *, via_link: bool = False) -> Principal:
+    """Sign ``user`` in to a fresh session (and CSRF token); the caller commits the recorded login time.
+
+    ``via_link``: signed in by a digest's magic link, which proves only access to the mailbox; such a session
+    reaches the user's own quarantine and nothing else (see :func:`app.access.enforce`).
+    """
+    user.last_login_at = utcnow()
+    principal = _principal(session_db, user)
+    session.clear()
+    login_user(principal)
+    session.permanent = True  # expires after PERMANENT_SESSION_LIFETIME, checked on the signed cookie
+    if via_link:
+        session[LINK_SESSION] = True
+    return principal
+
+
 def safe_next(target: str | None) -> str | None:
     """The path of a same-site ``next`` URL, or None: never redirect off this site after sign-in (open redirect)."""
     if not target or "\\" in target:
@@ -145,18 +163,16 @@ def safe_next(target: str | None) -> str | None:
 @bp.route("/")
 @allow_public
 def home() -> ResponseReturnValue:
-    """Send each caller to its start page; end users see a short page until the quarantine portal exists."""
+    """Send each caller to its start page."""
     if not current_user.is_authenticated:
         return redirect(url_for("auth.login"))
-    if current_user.role is Role.USER:
-        return render_template("auth/home.html")
     return redirect(home_url(current_user))
 
 
 @bp.route("/login", methods=["GET", "POST"])
 @allow_public
 def login() -> ResponseReturnValue:
-    if current_user.is_authenticated:
+    if current_user.is_authenticated and not session.get(LINK_SESSION):  # a link session may sign in fully
         return redirect(home_url(current_user))
     form = LoginForm()
     if form.validate_on_submit():

@@ -8,9 +8,9 @@ the consoles and later the API refuse the same input with the same words.
 from __future__ import annotations
 
 from flask_wtf import FlaskForm
-from wtforms import HiddenField, PasswordField, SelectField, StringField, SubmitField
+from wtforms import DateField, DecimalField, HiddenField, PasswordField, SelectField, StringField, SubmitField
 from wtforms.fields.choices import SelectChoice
-from wtforms.validators import AnyOf, DataRequired, Length
+from wtforms.validators import AnyOf, DataRequired, Length, Optional
 
 from tenants.models import TlsMode
 
@@ -52,3 +52,54 @@ class TransportForm(FlaskForm):
 
 def transport_prefix(domain_id: int) -> str:
     return f"d{domain_id}"
+
+
+class QuarantineFilterForm(FlaskForm):
+    """The quarantine list's filters: a GET form (bookmarkable, no CSRF token: it changes nothing).
+
+    Build it with ``formdata=request.args``. Dates are days in UTC; "until" includes its whole day.
+    """
+
+    class Meta:
+        csrf = False
+
+    kind = SelectField("Kind", choices=[SelectChoice("", "any"), SelectChoice("spam", "spam"),
+                                        SelectChoice("virus", "virus"), SelectChoice("attachment", "attachment")],
+                       validators=[Optional()], default="")
+    rcpt = StringField("Recipient", validators=[Optional(), Length(max=320)])
+    sender = StringField("Sender contains", validators=[Optional(), Length(max=320)])
+    subject = StringField("Subject contains", validators=[Optional(), Length(max=200)])
+    since = DateField("From day (UTC)", validators=[Optional()])
+    until = DateField("To day (UTC)", validators=[Optional()])
+    min_score = DecimalField("Score from", validators=[Optional()], places=None)
+    max_score = DecimalField("Score to", validators=[Optional()], places=None)
+    submit = SubmitField("Filter")
+
+
+class MyQuarantineFilterForm(FlaskForm):
+    """The end user's search: sender or subject text (GET, no CSRF token)."""
+
+    class Meta:
+        csrf = False
+
+    sender = StringField("Sender contains", validators=[Optional(), Length(max=320)])
+    subject = StringField("Subject contains", validators=[Optional(), Length(max=200)])
+    submit = SubmitField("Search")
+
+
+class ListEntryForm(FlaskForm):
+    """Add an allow- or block-list entry; the value's rules live in :func:`tenants.lists.validate_value`."""
+
+    kind = SelectField("List", choices=[SelectChoice("allow", "allow"), SelectChoice("block", "block")])
+    value = StringField("Address, domain or IP network", validators=[DataRequired(), Length(max=320)])
+    comment = StringField("Comment", validators=[Optional(), Length(max=500)])
+    submit = SubmitField("Add")
+
+
+class BrandingForm(FlaskForm):
+    """A tenant's branding; the rules live in :mod:`tenants.branding`."""
+
+    name = StringField("Name shown to your users", validators=[Optional(), Length(max=200)])
+    color = StringField("Accent colour (#rrggbb)", validators=[Optional(), Length(max=20)])
+    logo_url = StringField("Logo URL (https)", validators=[Optional(), Length(max=500)])
+    submit = SubmitField("Save branding")

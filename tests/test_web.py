@@ -44,7 +44,7 @@ def test_msp_admin_signs_in_to_console_and_last_login_is_recorded(web_app, world
 
 
 @pytest.mark.parametrize(("email", "home"), [("admin@acme.test", "/portal/"), ("auditor@acme.test", "/portal/"),
-                                             ("user@acme.test", "/")])
+                                             ("user@acme.test", "/q/")])
 def test_tenant_roles_sign_in_to_the_portal(web_app, world, email, home):
     client = web_app.test_client()
     resp = post_form(client, "/login", "/login", {"email": email, "password": PASSWORD})
@@ -328,7 +328,7 @@ def test_security_headers_and_session_cookie_flags(web_app, world):
 def test_pages_hold_to_the_csp_no_inline_script_or_style(web_app, world):
     """The CSP forbids inline script and style; a page that used them would break in the browser."""
     pages = [(None, "/login"), ("admin@msp.test", "/console/"), ("admin@acme.test", "/portal/"),
-             ("admin@acme.test", "/portal/domains/999999"), ("user@acme.test", "/")]
+             ("admin@acme.test", "/portal/domains/999999"), ("user@acme.test", "/q/")]
     for email, path in pages:
         client = sign_in(web_app, email) if email else web_app.test_client()
         html = text(client.get(path))

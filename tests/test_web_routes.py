@@ -10,6 +10,7 @@ from werkzeug.routing import Rule
 
 from app.access import access_of, allow, allow_public
 from tenants.models import Role
+from tests.held import hold
 from tests.web import csrf_token, domain_row, sign_in, text
 
 #: One signed-in user per role (see the ``world`` fixture).
@@ -28,9 +29,13 @@ def undeclared(app: Flask) -> list[str]:
                   if rule.endpoint != "static" and access_of(app.view_functions[rule.endpoint]) is None)
 
 
-def url(rule: Rule, ident: int) -> str:
-    """A concrete URL for a rule, with ``ident`` for every integer argument."""
-    return rule.rule.replace("<int:domain_id>", str(ident))
+def url(rule: Rule, ident: int, message_id: str = "NOSUCHMESSAGE") -> str:
+    """A concrete URL for a rule: ``ident`` for every integer argument, ``message_id`` for a quarantined mail, and a
+    made-up token for digest links (those pages are public, so no walk below needs a real one)."""
+    path = rule.rule.replace("<int:domain_id>", str(ident)).replace("<int:entry_id>", str(ident))
+    path = path.replace("<message_id>", message_id).replace("<token>", "not-a-token")
+    assert "<" not in path, f"teach url() the arguments of {rule.rule}"
+    return path
 
 
 def routes(app: Flask, method: str) -> list[Rule]:
@@ -62,7 +67,8 @@ def test_unknown_role_is_refused_at_declaration():
 def test_public_routes_are_exactly_the_expected_ones(web_app):
     public = sorted(r.endpoint for r in web_app.url_map.iter_rules()
                     if r.endpoint != "static" and access_of(web_app.view_functions[r.endpoint]).public)
-    assert public == ["auth.home", "auth.login", "health.healthz", "health.readyz"]
+    assert public == ["auth.home", "auth.login", "health.healthz", "health.readyz", "quarantine.action_link",
+                      "quarantine.login_link"]
     assert access_of(allow_public(lambda: None)).public
 
 
@@ -80,13 +86,18 @@ def test_every_protected_route_sends_anonymous_callers_to_login(web_app, world):
 
 @pytest.mark.parametrize("role", list(Role))
 def test_roles_reach_exactly_the_pages_declared_for_them(web_app, world, cfg, role: Role):
-    """Walk every GET page as each role: a declared role gets in, any other role gets 404."""
+    """Walk every GET page as each role: a declared role gets in, any other role gets 404.
+
+    The quarantine pages need a real held mail: one for the tenant admin and the user (so both see it in their own
+    quarantine at /q, and admins and auditors in the portal's).
+    """
     client = sign_in(web_app, USERS[role])
     own_domain = domain_row(cfg, "acme.test")[0]
+    held = hold(cfg, world["acme"].id, rcpts=("user@acme.test", "admin@acme.test"))
     for rule in routes(web_app, "GET"):
         access: Any = access_of(web_app.view_functions[rule.endpoint])
         if access.public:
             continue
-        resp = client.get(url(rule, own_domain))
+        resp = client.get(url(rule, own_domain, held))
         expected = 200 if role in access.roles else 404
         assert resp.status_code == expected, (role, rule.rule)

@@ -1,0 +1,104 @@
+"""The tenant's own allow and block lists, and its branding, in the portal (``portal`` blueprint).
+
+tenant_admin adds and removes tenant-level entries and edits the branding; tenant_auditor reads the lists. The MSP's
+entries are shown for context (they apply unless a tenant or user entry decides first) but cannot be changed here.
+Users' own entries are theirs: they manage them in their quarantine (``/q/lists``).
+"""
+
+from __future__ import annotations
+
+from flask import flash, redirect, render_template, url_for
+from flask.typing import ResponseReturnValue
+from flask_login import current_user
+
+from app.access import allow
+from app.extensions import config, db
+from app.forms import BrandingForm, ListEntryForm
+from app.portal import TENANT_ROLES, bp
+from tenants import lists, services
+from tenants.branding import brand_of, set_branding
+from tenants.exceptions import NotFound, ValidationError
+from tenants.models import Role
+
+
+def _lists_page(form: ListEntryForm | None = None, status: int = 200) -> ResponseReturnValue:
+    s = db.session
+    can_edit = current_user.role is Role.TENANT_ADMIN
+    form = form or (ListEntryForm(formdata=None) if can_edit else None)
+    return render_template("portal/lists.html", entries=lists.list_entries(s, tenant_id=current_user.tenant_id),
+                           msp_entries=lists.list_entries(s), form=form, can_edit=can_edit), status
+
+
+@bp.route("/lists")
+@allow(*TENANT_ROLES)
+def lists_page() -> ResponseReturnValue:
+    return _lists_page()
+
+
+@bp.route("/lists", methods=["POST"])
+@allow(Role.TENANT_ADMIN)
+def add_list_entry() -> ResponseReturnValue:
+    form = ListEntryForm()
+    if form.validate_on_submit():
+        s = db.session
+        try:
+            entry = lists.add_entry(s, kind=form.kind.data, value=form.value.data or "",
+                                    tenant_id=current_user.tenant_id, comment=(form.comment.data or "").strip(),
+                                    created_by=current_user.email)
+            lists.reload_after_commit(s, config())
+            s.commit()
+        except ValidationError as exc:
+            s.rollback()
+            flash(str(exc), "error")
+        else:
+            flash(f"{entry.value} is on the {entry.kind} list.", "success")
+            return redirect(url_for("portal.lists_page"))
+    return _lists_page(form, status=422)
+
+
+@bp.route("/lists/<int:entry_id>/delete", methods=["POST"])
+@allow(Role.TENANT_ADMIN)
+def remove_list_entry(entry_id: int) -> ResponseReturnValue:
+    s = db.session
+    entry = lists.get_entry(s, entry_id)
+    if entry.user_id is not None or entry.tenant_id is None:  # a user's own entry, or the MSP's: not on this page
+        raise NotFound(f"ListEntry {entry_id} not found")
+    lists.remove_entry(s, entry_id)
+    lists.reload_after_commit(s, config())
+    s.commit()
+    flash(f"{entry.value} is off the {entry.kind} list.", "success")
+    return redirect(url_for("portal.lists_page"))
+
+
+def _branding_page(form: BrandingForm | None, status: int = 200) -> ResponseReturnValue:
+    tenant = services.get_tenant(db.session, current_user.tenant_id)
+    if form is None:
+        form = BrandingForm(formdata=None, data={"name": tenant.brand_name or "", "color": tenant.brand_color or "",
+                                                 "logo_url": tenant.brand_logo_url or ""})
+    return render_template("portal/branding.html", form=form, current=brand_of(tenant), tenant=tenant), status
+
+
+@bp.route("/branding")
+@allow(Role.TENANT_ADMIN)
+def branding() -> ResponseReturnValue:
+    return _branding_page(None)
+
+
+@bp.route("/branding", methods=["POST"])
+@allow(Role.TENANT_ADMIN)
+def save_branding() -> ResponseReturnValue:
+    form = BrandingForm()
+    if form.validate_on_submit():
+        s = db.session
+        tenant = services.get_tenant(s, current_user.tenant_id)
+        try:
+            set_branding(tenant, name=form.name.data or "", color=form.color.data or "",
+                         logo_url=form.logo_url.data or "")
+            s.commit()
+        except ValidationError as exc:
+            s.rollback()
+            flash(str(exc), "error")
+        else:
+            flash("Branding saved: your users see it in their quarantine.", "success")
+            return redirect(url_for("portal.branding"))
+    return _branding_page(form, status=422)
