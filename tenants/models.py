@@ -99,6 +99,10 @@ class Msp(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: Every admin (MSP and tenant admins) must sign in with a TOTP second factor.
+    require_totp: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: Text shown on the login page before anyone signs in (a legal notice); empty: none.
+    consent_banner: Mapped[str] = mapped_column(Text, default="")
 
 
 class Tenant(Base):
@@ -148,6 +152,12 @@ class User(TenantScoped, Base):
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     #: When the last quarantine digest to this user was built (the next lists only newer mail).
     last_digest_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: TOTP second factor: the secret (encrypted like DKIM keys) and whether it is confirmed and in use.
+    totp_secret_enc: Mapped[str | None] = mapped_column(Text)
+    totp_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: Failed sign-ins in a row, and until when the account is locked after too many.
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     @property
     def role_enum(self) -> Role:
@@ -401,6 +411,73 @@ class UsedToken(Base):
     result: Mapped[str] = mapped_column(String(200), default="")
 
 
+class AuditEntry(TenantScoped, Base):
+    """Who did what: every admin action and every envelope-level access (who viewed which mail)."""
+
+    __tablename__ = "audit_entry"
+    __tenant_nullable__ = True
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    tenant_id: Mapped[int | None] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    actor: Mapped[str] = mapped_column(String(320))
+    #: Set when an MSP user acts while viewing as a tenant (impersonation).
+    acting_as: Mapped[str | None] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(60))
+    target: Mapped[str] = mapped_column(String(500), default="")
+    detail: Mapped[str] = mapped_column(Text, default="")
+    ip: Mapped[str | None] = mapped_column(String(45))
+
+    __table_args__ = (Index("ix_audit_entry_tenant_at", "tenant_id", "at"),)
+
+
+class StatHour(TenantScoped, Base):
+    """Counters of one tenant's mail in one hour, per direction and recipient domain (rolled up by a worker job)."""
+
+    __tablename__ = "stat_hour"
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"), primary_key=True)
+    hour: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    direction: Mapped[str] = mapped_column(String(10), primary_key=True)
+    domain: Mapped[str] = mapped_column(String(253), primary_key=True)
+    mails: Mapped[int] = mapped_column(Integer, default=0)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    delivered: Mapped[int] = mapped_column(Integer, default=0)
+    tagged: Mapped[int] = mapped_column(Integer, default=0)
+    spam: Mapped[int] = mapped_column(Integer, default=0)
+    virus: Mapped[int] = mapped_column(Integer, default=0)
+    attachment: Mapped[int] = mapped_column(Integer, default=0)
+    rejected: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class StatTop(TenantScoped, Base):
+    """Per day, the count of one key of a top list: kind sender, rcpt, spam_source, virus or reject_reason."""
+
+    __tablename__ = "stat_top"
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"), primary_key=True)
+    day: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20), primary_key=True)
+    key: Mapped[str] = mapped_column(String(320), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class UsageMonth(TenantScoped, Base):
+    """Usage metering for billing: mails, bytes and protected mailboxes (distinct recipients) per tenant and month."""
+
+    __tablename__ = "usage_month"
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"), primary_key=True)
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)  # YYYY-MM
+    mails: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    mailboxes: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class RollupState(Base):
+    """How far a roll-up job has read (its watermark), so each run reads only what is new."""
+
+    __tablename__ = "rollup_state"
+    name: Mapped[str] = mapped_column(String(60), primary_key=True)
+    until: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class Heartbeat(Base):
     """A running process announces itself here (cluster view)."""
 
@@ -436,6 +513,11 @@ __all__ = [
     "UserAddress",
     "MessageView",
     "UsedToken",
+    "AuditEntry",
+    "StatHour",
+    "StatTop",
+    "UsageMonth",
+    "RollupState",
     "Heartbeat",
     "Role",
     "TlsMode",
