@@ -19,9 +19,10 @@ import aiospamc
 from aiospamc.exceptions import AIOSpamcConnectionFailed, ClientException, TimeoutException
 from aiospamc.responses import ResponseException
 
+from smtp.checks.address import ServiceAddress
 from smtp.checks.base import Check, CheckContext, Stage
 from smtp.checks.rspamd import RDNS_TIMEOUT, client_hostname
-from tenants.config import Config, parse_hostport
+from tenants.config import Config
 from tenants.exceptions import ConfigError
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,6 @@ SCAN_TIMEOUT = 30.0
 MAX_SIZE = 512 * 1024
 #: Most characters of the HELO name put in the Received header.
 MAX_HELO = 255
-#: Prefix a path needs to be taken as a unix socket when it contains no slash.
-UNIX_PREFIX = "unix:"
 
 #: Band symbols by the lowest spamd score they hold, highest first; a score below every bound is the first band.
 BANDS: tuple[tuple[float, str], ...] = ((8.0, "SPAMD_8_PLUS"), (5.0, "SPAMD_5_8"), (2.0, "SPAMD_2_5"))
@@ -49,29 +48,12 @@ class SpamdError(Exception):
     """spamd could not be reached, timed out, or answered with an error."""
 
 
-@dataclass(frozen=True)
-class SpamdAddress:
-    """Where spamd listens: a unix socket path, or a TCP host and port."""
-
-    path: str | None = None
-    host: str = ""
-    port: int = DEFAULT_PORT
+class SpamdAddress(ServiceAddress):
+    """Where spamd listens (see :class:`~smtp.checks.address.ServiceAddress`); a bare host means its default port."""
 
     @classmethod
-    def parse(cls, value: str) -> SpamdAddress:
-        """``/run/spamd.sock``, ``unix:spamd.sock``, ``host``, ``host:port`` or ``[v6]:port``."""
-        value = value.strip()
-        if value.startswith(UNIX_PREFIX):
-            return cls(path=value[len(UNIX_PREFIX):])
-        if "/" in value:
-            return cls(path=value)
-        hp = parse_hostport(value, default_port=DEFAULT_PORT)
-        return cls(host=hp.host, port=hp.port)
-
-    def __str__(self) -> str:
-        if self.path is not None:
-            return self.path
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+    def parse(cls, value: str, *, default_port: int = DEFAULT_PORT) -> ServiceAddress:
+        return super().parse(value, default_port=default_port)
 
 
 @dataclass(frozen=True)

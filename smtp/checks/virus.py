@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from dataclasses import dataclass
 
+from smtp.checks.address import ServiceAddress
 from smtp.checks.base import Check, CheckContext, Stage
-from tenants.config import Config, parse_hostport
+from tenants.config import Config
 from tenants.exceptions import ConfigError
 
 log = logging.getLogger(__name__)
@@ -28,37 +28,18 @@ CONNECT_TIMEOUT = 5.0
 SCAN_TIMEOUT = 60.0
 #: Most bytes of a clamd reply we read; a reply is one short line.
 MAX_REPLY = 4096
-#: Prefix a path needs to be taken as a unix socket when it contains no slash.
-UNIX_PREFIX = "unix:"
 
 
 class ClamdError(Exception):
     """clamd could not be reached, timed out, or answered with an error (e.g. the stream size limit)."""
 
 
-@dataclass(frozen=True)
-class ClamdAddress:
-    """Where clamd listens: a unix socket path, or a TCP host and port."""
-
-    path: str | None = None
-    host: str = ""
-    port: int = DEFAULT_PORT
+class ClamdAddress(ServiceAddress):
+    """Where clamd listens (see :class:`~smtp.checks.address.ServiceAddress`); a bare host means its default port."""
 
     @classmethod
-    def parse(cls, value: str) -> ClamdAddress:
-        """``/run/clamav/clamd.ctl``, ``unix:clamd.sock``, ``host``, ``host:port`` or ``[v6]:port``."""
-        value = value.strip()
-        if value.startswith(UNIX_PREFIX):
-            return cls(path=value[len(UNIX_PREFIX):])
-        if "/" in value:
-            return cls(path=value)
-        hp = parse_hostport(value, default_port=DEFAULT_PORT)
-        return cls(host=hp.host, port=hp.port)
-
-    def __str__(self) -> str:
-        if self.path is not None:
-            return self.path
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+    def parse(cls, value: str, *, default_port: int = DEFAULT_PORT) -> ServiceAddress:
+        return super().parse(value, default_port=default_port)
 
 
 def parse_reply(reply: bytes) -> str | None:
