@@ -22,13 +22,12 @@ from smtp import dkimsign
 from smtp.checks.base import Finding
 from smtp.ratelimit import RateLimiter
 from smtp.session import IngressSMTP, Submitter
-from smtp.verdict import EXPLAIN_TOP, Action, Verdict, score_findings
+from smtp.verdict import Verdict, decide
 from tenants.config import Config
 from tenants.dkimkeys import SigningKey, find_signing_key
 from tenants.policy import Policy, normalize_domain
 from tenants.relay import RelayNet, load_relay_networks, match_relay_network, sender_domain_owner, verify_smtp_login
 from tenants.scope import tenant_scope
-from tenants.symbols import lookup
 
 log = logging.getLogger(__name__)
 
@@ -53,36 +52,8 @@ LoginCheck = Callable[[bytes, bytes, str], Awaitable[Submitter | str]]
 
 
 def decide_outbound(findings: Iterable[Finding], tenant_id: int, policy: Policy) -> Verdict:
-    """The verdict on mail a tenant sends: a virus is rejected, a high score held (quarantined), the rest sent.
-
-    Outbound mail is never tagged and never rejected for its score alone: the sender may be a compromised account,
-    and a held mail shows the tenant admin what it tried to send.
-    """
-    scored = score_findings(findings, tenant_id, policy)
-    total = round(sum(s.score for s in scored), 2)
-    effects = {lookup(s.symbol).effect: s for s in scored if lookup(s.symbol).effect}
-    top = ", ".join(f"{s.symbol} {s.score:+g}" for s in sorted(scored, key=lambda s: -abs(s.score))[:EXPLAIN_TOP]
-                    if s.score)
-
-    def verdict(action: Action, kind: str | None, why: str) -> Verdict:
-        detail = f"; {top}" if top else ""
-        label = f"{action.value}{f' ({kind})' if kind else ''}"
-        return Verdict(action, total, scored, kind, f"outbound {label}: {why}{detail}")
-
-    if "virus" in effects:
-        v = effects["virus"]
-        return verdict(Action.REJECT, "virus", f"virus {v.reason or v.symbol}")
-    if "tempfail" in effects and policy.scanner_unavailable == "tempfail":
-        t = effects["tempfail"]
-        return verdict(Action.TEMPFAIL, None, f"{t.symbol}: {t.reason or 'a required check could not run'}")
-    if "attachment" in effects and policy.attachment_action != "tag":
-        a = effects["attachment"]
-        action = Action.REJECT if policy.attachment_action == "reject" else Action.QUARANTINE
-        return verdict(action, "attachment", f"{a.symbol}: {a.reason}")
-    threshold = policy.outbound_quarantine_threshold
-    if total >= threshold:
-        return verdict(Action.QUARANTINE, "spam", f"held: score {total:g} >= outbound quarantine {threshold:g}")
-    return verdict(Action.DELIVER, None, f"score {total:g} below outbound quarantine {threshold:g}")
+    """The verdict on mail a tenant sends (see :func:`smtp.verdict.decide` with ``outbound``)."""
+    return decide(findings, tenant_id, policy, outbound=True)
 
 
 class OutboundCache:

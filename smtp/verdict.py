@@ -70,7 +70,10 @@ def score_findings(findings: Iterable[Finding], tenant_id: int, policy: Policy) 
     return out
 
 
-def decide(findings: Iterable[Finding], tenant_id: int, policy: Policy) -> Verdict:
+def decide(findings: Iterable[Finding], tenant_id: int, policy: Policy, *, outbound: bool = False) -> Verdict:
+    """The verdict under ``policy``. ``outbound``: mail a tenant sends — a virus is always rejected, a score at or
+    above the outbound threshold is held (quarantined), nothing is tagged or rejected for its score alone (the sender
+    may be a compromised account, and a held mail shows the tenant admin what it tried to send)."""
     scored = score_findings(findings, tenant_id, policy)
     total = round(sum(s.score for s in scored), 2)
     effects = {lookup(s.symbol).effect: s for s in scored if lookup(s.symbol).effect}
@@ -79,11 +82,12 @@ def decide(findings: Iterable[Finding], tenant_id: int, policy: Policy) -> Verdi
 
     def verdict(action: Action, kind: str | None, why: str) -> Verdict:
         detail = f"; {top}" if top else ""
-        return Verdict(action, total, scored, kind, f"{action.value}{f' ({kind})' if kind else ''}: {why}{detail}")
+        label = f"{'outbound ' if outbound else ''}{action.value}{f' ({kind})' if kind else ''}"
+        return Verdict(action, total, scored, kind, f"{label}: {why}{detail}")
 
     if "virus" in effects:
         v = effects["virus"]
-        action = Action.REJECT if policy.virus_action == "reject" else Action.QUARANTINE
+        action = Action.REJECT if outbound or policy.virus_action == "reject" else Action.QUARANTINE
         return verdict(action, "virus", f"virus {v.reason or v.symbol}")
     if "tempfail" in effects and policy.scanner_unavailable == "tempfail":
         t = effects["tempfail"]
@@ -92,6 +96,11 @@ def decide(findings: Iterable[Finding], tenant_id: int, policy: Policy) -> Verdi
         a = effects["attachment"]
         action = Action.REJECT if policy.attachment_action == "reject" else Action.QUARANTINE
         return verdict(action, "attachment", f"{a.symbol}: {a.reason}")
+    if outbound:
+        threshold = policy.outbound_quarantine_threshold
+        if total >= threshold:
+            return verdict(Action.QUARANTINE, "spam", f"held: score {total:g} >= outbound quarantine {threshold:g}")
+        return verdict(Action.DELIVER, None, f"score {total:g} below outbound quarantine {threshold:g}")
     if total >= policy.reject_threshold:
         return verdict(Action.REJECT, "spam", f"score {total:g} >= reject {policy.reject_threshold:g}")
     if total >= policy.quarantine_threshold:
