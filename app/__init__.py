@@ -53,8 +53,11 @@ class _SessionInterface(SecureCookieSessionInterface):
         return bool(super().get_cookie_secure(app) or request.is_secure)
 
 
-def create_app(cfg: Config | None = None) -> Flask:
-    """Build the web application; refuses (:class:`~tenants.exceptions.SchemaNotCurrent`) an unmigrated database."""
+def create_app(cfg: Config | None = None, *, heartbeat: bool = False) -> Flask:
+    """Build the web application; refuses (:class:`~tenants.exceptions.SchemaNotCurrent`) an unmigrated database.
+
+    ``heartbeat``: announce this process in the cluster view (``mailward web`` asks; tests and imports do not).
+    """
     cfg = cfg or get_config()
     tdb.require_current_schema(cfg)
 
@@ -86,6 +89,8 @@ def create_app(cfg: Config | None = None) -> Flask:
 
     _register_blueprints(app)
     _register_error_handlers(app)
+    if heartbeat:
+        _start_heartbeat(app, cfg)
 
     @app.context_processor
     def _platform_warnings() -> dict[str, list[str]]:
@@ -100,7 +105,23 @@ def create_app(cfg: Config | None = None) -> Flask:
 
 def _register_blueprints(app: Flask) -> None:
     # portal_lists and portal_quarantine add their views to the portal blueprint (one blueprint per audience).
-    from app import auth, console, health, held, portal, portal_lists, portal_quarantine, quarantine  # noqa: F401
+    # security and cluster add theirs to the console and portal blueprints (audit log, settings, view-as, cluster);
+    # tracking and stats theirs too (tracking center and statistics).
+    from app import (  # noqa: F401
+        account,
+        auth,
+        cluster,
+        console,
+        health,
+        held,
+        portal,
+        portal_lists,
+        portal_quarantine,
+        quarantine,
+        security,
+        stats,
+        tracking,
+    )
 
     held.init_app(app)
     app.register_blueprint(auth.bp)
@@ -108,8 +129,30 @@ def _register_blueprints(app: Flask) -> None:
     app.register_blueprint(portal.bp)
     app.register_blueprint(quarantine.bp)
     app.register_blueprint(health.bp)
-    # Next, in its own module: api (REST v1 with OpenAPI, /api/v1, authenticated by API key and exempt from CSRF).
-    # Its views carry @allow declarations like these.
+    app.register_blueprint(account.bp)
+    from app import api  # REST v1 with OpenAPI at /api/v1: bearer API keys, no cookies, exempt from CSRF
+
+    api.init_app(app)
+
+
+def _start_heartbeat(app: Flask, cfg: Config) -> None:
+    """Beat for this web process every few seconds from a daemon thread, with the number of requests served."""
+    import atexit
+    import itertools
+
+    from tenants.heartbeat import HeartbeatThread
+
+    served = itertools.count()
+    count = [0]
+
+    def counted(response: Response) -> Response:
+        count[0] = next(served) + 1
+        return response
+
+    app.after_request(counted)
+    thread = HeartbeatThread(cfg, "web", lambda: count[0])
+    thread.start()
+    atexit.register(thread.stop)
 
 
 def _security_headers(response: Response) -> Response:
@@ -127,6 +170,7 @@ _ERROR_TEXT = {
     404: ("Not found", "There is no such page, or it is not yours to see."),
     405: ("Method not allowed", "This page does not accept that kind of request."),
     413: ("Request too large", "The request is larger than this site accepts."),
+    429: ("Too many requests", "Too many requests; wait a few minutes and try again."),
     500: ("Server error", "Something went wrong on our side; it has been logged."),
 }
 

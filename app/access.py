@@ -4,7 +4,10 @@
 route registers carries the mark). :func:`enforce` runs before every request: an undeclared view fails closed (500 and
 an error in the log), an anonymous caller is sent to the login page, and a signed-in caller of the wrong role gets
 404 — the same answer as a missing object, so a page never tells who may see what (no existence oracle). A session
-opened by a digest's magic link reaches only the quarantine blueprint; anything else asks for the password.
+opened by a digest's magic link reaches only the quarantine blueprint; anything else asks for the password. An admin
+who must enrol a second factor (the MSP requires one) is sent to the enrolment page from everywhere else.
+REST API views declare ``@allow_api(scope)`` instead: their caller is a bearer API key, never a session, and
+:func:`enforce` hands them to the API's key check (:mod:`app.api.auth`).
 ``tests/test_web_routes.py`` lists every route and fails on any view without a declaration.
 """
 
@@ -15,10 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from flask import abort, current_app, request, session
+from flask import abort, current_app, redirect, request, session, url_for
 from flask.typing import ResponseReturnValue
 from flask_login import current_user
 
+from tenants.apikeys import SCOPES as API_KEY_SCOPES
 from tenants.models import Role
 
 log = logging.getLogger(__name__)
@@ -34,6 +38,11 @@ LINK_SESSION = "via_link"
 #: to the mailbox, not the password: it must not open the tenant portal of an admin whose digest it came in.
 LINK_BLUEPRINTS = frozenset({"quarantine"})
 LINK_ENDPOINTS = frozenset({"auth.logout", "auth.home"})
+#: What an admin reaches who must enrol a second factor first (the MSP requires one): enrolment, and signing out.
+ENROL_ENDPOINTS = frozenset({"account.totp", "account.totp_start", "account.totp_confirm", "auth.logout",
+                             "auth.home"})
+#: Key in ``app.extensions`` of the API's bearer-key check, ``check(scope) -> response or None`` (set by app.api).
+API_AUTH_EXT = "mailward_api_auth"
 
 V = TypeVar("V", bound=Callable[..., Any])
 
@@ -44,6 +53,8 @@ class Access:
 
     roles: frozenset[Role]
     public: bool = False
+    #: A REST API view: the API key scope it needs (the roles are then empty: no session may call it).
+    api_scope: str | None = None
 
     def admits(self, role: Role) -> bool:
         return self.public or role in self.roles
@@ -68,6 +79,18 @@ def allow_public(view: V) -> V:
     return view
 
 
+def allow_api(scope: str) -> Callable[[V], V]:
+    """Declare a REST API view and the API key scope it needs (read, write or quarantine)."""
+    if scope not in API_KEY_SCOPES:
+        raise ValueError(f"allow_api({scope!r}): use one of {', '.join(API_KEY_SCOPES)}")
+
+    def mark(view: V) -> V:
+        setattr(view, ACCESS_ATTR, Access(frozenset(), api_scope=scope))
+        return view
+
+    return mark
+
+
 def access_of(view: Callable[..., Any]) -> Access | None:
     """The declaration a view carries, or None when it has none."""
     access = getattr(view, ACCESS_ATTR, None)
@@ -85,10 +108,18 @@ def enforce() -> ResponseReturnValue | None:
     if access is None:
         log.error("view %s has no access declaration (@allow or @allow_public); refusing the request", endpoint)
         abort(500)
+    if access.api_scope is not None:
+        check = current_app.extensions.get(API_AUTH_EXT)
+        if check is None:
+            log.error("API view %s but no API key check is installed; refusing the request", endpoint)
+            abort(500)
+        return check(access.api_scope)  # type: ignore[no-any-return]
     if access.public:
         return None
     if not current_user.is_authenticated:
         return current_app.login_manager.unauthorized()  # type: ignore[attr-defined, no-any-return]
+    if getattr(current_user, "must_enrol_totp", False) and endpoint not in ENROL_ENDPOINTS:
+        return redirect(url_for("account.totp"))  # the MSP requires a second factor: enrol before anything else
     if not access.admits(current_user.role):
         abort(404)
     if session.get(LINK_SESSION) and request.blueprint not in LINK_BLUEPRINTS and endpoint not in LINK_ENDPOINTS:

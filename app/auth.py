@@ -3,12 +3,19 @@
 The signed-in user is a :class:`Principal` of plain values, loaded under the MSP scope (``User`` is tenant-owned and
 the tenant is not known before the user is). From it, :func:`enter_scope` sets the tenant scope once per request:
 MSP roles act across tenants, every other role inside its own tenant; :func:`leave_scope` resets it at teardown.
+
+Signing in is the password, then (when the user enrolled one) a TOTP code on its own page: the session is signed in
+only once the code passes. Failures count towards the account lockout and the per-IP limit (:mod:`app.security`).
+An admin whose MSP requires a second factor and who has none is signed in, but reaches nothing but the enrolment page
+(:func:`app.access.enforce`). An MSP user "viewing as" a tenant is presented as that tenant's admin (or auditor).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import time
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,10 +26,12 @@ from flask_login import current_user, login_user, logout_user
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app import security
 from app.access import ANY_ROLE, LINK_SESSION, allow, allow_public
-from app.extensions import db
+from app.extensions import config, db, redis
 from app.forms import LoginForm
-from tenants.models import Role, Tenant, User, utcnow
+from tenants import totp
+from tenants.models import Msp, Role, Tenant, User, utcnow
 from tenants.passwords import hash_password, needs_rehash, verify_password
 from tenants.scope import MSP, Scope, msp_scope, reset_scope, set_scope
 
@@ -30,6 +39,12 @@ bp = Blueprint("auth", __name__)
 
 #: The one answer to a failed sign-in, whether the address is unknown, inactive or the password wrong.
 INVALID_LOGIN = "Invalid e-mail or password"
+#: Roles that must sign in with a second factor when their MSP requires it (everyone but end users).
+TOTP_ROLES = frozenset({Role.MSP_ADMIN, Role.MSP_HELPDESK, Role.TENANT_ADMIN, Role.TENANT_AUDITOR})
+#: Session key of a sign-in waiting for its TOTP code: the user id, its session token, the next URL, when.
+PENDING_TOTP = "pending_totp"
+#: Seconds the TOTP step waits after the password before the password is asked again.
+PENDING_TOTP_TTL = 300
 
 
 class Principal:
@@ -40,13 +55,27 @@ class Principal:
     is_anonymous = False
 
     def __init__(self, *, user_id: int, email: str, role: Role, tenant_id: int | None, tenant_name: str | None,
-                 token: str) -> None:
+                 token: str, totp_enabled: bool = False, must_enrol_totp: bool = False) -> None:
         self.user_id = user_id
         self.email = email
         self.role = role
         self.tenant_id = tenant_id
         self.tenant_name = tenant_name
         self._token = token
+        self.totp_enabled = totp_enabled
+        #: Signed in, but the MSP requires a second factor this admin has not enrolled: enrolment is all it reaches.
+        self.must_enrol_totp = must_enrol_totp
+        #: The tenant an MSP user is viewing as (its name), and the MSP role behind the tenant role shown.
+        self.acting_as: str | None = None
+        self.real_role: Role = role
+
+    def view_as(self, tenant: Tenant) -> None:
+        """Present this MSP user as ``tenant``'s admin (helpdesk: auditor), in that tenant's scope."""
+        self.real_role = self.role
+        self.role = security.VIEW_AS_ROLE[self.role]
+        self.tenant_id = tenant.id
+        self.tenant_name = tenant.name
+        self.acting_as = tenant.name
 
     def get_id(self) -> str:
         """What the session cookie keeps: the id and a token that changes with the password (see :func:`_token`)."""
@@ -70,10 +99,21 @@ def _token(user: User) -> str:
     return hmac.new(current_app.secret_key.encode(), msg, hashlib.sha256).hexdigest()[:32]  # type: ignore[union-attr]
 
 
+def _totp_required(session: Session, user: User) -> bool:
+    """Whether the user's MSP requires a second factor of the user's role."""
+    if user.role_enum not in TOTP_ROLES:
+        return False
+    stmt = select(Msp.require_totp)
+    if user.tenant_id is not None:
+        stmt = stmt.join(Tenant, Tenant.msp_id == Msp.id).where(Tenant.id == user.tenant_id)
+    return bool(session.scalar(stmt.order_by(Msp.id).limit(1)))
+
+
 def _principal(session: Session, user: User) -> Principal:
     tenant_name = session.scalar(select(Tenant.name).where(Tenant.id == user.tenant_id)) if user.tenant_id else None
     return Principal(user_id=user.id, email=user.email, role=user.role_enum, tenant_id=user.tenant_id,
-                     tenant_name=tenant_name, token=_token(user))
+                     tenant_name=tenant_name, token=_token(user), totp_enabled=bool(user.totp_enabled),
+                     must_enrol_totp=not user.totp_enabled and _totp_required(session, user))
 
 
 def load_principal(value: str) -> Principal | None:
@@ -85,7 +125,11 @@ def load_principal(value: str) -> Principal | None:
         user = s.get(User, int(uid))
         if user is None or not user.active or not hmac.compare_digest(token, _token(user)):
             return None
-        return _principal(s, user)
+        principal = _principal(s, user)
+    tenant = security.viewing_tenant(principal.role)
+    if tenant is not None:
+        principal.view_as(tenant)
+    return principal
 
 
 def enter_scope() -> None:
@@ -115,21 +159,47 @@ def _dummy_hash() -> str:
     return hash_password("mailward-dummy-password")
 
 
-def authenticate(email: str, password: str) -> Principal | None:
-    """Check the credentials and record the sign-in; None for any failure, in about the same time."""
+@dataclass
+class SignIn:
+    """What the password step decided: signed in, a TOTP code to ask for, or the error to show."""
+
+    principal: Principal | None = None
+    needs_totp: bool = False
+    error: str = INVALID_LOGIN
+
+
+def authenticate(email: str, password: str) -> SignIn:
+    """Check the credentials and count the outcome; any failure in about the same time, with the same words
+    whether or not the account exists (a locked account and an unknown address that failed as often read alike)."""
     s = db.session
+    address = email.strip().lower()
     with msp_scope():
-        user = s.scalars(select(User).where(User.email == email.strip().lower())).first()
+        user = s.scalars(select(User).where(User.email == address)).first()
         if user is None or not user.active or not user.password_hash:
             verify_password(_dummy_hash(), password)  # spend the same time as a real check: no user enumeration
-            return None
+            wait = security.unknown_wait(address) or security.fail_unknown(address)
+            return SignIn(error=security.locked_message(wait) if wait else INVALID_LOGIN)
+        wait = security.account_wait(user)
+        if wait is not None:
+            verify_password(_dummy_hash(), password)
+            security.count_ip_failure()
+            s.commit()
+            return SignIn(error=security.locked_message(wait))
         if not verify_password(user.password_hash, password):
-            return None
+            wait = security.fail_account(user)
+            security.audit("login.failed", target=user.email, tenant_id=user.tenant_id, actor=user.email)
+            s.commit()
+            return SignIn(error=security.locked_message(wait) if wait else INVALID_LOGIN)
         if needs_rehash(user.password_hash):
             user.password_hash = hash_password(password)
+        if user.totp_enabled:
+            s.commit()
+            return SignIn(principal=_principal(s, user), needs_totp=True)
+        security.clear_failures(user)
         user.last_login_at = utcnow()
+        security.audit("login", target=user.email, tenant_id=user.tenant_id, actor=user.email)
         s.commit()
-        return _principal(s, user)
+        return SignIn(principal=_principal(s, user))
 
 
 def start_session(session_db: Session, user: User, *, via_link: bool = False) -> Principal:
@@ -175,15 +245,72 @@ def login() -> ResponseReturnValue:
     if current_user.is_authenticated and not session.get(LINK_SESSION):  # a link session may sign in fully
         return redirect(home_url(current_user))
     form = LoginForm()
+    if request.method == "POST" and (wait := security.ip_wait()) is not None:
+        return security.too_many_requests(wait)
     if form.validate_on_submit():
-        principal = authenticate(form.email.data or "", form.password.data or "")
+        outcome = authenticate(form.email.data or "", form.password.data or "")
+        principal = outcome.principal
+        if principal is not None and outcome.needs_totp:
+            session.clear()  # nothing of an earlier session survives into the half-signed-in one
+            session[PENDING_TOTP] = {"uid": principal.user_id, "token": principal.get_id(), "at": int(time.time()),
+                                     "next": safe_next(request.args.get("next"))}
+            return redirect(url_for("auth.login_totp"))
         if principal is not None:
-            session.clear()  # a fresh session (and CSRF token) for the signed-in user
-            login_user(principal)
-            session.permanent = True  # expires after PERMANENT_SESSION_LIFETIME, checked on the signed cookie
+            _sign_in(principal, safe_next(request.args.get("next")))
             return redirect(safe_next(request.args.get("next")) or home_url(principal))
-        flash(INVALID_LOGIN, "error")
-    return render_template("auth/login.html", form=form)
+        flash(outcome.error, "error")
+    return render_template("auth/login.html", form=form, consent_banner=security.msp_settings()[1])
+
+
+def _sign_in(principal: Principal, next_url: str | None) -> None:
+    session.clear()  # a fresh session (and CSRF token) for the signed-in user
+    login_user(principal)
+    session.permanent = True  # expires after PERMANENT_SESSION_LIFETIME, checked on the signed cookie
+
+
+@bp.route("/login/totp", methods=["GET", "POST"])
+@allow_public
+def login_totp() -> ResponseReturnValue:
+    """The second step: the code from the authenticator app. Not signed in until it passes; a code works once."""
+    pending = session.get(PENDING_TOTP)
+    if not isinstance(pending, dict) or time.time() - pending.get("at", 0) > PENDING_TOTP_TTL:
+        session.pop(PENDING_TOTP, None)
+        if request.method == "POST":
+            flash("Sign in again: the code was not entered in time.", "error")
+        return redirect(url_for("auth.login"))
+    form = security.TotpForm()
+    if request.method == "POST" and (wait := security.ip_wait()) is not None:
+        return security.too_many_requests(wait)
+    if form.validate_on_submit():
+        s = db.session
+        with msp_scope():
+            user = s.get(User, pending.get("uid"))
+            if user is None or not user.active or pending.get("token") != f"{user.id}:{_token(user)}":
+                session.pop(PENDING_TOTP, None)
+                return redirect(url_for("auth.login"))
+            wait_td = security.account_wait(user)
+            if wait_td is None and totp.check_code(config(), redis(), user, form.code.data or ""):
+                security.clear_failures(user)
+                user.last_login_at = utcnow()
+                security.audit("login", target=user.email, detail="with TOTP", tenant_id=user.tenant_id,
+                               actor=user.email)
+                principal = _principal(s, user)
+                s.commit()
+                next_url = pending.get("next")
+                _sign_in(principal, next_url)
+                return redirect(safe_next(next_url) or home_url(principal))
+            if wait_td is None:
+                wait_td = security.fail_account(user)
+                security.audit("login.totp_failed", target=user.email, tenant_id=user.tenant_id, actor=user.email)
+            else:
+                security.count_ip_failure()
+            s.commit()
+        if wait_td is not None:
+            session.pop(PENDING_TOTP, None)
+            flash(security.locked_message(wait_td), "error")
+            return redirect(url_for("auth.login"))
+        flash("That code is not right (or was already used): enter the current code from your app.", "error")
+    return render_template("auth/totp.html", form=form), 200
 
 
 @bp.route("/logout", methods=["POST"])

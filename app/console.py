@@ -24,6 +24,12 @@ from tenants.redisconn import bump_policy_version
 bp = Blueprint("console", __name__, url_prefix="/console")
 
 
+def _audit(action: str, target: str, detail: str = "", *, tenant_id: int | None) -> None:
+    from app.security import audit  # app.security adds its views to this blueprint: import it late
+
+    audit(action, target, detail, tenant_id=tenant_id)
+
+
 def _page(tenant_form: TenantForm | None = None, domain_form: DomainForm | None = None,
           status: int = 200) -> ResponseReturnValue:
     """The console page; a form given here was submitted and is shown again with its values and errors."""
@@ -54,6 +60,7 @@ def create_tenant() -> ResponseReturnValue:
         name = form.name.data or ""
         try:
             tenant = services.create_tenant(s, name)
+            _audit("tenant.create", f"tenant {tenant.name}", tenant_id=tenant.id)
             s.commit()
         except ValidationError as exc:
             s.rollback()
@@ -78,6 +85,8 @@ def add_domain() -> ResponseReturnValue:
             tenant = services.get_tenant(s, form.tenant.data)
             host, port = services.parse_transport(form.transport.data or "")
             domain = services.add_domain(s, tenant, form.name.data or "", host, port, form.tls.data)
+            _audit("domain.create", f"domain {domain.name}",
+                   f"transport {domain.transport}, TLS {domain.transport_tls}", tenant_id=tenant.id)
             s.commit()
         except (ValidationError, NotFound) as exc:
             s.rollback()

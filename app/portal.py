@@ -24,6 +24,12 @@ bp = Blueprint("portal", __name__, url_prefix="/portal")
 TENANT_ROLES = (Role.TENANT_ADMIN, Role.TENANT_AUDITOR)
 
 
+def _audit(action: str, target: str, detail: str = "") -> None:
+    from app.security import audit  # app.security adds its views to this blueprint: import it late
+
+    audit(action, target, detail)
+
+
 def _can_edit() -> bool:
     return current_user.role is Role.TENANT_ADMIN
 
@@ -63,6 +69,7 @@ def update_transport(domain_id: int) -> ResponseReturnValue:
     if form.validate_on_submit():
         try:
             services.update_transport(d, form.host.data or "", form.port.data or "", form.tls.data)
+            _audit("domain.transport", f"domain {d.name}", f"transport {d.transport}, TLS {d.transport_tls}")
             s.commit()
         except ValidationError as exc:
             s.rollback()

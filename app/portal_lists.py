@@ -15,6 +15,7 @@ from app.access import allow
 from app.extensions import config, db
 from app.forms import BrandingForm, ListEntryForm
 from app.portal import TENANT_ROLES, bp
+from app.security import audit
 from tenants import lists, services
 from tenants.branding import brand_of, set_branding
 from tenants.exceptions import NotFound, ValidationError
@@ -45,6 +46,7 @@ def add_list_entry() -> ResponseReturnValue:
             entry = lists.add_entry(s, kind=form.kind.data, value=form.value.data or "",
                                     tenant_id=current_user.tenant_id, comment=(form.comment.data or "").strip(),
                                     created_by=current_user.email)
+            audit(f"list.{entry.kind}.add", entry.value, entry.comment)
             lists.reload_after_commit(s, config())
             s.commit()
         except ValidationError as exc:
@@ -64,6 +66,7 @@ def remove_list_entry(entry_id: int) -> ResponseReturnValue:
     if entry.user_id is not None or entry.tenant_id is None:  # a user's own entry, or the MSP's: not on this page
         raise NotFound(f"ListEntry {entry_id} not found")
     lists.remove_entry(s, entry_id)
+    audit(f"list.{entry.kind}.remove", entry.value)
     lists.reload_after_commit(s, config())
     s.commit()
     flash(f"{entry.value} is off the {entry.kind} list.", "success")
@@ -94,6 +97,8 @@ def save_branding() -> ResponseReturnValue:
         try:
             set_branding(tenant, name=form.name.data or "", color=form.color.data or "",
                          logo_url=form.logo_url.data or "")
+            audit("branding.update", f"tenant {tenant.name}", f"name {tenant.brand_name or ''!r}, "
+                  f"colour {tenant.brand_color or ''}, logo {tenant.brand_logo_url or ''}")
             s.commit()
         except ValidationError as exc:
             s.rollback()

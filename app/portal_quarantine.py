@@ -23,6 +23,7 @@ from app.csp import preview_response
 from app.extensions import config, db
 from app.forms import QuarantineFilterForm
 from app.portal import TENANT_ROLES, bp
+from app.security import audit
 from tenants import quarantine as q
 from tenants.blobs import blob_store
 from tenants.exceptions import PermissionDenied, ValidationError
@@ -34,6 +35,11 @@ log = logging.getLogger(__name__)
 ACTIONS = ("release", "release_to", "delete", "allow_release", "block_delete", "report_spam", "report_ham")
 #: Actions that deliver the mail (a virus needs a confirmation for them).
 RELEASES = ("release", "release_to")
+
+
+def _envelope(msg: Any) -> str:
+    """What an access entry says about the mail: its envelope, never its content."""
+    return f"from {msg.mail_from or '<>'}, subject {msg.subject or ''!r}"[:1000]
 
 
 def _is_admin() -> bool:
@@ -96,10 +102,12 @@ def quarantine_bulk() -> ResponseReturnValue:
                    for i in ids if kinds.get(i) == "virus"}
         result = q.release_many(s, config(), [i for i in ids if i not in refused], actor=current_user.email,
                                 actor_is_admin=True)
+        audit("quarantine.bulk_release", ", ".join(ids)[:500], f"{len(ids)} selected")
         s.commit()
         held.flash_bulk(result, "released", refused)
     else:
         result = q.delete_many(s, ids, actor=current_user.email)
+        audit("quarantine.bulk_delete", ", ".join(ids)[:500], f"{len(ids)} selected")
         s.commit()
         held.flash_bulk(result, "deleted")
     return redirect(back)
@@ -111,6 +119,7 @@ def quarantine_message(message_id: str) -> ResponseReturnValue:
     s = db.session
     q.mark_seen(s, message_id, current_user.email)  # first, so "seen by" lists this visit too
     detail = q.detail(s, message_id)
+    audit("quarantine.view", f"message {detail.message.id}", _envelope(detail.message))
     s.commit()
     return render_template("portal/quarantine_message.html", d=detail, m=detail.message, can_act=_is_admin(),
                            held_rcpts=[r for r, status in detail.rcpts if status == "quarantined"])
@@ -120,7 +129,11 @@ def quarantine_message(message_id: str) -> ResponseReturnValue:
 @allow(*TENANT_ROLES)
 def quarantine_preview(message_id: str) -> ResponseReturnValue:
     """The preview frame's document (sanitised HTML or the text), under its own strict CSP."""
-    return preview_response(held.preview_of(db.session, message_id))
+    s = db.session
+    response = preview_response(held.preview_of(s, message_id))
+    audit("quarantine.preview", f"message {message_id}")
+    s.commit()
+    return response
 
 
 @bp.route("/quarantine/<message_id>/raw")
@@ -133,6 +146,7 @@ def quarantine_raw(message_id: str) -> ResponseReturnValue:
     q.mark_seen(s, msg.id, current_user.email)
     s.add(Event(tenant_id=msg.tenant_id, message_id=msg.id, kind="downloaded",
                 detail=f"raw message downloaded by {current_user.email}"))
+    audit("quarantine.raw", f"message {msg.id}", _envelope(msg))
     s.commit()
     log.info("raw message %s downloaded by %s", msg.id, current_user.email)
     return Response(data, mimetype="application/octet-stream",
@@ -179,6 +193,7 @@ def quarantine_act(message_id: str) -> ResponseReturnValue:
         return render_template("portal/quarantine_confirm.html", m=msg, action=action, to=to)
     try:
         done = _perform(mid, action, to)
+        audit(f"quarantine.{action}", f"message {mid}", done)
         s.commit()
     except (ValidationError, PermissionDenied) as exc:
         s.rollback()

@@ -24,6 +24,7 @@ from app.auth import start_session
 from app.csp import brand_css, branded_policy, preview_response
 from app.extensions import config, db
 from app.forms import ListEntryForm, MyQuarantineFilterForm
+from app.security import audit
 from tenants import lists
 from tenants import quarantine as q
 from tenants.addresses import user_addresses
@@ -149,6 +150,7 @@ def bulk() -> ResponseReturnValue:
         result = q.release_many(s, config(), ids, actor=current_user.email, rcpts=rcpts)
     else:
         result = q.delete_many(s, ids, actor=current_user.email, rcpts=rcpts)
+    audit(f"quarantine.bulk_{action}", ", ".join(ids)[:500], f"own quarantine, {len(ids)} selected")
     s.commit()
     held.flash_bulk(result, "released" if action == "release" else "deleted", refused)
     return redirect(back)
@@ -161,6 +163,7 @@ def message(message_id: str) -> ResponseReturnValue:
     _own_message(message_id, rcpts)
     q.mark_seen(s, message_id, current_user.email, rcpts=rcpts)
     detail = q.detail(s, message_id, rcpts=rcpts)
+    audit("quarantine.view", f"message {message_id}", "own quarantine")
     s.commit()
     return render_template("quarantine/message.html", d=detail, m=detail.message,
                            held_rcpts=[r for r, status in detail.rcpts if status == "quarantined"])
@@ -171,7 +174,10 @@ def message(message_id: str) -> ResponseReturnValue:
 def preview(message_id: str) -> ResponseReturnValue:
     rcpts = _mine()
     _own_message(message_id, rcpts)
-    return preview_response(held.preview_of(db.session, message_id, rcpts=rcpts))
+    response = preview_response(held.preview_of(db.session, message_id, rcpts=rcpts))
+    audit("quarantine.preview", f"message {message_id}", "own quarantine")
+    db.session.commit()
+    return response
 
 
 @bp.route("/<message_id>/act", methods=["POST"])
@@ -195,6 +201,7 @@ def act(message_id: str) -> ResponseReturnValue:
             entry, gone = q.block_sender_and_delete(s, cfg, mid, actor=actor, rcpts=rcpts,
                                                     user_id=current_user.user_id)
             done = f"{entry.value} is on your block list; message deleted for {', '.join(gone)}."
+        audit(f"quarantine.{action}", f"message {mid}", done)
         s.commit()
     except (ValidationError, PermissionDenied) as exc:
         s.rollback()

@@ -359,7 +359,7 @@ def web(threads: int) -> None:
     cfg = get_config()
     _setup_logging(cfg)
     ensure_redis(cfg)
-    application = create_app(cfg)
+    application = create_app(cfg, heartbeat=True)
     click.echo(f"mailward web: listening on http://{cfg.web_listen}/")
     wsgi_serve(application, host=cfg.web_listen.host, port=cfg.web_listen.port, threads=threads, ident="Mailward")
 
@@ -388,6 +388,15 @@ from mailward import quarantine_cli  # noqa: E402  (quarantine, allow/block list
 cli.add_command(quarantine_cli.quarantine)
 cli.add_command(quarantine_cli.lists)
 cli.add_command(quarantine_cli.digest)
+
+from mailward.apikey_cli import apikey  # noqa: E402  (REST API keys)
+
+cli.add_command(apikey)
+
+
+from mailward.stats_cli import stats  # noqa: E402  (statistics roll-up)
+
+cli.add_command(stats)
 
 
 # --- entry point --------------------------------------------------------------------------------------------------

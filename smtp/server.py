@@ -39,6 +39,7 @@ from smtp.ratelimit import REPLY_LIMITED
 from smtp.session import IngressSession, IngressSMTP, MailEnvelope, Submitter
 from smtp.submission import REPLY_AUTH_REQUIRED, REPLY_SENDER_NOT_ALLOWED, Outbound, SubmissionSMTP, decide_outbound
 from smtp.verdict import Action, Verdict, decide, header_block
+from tenants import heartbeat
 from tenants.config import Config
 from tenants.db import require_current_schema, session_factory
 from tenants.exceptions import ConfigError
@@ -593,6 +594,13 @@ def _addresses(server: asyncio.Server) -> str:
     return ", ".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in server.sockets)
 
 
+async def _heartbeat(cfg: Config, me: heartbeat.Identity, handler: IngressHandler) -> None:
+    """Announce this ingress in the cluster view, with the mails it accepted (the database call runs in a thread)."""
+    while True:
+        await asyncio.to_thread(heartbeat.beat_once, cfg, me, handler.accepted)
+        await asyncio.sleep(heartbeat.INTERVAL)
+
+
 async def serve(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
     """Run the ingress (port 25, and the submission listener when configured) until SIGTERM or SIGINT."""
     cfg.check_submission()
@@ -625,6 +633,8 @@ async def serve(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     poller = asyncio.create_task(handler.poll_policy_version())
+    me = heartbeat.Identity.here("ingress")
+    beats = asyncio.create_task(_heartbeat(cfg, me, handler))
     log.info("SMTP ingress listening on %s as %s", addrs, cfg.hostname)
     print(f"mailward smtp: listening on {addrs}", flush=True)
     if ready is not None:
@@ -636,6 +646,8 @@ async def serve(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
         for server in servers:
             server.close()
         poller.cancel()
+        beats.cancel()
         await handler.drain(SHUTDOWN_GRACE)
+        await asyncio.to_thread(heartbeat.remove_once, cfg, me)
         await deliverer.close()
         log.info("SMTP ingress stopped after %.0fs, %d mails accepted", time.monotonic() - started, handler.accepted)

@@ -17,6 +17,8 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    func,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -215,6 +217,9 @@ class Message(TenantScoped, Base):
         Index("ix_message_tenant_received", "tenant_id", "received_at"),
         Index("ix_message_tenant_quarantine", "tenant_id", "quarantine_kind", "received_at"),
         Index("ix_message_expires", "expires_at"),
+        Index("ix_message_received_id", "received_at", "id"),
+        Index("ix_message_message_id_header", "message_id_header"),
+        Index("ix_message_client_ip_received", "client_ip", "received_at"),
     )
 
 
@@ -252,6 +257,7 @@ class Delivery(TenantScoped, Base):
     __table_args__ = (
         Index("ix_delivery_status_next", "status", "next_attempt_at"),
         Index("ix_delivery_tenant_rcpt_status", "tenant_id", "rcpt", "status"),
+        Index("ix_delivery_lower_rcpt", func.lower(text("rcpt"))),
     )
 
 

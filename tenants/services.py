@@ -6,16 +6,14 @@ The caller owns the session and the scope, and commits.
 
 from __future__ import annotations
 
-import hashlib
 import re
-import secrets
-from dataclasses import dataclass
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from tenants.apikeys import SCOPES as API_KEY_SCOPES  # noqa: F401  (API keys live in tenants.apikeys)
 from tenants.exceptions import NotFound, ValidationError
-from tenants.models import ApiKey, Domain, Msp, Role, Tenant, TlsMode, User, utcnow
+from tenants.models import Domain, Msp, Role, Tenant, TlsMode, User
 from tenants.passwords import hash_password
 from tenants.policy import normalize_domain
 from tenants.scope import current_scope, msp_scope
@@ -23,7 +21,6 @@ from tenants.scope import current_scope, msp_scope
 _DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$")
 _EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,253}$")
 _TENANT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}$")
-API_KEY_SCOPES = ("read", "write", "quarantine")
 MIN_PASSWORD_LENGTH = 10
 
 
@@ -155,44 +152,3 @@ def create_user(
     session.add(user)
     session.flush()
     return user
-
-
-@dataclass(frozen=True)
-class NewApiKey:
-    key: ApiKey
-    secret: str  # shown once, never stored
-
-
-def hash_api_key(secret: str) -> str:
-    # API keys are 256-bit random: a fast hash is enough (no dictionary to attack) and keeps auth cheap.
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def create_api_key(session: Session, tenant: Tenant | None, scopes: list[str], name: str = "") -> NewApiKey:
-    bad = [s for s in scopes if s not in API_KEY_SCOPES]
-    if bad or not scopes:
-        raise ValidationError(f"scopes {','.join(scopes) or '(none)'}: choose from {', '.join(API_KEY_SCOPES)}")
-    prefix = "mw_" + secrets.token_hex(4)
-    secret = f"{prefix}_{secrets.token_urlsafe(32)}"
-    key = ApiKey(tenant_id=tenant.id if tenant else None, prefix=prefix, key_hash=hash_api_key(secret),
-                 scopes=",".join(dict.fromkeys(scopes)), name=name)
-    session.add(key)
-    session.flush()
-    return NewApiKey(key, secret)
-
-
-def find_api_key(session: Session, secret: str) -> ApiKey | None:
-    """The live key for a presented secret (MSP scope: the key tells the tenant)."""
-    prefix = secret.rsplit("_", 1)[0] if secret.count("_") >= 2 else ""
-    with msp_scope():
-        key = session.scalars(select(ApiKey).where(ApiKey.prefix == prefix)).first()
-    if key is None or key.revoked_at is not None:
-        return None
-    if not secrets.compare_digest(key.key_hash, hash_api_key(secret)):
-        return None
-    return key
-
-
-def revoke_api_key(key: ApiKey) -> None:
-    if key.revoked_at is None:
-        key.revoked_at = utcnow()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -34,6 +35,7 @@ def url(rule: Rule, ident: int, message_id: str = "NOSUCHMESSAGE") -> str:
     made-up token for digest links (those pages are public, so no walk below needs a real one)."""
     path = rule.rule.replace("<int:domain_id>", str(ident)).replace("<int:entry_id>", str(ident))
     path = path.replace("<message_id>", message_id).replace("<token>", "not-a-token")
+    path = re.sub(r"<rowid:\w+>", str(ident), path).replace("<msgid:message_id>", message_id)  # the REST API's
     assert "<" not in path, f"teach url() the arguments of {rule.rule}"
     return path
 
@@ -67,8 +69,9 @@ def test_unknown_role_is_refused_at_declaration():
 def test_public_routes_are_exactly_the_expected_ones(web_app):
     public = sorted(r.endpoint for r in web_app.url_map.iter_rules()
                     if r.endpoint != "static" and access_of(web_app.view_functions[r.endpoint]).public)
-    assert public == ["auth.home", "auth.login", "health.healthz", "health.readyz", "quarantine.action_link",
-                      "quarantine.login_link"]
+    # The OpenAPI document of the REST API is public: it describes the API and holds no tenant data.
+    assert public == ["api-docs.openapi_json", "auth.home", "auth.login", "auth.login_totp", "health.healthz",
+                      "health.readyz", "quarantine.action_link", "quarantine.login_link"]
     assert access_of(allow_public(lambda: None)).public
 
 
@@ -80,6 +83,9 @@ def test_every_protected_route_sends_anonymous_callers_to_login(web_app, world):
             continue
         path = url(rule, 1)
         resp = client.get(path) if "GET" in (rule.methods or ()) else client.post(path, data={"csrf_token": token})
+        if access_of(web_app.view_functions[rule.endpoint]).api_scope:  # the REST API: no bearer key is a 401
+            assert resp.status_code == 401 and resp.is_json, path
+            continue
         assert resp.status_code == 302, path
         assert resp.headers["Location"].startswith("/login"), path
 
@@ -100,4 +106,6 @@ def test_roles_reach_exactly_the_pages_declared_for_them(web_app, world, cfg, ro
             continue
         resp = client.get(url(rule, own_domain, held))
         expected = 200 if role in access.roles else 404
+        if access.api_scope:
+            expected = 401  # the REST API takes bearer keys only: a signed-in session is no credential there
         assert resp.status_code == expected, (role, rule.rule)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rq import SimpleWorker
 
 from tenants.config import Config
 from tenants.db import require_current_schema
+from tenants.heartbeat import HeartbeatThread
 from tenants.redisconn import redis_client
 from worker.queues import QUEUES, queue
 
@@ -15,10 +18,24 @@ class MailwardWorker(SimpleWorker):
     engine must not be shared across a fork. A job still has its timeout; a crash loses no mail, since the
     database rows stay due and the sweeper queues them again."""
 
+    #: Jobs this process ran (successful or not), for the cluster view.
+    handled = 0
+
+    def execute_job(self, job: Any, queue: Any) -> Any:
+        try:
+            return super().execute_job(job, queue)
+        finally:
+            self.handled += 1
+
 
 def run_worker(cfg: Config, *, burst: bool = False) -> bool:
     require_current_schema(cfg)
     conn = redis_client(cfg)
     worker = MailwardWorker([queue(cfg, name, conn) for name in QUEUES], connection=conn)
     print(f"mailward worker: serving queues {', '.join(QUEUES)}", flush=True)
-    return worker.work(burst=burst, logging_level=cfg.log_level, with_scheduler=False)
+    beats = HeartbeatThread(cfg, "worker", lambda: worker.handled)
+    beats.start()
+    try:
+        return worker.work(burst=burst, logging_level=cfg.log_level, with_scheduler=False)
+    finally:
+        beats.stop()

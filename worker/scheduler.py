@@ -18,11 +18,13 @@ from types import FrameType
 
 import redis
 
+from tenants import heartbeat
 from tenants.config import Config
 from tenants.db import require_current_schema
 from tenants.redisconn import redis_client
 from worker.digest import DIGEST_CHECK_INTERVAL, schedule_digests
 from worker.retention import PURGE_INTERVAL, enqueue_purge
+from worker.rollup import ROLLUP_INTERVAL, enqueue_rollup
 from worker.sweeper import sweep
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ def periodic_jobs() -> list[PeriodicJob]:
         PeriodicJob("sweep", lambda cfg: cfg.sweep_interval, sweep),
         PeriodicJob("purge", lambda cfg: PURGE_INTERVAL, enqueue_purge),
         PeriodicJob("digests", lambda cfg: DIGEST_CHECK_INTERVAL, schedule_digests),
+        PeriodicJob("rollup", lambda cfg: ROLLUP_INTERVAL, enqueue_rollup),
     ]
 
 
@@ -86,14 +89,20 @@ def run_scheduler(cfg: Config, *, stop: threading.Event | None = None) -> None:
     jobs = periodic_jobs()
     table = ", ".join(f"{j.name} every {j.interval(cfg):g}s" for j in jobs)
     print(f"mailward scheduler: {table}", flush=True)
+    beat_as = heartbeat.Identity.here("scheduler")
+    handled, next_beat = 0, 0.0
     while not stop.is_set():
         try:
             if _hold_lock(client, me):
-                run_due(cfg, jobs, time.monotonic())
+                handled += len(run_due(cfg, jobs, time.monotonic()))
         except (redis.RedisError, OSError) as exc:
             log.warning("scheduler: Redis unavailable (%s); retrying", exc)
+        if time.monotonic() >= next_beat:
+            heartbeat.beat_once(cfg, beat_as, handled)
+            next_beat = time.monotonic() + heartbeat.INTERVAL
         next_at = min(j.next_at for j in jobs)
         stop.wait(min(MAX_TICK, max(0.0, next_at - time.monotonic())))
+    heartbeat.remove_once(cfg, beat_as)
     try:
         if client.get(LOCK_KEY) == me.encode():
             client.delete(LOCK_KEY)

@@ -1,0 +1,320 @@
+"""Security of the web side: TOTP second factor, lockout and per-IP limits, the consent banner, "view as" a tenant.
+
+Flask's test client against ``create_app`` on a real database and Redis, CSRF on, as in ``tests/test_web.py``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import timedelta
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import pyotp
+from sqlalchemy import select
+
+from tenants.models import AuditEntry, Msp, User, utcnow
+from tests.web import PASSWORD, csrf_token, post_form, read, sign_in, text
+
+
+def _user(cfg: Any, email: str) -> User:
+    return read(cfg, lambda s: s.scalars(select(User).where(User.email == email)).one())
+
+
+def _enrol(client: Any) -> pyotp.TOTP:
+    """Enrol a second factor for the signed-in user through the pages; the app's TOTP (confirmed with a code)."""
+    post_form(client, "/account/totp", "/account/totp/start", {})
+    page = text(client.get("/account/totp"))
+    uri = unquote(re.search(r'<code id="otpauth-uri">([^<]+)</code>', page).group(1)).replace("&amp;", "&")
+    secret = parse_qs(urlsplit(uri).query)["secret"][0]
+    app = pyotp.TOTP(secret)
+    resp = post_form(client, "/account/totp", "/account/totp/confirm", {"code": _fresh(app)})
+    assert resp.status_code == 302, text(resp)
+    return app
+
+
+_spent: dict[str, set[str]] = {}
+
+
+def _fresh(app: pyotp.TOTP) -> str:
+    """A code valid now that this test has not used yet (each step's code is accepted once)."""
+    spent = _spent.setdefault(app.secret, set())
+    now = time.time()
+    code = next(c for c in (app.at(now), app.at(now + 30), app.at(now - 30)) if c not in spent)
+    spent.add(code)
+    return code
+
+
+def _password_step(web_app: Any, email: str, password: str = PASSWORD, **kw: Any) -> tuple[Any, Any]:
+    client = web_app.test_client(**kw)
+    resp = post_form(client, "/login", "/login", {"email": email, "password": password})
+    return client, resp
+
+
+def _other_code(app: pyotp.TOTP, *avoid: str) -> str:
+    """A six-digit code valid in no step near now (and none of ``avoid``)."""
+    valid = {app.at(time.time() + d) for d in (-60, -30, 0, 30, 60)} | set(avoid)
+    return next(c for c in (f"{n:06d}" for n in range(1000)) if c not in valid)
+
+
+# --- TOTP ---------------------------------------------------------------------------------------------------------
+
+def test_totp_enrolment_shows_uri_and_stores_the_secret_encrypted(web_app, world, cfg):
+    client = sign_in(web_app, "admin@acme.test")
+    assert "Set up an authenticator app" in text(client.get("/account/totp"))
+    app = _enrol(client)
+    user = _user(cfg, "admin@acme.test")
+    assert user.totp_enabled
+    assert user.totp_secret_enc and app.secret not in user.totp_secret_enc
+    page = text(client.get("/account/totp"))
+    assert "otpauth://" not in page, "a confirmed secret is never shown again"
+    entries = read(cfg, lambda s: list(s.scalars(select(AuditEntry.action))))
+    assert "account.totp_enabled" in entries
+
+
+def test_enrolment_page_shows_a_qr_code_without_breaking_the_csp(web_app, world):
+    client = sign_in(web_app, "admin@acme.test")
+    post_form(client, "/account/totp", "/account/totp/start", {})
+    resp = client.get("/account/totp")
+    page = text(resp)
+    assert "<svg" in page and "otpauth://totp/" in page
+    assert "<script" not in page and "style=" not in page
+    assert "script-src 'self'" in resp.headers["Content-Security-Policy"]
+
+
+def test_sign_in_with_totp_needs_the_code_and_refuses_a_wrong_one(web_app, world, cfg):
+    app = _enrol(sign_in(web_app, "admin@acme.test"))
+    client, resp = _password_step(web_app, "admin@acme.test")
+    assert resp.status_code == 302 and resp.headers["Location"] == "/login/totp"
+    assert client.get("/portal/").status_code == 302, "not signed in before the code passes"
+    wrong = post_form(client, "/login/totp", "/login/totp", {"code": _other_code(app)})
+    assert wrong.status_code == 200 and "That code is not right" in text(wrong)
+    assert client.get("/portal/").status_code == 302
+    code = _fresh(app)
+    ok = post_form(client, "/login/totp", "/login/totp", {"code": code})
+    assert ok.status_code == 302 and ok.headers["Location"] == "/portal/"
+    assert client.get("/portal/").status_code == 200
+    assert _user(cfg, "admin@acme.test").failed_logins == 0
+
+
+def test_a_replayed_totp_code_is_refused(web_app, world):
+    """An attacker who saw a code (over a shoulder, in a proxy log) cannot sign in with it a second time."""
+    app = _enrol(sign_in(web_app, "admin@acme.test"))
+    code = _fresh(app)
+    first, _ = _password_step(web_app, "admin@acme.test")
+    assert post_form(first, "/login/totp", "/login/totp", {"code": code}).status_code == 302
+    second, _ = _password_step(web_app, "admin@acme.test")
+    replay = post_form(second, "/login/totp", "/login/totp", {"code": code})
+    assert replay.status_code == 200 and "already used" in text(replay)
+    assert second.get("/portal/").status_code == 302
+
+
+def test_the_totp_step_cannot_be_reached_without_the_password(web_app, world):
+    client = web_app.test_client()
+    assert client.get("/login/totp").headers["Location"] == "/login"
+
+
+def test_disabling_totp_needs_password_and_code(web_app, world, cfg):
+    client = sign_in(web_app, "admin@acme.test")
+    app = _enrol(client)
+    bad = post_form(client, "/account/totp", "/account/totp/disable",
+                    {"password": "wrong password!", "code": _fresh(app)})
+    assert bad.status_code == 422 and _user(cfg, "admin@acme.test").totp_enabled
+    ok = post_form(client, "/account/totp", "/account/totp/disable", {"password": PASSWORD,
+                                                                     "code": _fresh(app)})
+    assert ok.status_code == 302, text(ok)
+    user = _user(cfg, "admin@acme.test")
+    assert not user.totp_enabled and user.totp_secret_enc is None
+
+
+def _require_totp(web_app: Any, on: bool = True, banner: str = "") -> None:
+    admin = sign_in(web_app, "admin@msp.test")
+    data = {"consent_banner": banner}
+    if on:
+        data["require_totp"] = "y"
+    resp = post_form(admin, "/console/settings", "/console/settings", data)
+    assert resp.status_code == 302, text(resp)
+
+
+def test_msp_requirement_sends_admins_to_enrolment_and_nowhere_else(web_app, world, cfg):
+    _require_totp(web_app)
+    assert read(cfg, lambda s: s.scalars(select(Msp)).first().require_totp)
+    client, resp = _password_step(web_app, "admin@acme.test")
+    assert resp.status_code == 302
+    for path in ("/portal/", "/portal/quarantine/", "/portal/lists", "/portal/audit", "/q/"):
+        r = client.get(path)
+        assert r.status_code == 302 and r.headers["Location"] == "/account/totp", path
+    page = text(client.get("/account/totp"))
+    assert "requires a second factor" in page
+    app = _enrol(client)
+    assert client.get("/portal/").status_code == 200
+    off = post_form(client, "/account/totp", "/account/totp/disable", {"password": PASSWORD,
+                                                                      "code": _fresh(app)})
+    assert off.status_code == 403 and _user(cfg, "admin@acme.test").totp_enabled
+    # End users are not admins: the requirement leaves them alone.
+    user = sign_in(web_app, "user@acme.test")
+    assert user.get("/q/").status_code == 200
+
+
+# --- lockout and rate limits --------------------------------------------------------------------------------------
+
+LOCKED = re.compile(r"Too many failed sign-ins; try again in (\d+) minutes?")
+
+
+def test_account_locks_after_ten_failures_with_a_generic_message(web_app, world, cfg):
+    client = web_app.test_client()
+    for _ in range(9):
+        resp = post_form(client, "/login", "/login", {"email": "admin@acme.test", "password": "wrong password!"})
+        assert "Invalid e-mail or password" in text(resp)
+    tenth = post_form(client, "/login", "/login", {"email": "admin@acme.test", "password": "wrong password!"})
+    assert LOCKED.search(text(tenth)) and LOCKED.search(text(tenth)).group(1) == "15"
+    right = post_form(client, "/login", "/login", {"email": "admin@acme.test", "password": PASSWORD})
+    assert LOCKED.search(text(right)), "a locked account refuses even the right password"
+    assert client.get("/portal/").status_code == 302
+    user = _user(cfg, "admin@acme.test")
+    assert user.locked_until is not None and user.locked_until > utcnow() + timedelta(minutes=14)
+
+
+def test_unknown_address_locks_just_like_a_real_account(web_app, world):
+    """The lock message must not tell an attacker which addresses have accounts."""
+    client = web_app.test_client()
+    answers = [text(post_form(client, "/login", "/login", {"email": "ghost@acme.test", "password": "whatever pw"}))
+               for _ in range(10)]
+    assert all("Invalid e-mail or password" in a for a in answers[:9])
+    assert LOCKED.search(answers[9]) and LOCKED.search(answers[9]).group(1) == "15"
+    again = text(post_form(client, "/login", "/login", {"email": "ghost@acme.test", "password": "whatever pw"}))
+    assert LOCKED.search(again)
+
+
+def test_lock_lifts_after_its_time(web_app, world, cfg):
+    def lock(s: Any) -> None:
+        u = s.scalars(select(User).where(User.email == "admin@acme.test")).one()
+        u.failed_logins, u.locked_until = 10, utcnow() + timedelta(minutes=5)
+
+    read(cfg, lock)
+    _, resp = _password_step(web_app, "admin@acme.test")
+    assert "try again in 5 minutes" in text(resp)
+
+    def expire(s: Any) -> None:
+        s.scalars(select(User).where(User.email == "admin@acme.test")).one().locked_until = \
+            utcnow() - timedelta(seconds=1)
+
+    read(cfg, expire)
+    client, resp = _password_step(web_app, "admin@acme.test")
+    assert resp.status_code == 302 and client.get("/portal/").status_code == 200
+    user = _user(cfg, "admin@acme.test")
+    assert user.failed_logins == 0 and user.locked_until is None
+
+
+def test_wrong_totp_codes_count_towards_the_lockout(web_app, world, cfg):
+    app = _enrol(sign_in(web_app, "admin@acme.test"))
+    client, _ = _password_step(web_app, "admin@acme.test")
+    for _ in range(9):
+        post_form(client, "/login/totp", "/login/totp", {"code": _other_code(app)})
+    last = post_form(client, "/login/totp", "/login/totp", {"code": _other_code(app)})
+    assert last.status_code == 302 and last.headers["Location"] == "/login"
+    assert LOCKED.search(text(client.get("/login")))
+    assert _user(cfg, "admin@acme.test").locked_until is not None
+
+
+def _from_ip(web_app: Any, ip: str) -> Any:
+    client = web_app.test_client()
+    client.environ_base["REMOTE_ADDR"] = ip
+    return client
+
+
+def test_one_ip_is_limited_across_addresses_with_429(web_app, world):
+    """Spraying many addresses from one IP (each below the account lock) hits the per-IP limit."""
+    from app.security import IP_LIMIT
+
+    client = _from_ip(web_app, "198.51.100.7")
+    for n in range(IP_LIMIT):
+        resp = post_form(client, "/login", "/login", {"email": f"guess{n}@acme.test", "password": "Password1!"})
+        assert resp.status_code == 200
+    limited = post_form(client, "/login", "/login", {"email": "admin@acme.test", "password": PASSWORD})
+    assert limited.status_code == 429 and "Too many failed sign-ins from your network" in text(limited)
+    assert int(limited.headers["Retry-After"]) > 0
+    other = _from_ip(web_app, "198.51.100.8")
+    assert post_form(other, "/login", "/login", {"email": "admin@acme.test", "password": PASSWORD}).status_code == 302
+
+
+# --- cookies, headers, consent banner ---------------------------------------------------------------------------
+
+def test_session_cookie_is_secure_on_https_and_pages_forbid_framing(web_app, world):
+    client = web_app.test_client()
+    token = csrf_token(text(client.get("/login", base_url="https://mw.test")))
+    resp = client.post("/login", base_url="https://mw.test",
+                       data={"email": "admin@acme.test", "password": PASSWORD, "csrf_token": token})
+    cookie = next(h for h in resp.headers.getlist("Set-Cookie") if h.startswith("mailward_session="))
+    assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    csp = resp.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in csp and "'unsafe-inline'" not in csp
+    assert resp.headers["Strict-Transport-Security"].startswith("max-age=")
+
+
+def test_consent_banner_is_shown_on_the_login_page(web_app, world, cfg):
+    assert "consent-banner" not in text(web_app.test_client().get("/login"))
+    _require_totp(web_app, on=False, banner="Authorised use only. <b>Activity is logged.</b>")
+    page = text(web_app.test_client().get("/login"))
+    assert "Authorised use only. &lt;b&gt;Activity is logged.&lt;/b&gt;" in page
+    actions = read(cfg, lambda s: list(s.scalars(select(AuditEntry.action).where(AuditEntry.tenant_id.is_(None)))))
+    assert "settings.security" in actions
+
+
+def test_helpdesk_reads_the_settings_but_cannot_change_them(web_app, world, cfg):
+    client = sign_in(web_app, "helpdesk@msp.test")
+    assert client.get("/console/settings").status_code == 200
+    token = csrf_token(text(client.get("/console/settings")))
+    resp = client.post("/console/settings", data={"csrf_token": token, "require_totp": "y"})
+    assert resp.status_code == 404
+    assert not read(cfg, lambda s: s.scalars(select(Msp)).first().require_totp)
+
+
+# --- view as a tenant -------------------------------------------------------------------------------------------
+
+def _view_as(client: Any, tenant_id: int) -> Any:
+    return post_form(client, "/console/", "/console/view-as", {"tenant_id": str(tenant_id)})
+
+
+def test_msp_admin_views_as_a_tenant_and_every_action_is_audited(web_app, world, cfg):
+    client = sign_in(web_app, "admin@msp.test")
+    resp = _view_as(client, world["acme"].id)
+    assert resp.status_code == 302 and resp.headers["Location"] == "/portal/"
+    page = text(client.get("/portal/"))
+    assert "Viewing as tenant Acme" in page
+    assert "acme.test" in page and "beta.test" not in page, "the scope is the tenant's"
+    assert "Viewing as tenant Acme" in text(client.get("/portal/lists"))
+    assert client.get("/console/").status_code == 404, "the console waits until the viewing stops"
+    added = post_form(client, "/portal/lists", "/portal/lists", {"kind": "block", "value": "spam.example"})
+    assert added.status_code == 302
+    entry = read(cfg, lambda s: s.scalars(select(AuditEntry).where(AuditEntry.action == "list.block.add")).one())
+    assert (entry.actor, entry.acting_as, entry.tenant_id) == ("admin@msp.test", "Acme", world["acme"].id)
+    stop = post_form(client, "/portal/", "/console/view-as/stop", {})
+    assert stop.status_code == 302
+    console = client.get("/console/")
+    assert console.status_code == 200 and "Viewing as tenant" not in text(console)
+    actions = read(cfg, lambda s: list(s.scalars(select(AuditEntry.action).order_by(AuditEntry.id))))
+    assert actions[0] == "login" and "view_as.start" in actions and actions[-1] == "view_as.stop"
+
+
+def test_helpdesk_views_as_a_tenant_read_only(web_app, world, cfg):
+    client = sign_in(web_app, "helpdesk@msp.test")
+    _view_as(client, world["acme"].id)
+    assert "Viewing as tenant Acme" in text(client.get("/portal/lists"))
+    token = csrf_token(text(client.get("/portal/lists")))
+    resp = client.post("/portal/lists", data={"csrf_token": token, "kind": "block", "value": "spam.example"})
+    assert resp.status_code == 404
+    assert client.get("/portal/branding").status_code == 404
+
+
+def test_tenant_admin_cannot_view_as_another_tenant(web_app, world, cfg):
+    """The view-as session key means nothing to a tenant role: Acme's admin stays in Acme."""
+    client = sign_in(web_app, "admin@acme.test")
+    token = csrf_token(text(client.get("/portal/")))
+    assert client.post("/console/view-as", data={"csrf_token": token,
+                                                 "tenant_id": str(world["beta"].id)}).status_code == 404
+    with client.session_transaction() as sess:
+        sess["view_as"] = world["beta"].id
+    page = text(client.get("/portal/"))
+    assert "acme.test" in page and "beta.test" not in page and "Viewing as" not in page
