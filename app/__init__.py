@@ -106,7 +106,7 @@ def create_app(cfg: Config | None = None, *, heartbeat: bool = False) -> Flask:
 def _register_blueprints(app: Flask) -> None:
     # portal_lists and portal_quarantine add their views to the portal blueprint (one blueprint per audience).
     # security and cluster add theirs to the console and portal blueprints (audit log, settings, view-as, cluster);
-    # tracking and stats theirs too (tracking center and statistics).
+    # tracking and stats theirs too (tracking center and statistics); policy the baseline and tenant policy pages.
     from app import (  # noqa: F401
         account,
         auth,
@@ -114,6 +114,7 @@ def _register_blueprints(app: Flask) -> None:
         console,
         health,
         held,
+        policy,
         portal,
         portal_lists,
         portal_quarantine,

@@ -13,7 +13,7 @@ from flask_login import current_user
 from app.access import allow
 from app.extensions import config, db
 from app.forms import TransportForm, transport_prefix
-from tenants import services
+from tenants import dnsreadiness, services, verification
 from tenants.exceptions import ValidationError
 from tenants.models import Domain, Role
 from tenants.redisconn import bump_policy_version
@@ -42,7 +42,10 @@ def _transport_form(domain: Domain, back: str) -> TransportForm:
 
 
 def _domain_page(domain: Domain, form: TransportForm | None, status: int = 200) -> ResponseReturnValue:
-    return render_template("portal/domain.html", domain=domain, form=form), status
+    cfg = config()
+    return render_template("portal/domain.html", domain=domain, form=form, can_edit=_can_edit(),
+                           verification_record=verification.zone_line(cfg, domain),
+                           checklist=dnsreadiness.checklist(db.session, cfg, domain)), status
 
 
 @bp.route("/")
@@ -81,3 +84,18 @@ def update_transport(domain_id: int) -> ResponseReturnValue:
                 return redirect(url_for("portal.index"))
             return redirect(url_for("portal.domain", domain_id=d.id))
     return _domain_page(d, form, status=422)
+
+
+@bp.route("/domains/<int:domain_id>/verify", methods=["POST"])
+@allow(Role.TENANT_ADMIN)
+def verify_domain(domain_id: int) -> ResponseReturnValue:
+    """Look the ownership record up now and set the domain's verified flag from the answer."""
+    s = db.session
+    d = load(s, Domain, domain_id)
+    was = d.verified
+    result = verification.check(config(), d)
+    if d.verified != was:
+        _audit("domain.verify", f"domain {d.name}", "verified" if d.verified else "no longer verified")
+    s.commit()
+    flash(result.message, "success" if result.verified else "error")
+    return redirect(url_for("portal.domain", domain_id=d.id))

@@ -398,6 +398,10 @@ from mailward.stats_cli import stats  # noqa: E402  (statistics roll-up)
 
 cli.add_command(stats)
 
+from mailward.domain_cli import verify as domain_verify  # noqa: E402  (domain ownership proof)
+
+domain.add_command(domain_verify)
+
 
 # --- entry point --------------------------------------------------------------------------------------------------
 

@@ -198,10 +198,19 @@ def load_policy(session: Session, tenant_id: int) -> Policy:
     return policy_from(baseline, own)
 
 
-def save_settings(session: Session, tenant_id: int | None, changes: dict[str, Any]) -> Policy:
-    """Merge ``changes`` into the stored settings of a tenant (or the baseline for None), validate, and stage it."""
+def stored_settings(session: Session, tenant_id: int | None) -> dict[str, Any]:
+    """The settings stored for a tenant (or the baseline for None), as saved: only what that layer sets."""
+    return _settings_of(session, tenant_id)
+
+
+def save_settings(session: Session, tenant_id: int | None, changes: dict[str, Any],
+                  remove: tuple[str, ...] | list[str] = ()) -> Policy:
+    """Merge ``changes`` into the stored settings of a tenant (or the baseline for None), validate, and stage it.
+
+    ``remove``: keys this layer stops setting (the layer below applies again).
+    """
     current = _settings_of(session, tenant_id)
-    merged = {**current, **changes}
+    merged = {k: v for k, v in {**current, **changes}.items() if k not in remove}
     if "scores" in changes and "scores" in current:
         merged["scores"] = {**current["scores"], **changes["scores"]}
     policy = policy_from(_settings_of(session, None), merged) if tenant_id is not None else policy_from(merged)

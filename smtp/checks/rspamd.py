@@ -235,6 +235,8 @@ class RspamdClient:
             writer.write(message)
             await writer.drain()
             return await self._read_response(reader)
+        except ConnectionResetError as exc:  # the peer hung up while we wrote or waited: no answer either way
+            raise RspamdError(f"rspamd at {self.url} closed the connection without an answer") from exc
         except OSError as exc:
             raise RspamdError(f"rspamd at {self.url}: {exc.strerror or exc}") from exc
         finally:

@@ -1,0 +1,166 @@
+"""Domain ownership proof and the DNS readiness checklist, against the real loopback DNS server (``dns`` fixture)."""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import select
+
+from tenants import dnslookup, verification
+from tenants.dkimkeys import generate_key
+from tenants.models import AuditEntry, Domain
+from tests.servers import run_cli
+from tests.web import domain_row, post_form, read, sign_in, text
+
+HOST = "mx.mailward.test"  # MAILWARD_HOSTNAME of every test installation
+
+
+def _verified(cfg, name: str) -> bool:
+    return bool(read(cfg, lambda s: s.scalars(select(Domain).where(Domain.name == name)).one().verified))
+
+
+def _record_value(page: str) -> str:
+    m = re.search(r'_mailward\.acme\.test\. IN TXT &#34;(mailward-verification=[0-9a-f]+)&#34;', page) or \
+        re.search(r'_mailward\.acme\.test\. IN TXT "(mailward-verification=[0-9a-f]+)"', page)
+    assert m, page
+    return m.group(1)
+
+
+def _row(page: str, item: str) -> str:
+    m = re.search(rf'<tr class="check-(\w+)" data-item="{re.escape(item)}">(.*?)</tr>', page, re.S)
+    assert m, f"no checklist row {item!r}"
+    return f"{m.group(1)} {m.group(2)}"
+
+
+def test_domain_page_shows_the_record_and_check_now_verifies(web_app, world, cfg, dns):
+    domain_id = domain_row(cfg, "acme.test")[0]
+    client = sign_in(web_app, "admin@acme.test")
+    page = text(client.get(f"/portal/domains/{domain_id}"))
+    value = _record_value(page)
+    assert value == "mailward-verification=" + verification.token(cfg, domain_id)
+    assert "unverified" in page
+
+    dns.add("_mailward.acme.test", "TXT", value)
+    resp = post_form(client, f"/portal/domains/{domain_id}", f"/portal/domains/{domain_id}/verify", {})
+    assert resp.status_code == 302
+    assert _verified(cfg, "acme.test")
+    page = text(client.get(f"/portal/domains/{domain_id}"))
+    assert "acme.test is verified" in page and "ok" in _row(page, "Ownership")
+    actions = read(cfg, lambda s: list(s.scalars(select(AuditEntry.action))))
+    assert "domain.verify" in actions
+
+
+def test_a_wrong_token_does_not_verify_and_says_so(web_app, world, cfg, dns):
+    domain_id = domain_row(cfg, "acme.test")[0]
+    dns.add("_mailward.acme.test", "TXT", "mailward-verification=" + "0" * 32)
+    client = sign_in(web_app, "admin@acme.test")
+    post_form(client, f"/portal/domains/{domain_id}", f"/portal/domains/{domain_id}/verify", {})
+    page = text(client.get(f"/portal/domains/{domain_id}"))
+    assert not _verified(cfg, "acme.test")
+    assert "another token" in page
+    assert _row(page, "Ownership").startswith("wrong")
+
+
+def test_another_tenants_token_does_not_verify_this_domain(web_app, world, cfg, dns):
+    """Tokens are per domain: publishing beta.test's token at acme.test proves nothing about acme.test."""
+    acme_id, beta_id = domain_row(cfg, "acme.test")[0], domain_row(cfg, "beta.test")[0]
+    dns.add("_mailward.acme.test", "TXT", "mailward-verification=" + verification.token(cfg, beta_id))
+    client = sign_in(web_app, "admin@acme.test")
+    post_form(client, f"/portal/domains/{acme_id}", f"/portal/domains/{acme_id}/verify", {})
+    assert not _verified(cfg, "acme.test")
+
+
+def test_auditor_sees_the_record_but_cannot_check(web_app, world, cfg, dns):
+    domain_id = domain_row(cfg, "acme.test")[0]
+    client = sign_in(web_app, "auditor@acme.test")
+    page = text(client.get(f"/portal/domains/{domain_id}"))
+    assert "_mailward.acme.test." in page and "Check now" not in page
+    resp = post_form(client, f"/portal/domains/{domain_id}", f"/portal/domains/{domain_id}/verify", {})
+    assert resp.status_code == 404
+
+
+def test_checking_another_tenants_domain_is_a_404(web_app, world, cfg, dns):
+    beta_id = domain_row(cfg, "beta.test")[0]
+    dns.add("_mailward.beta.test", "TXT", "mailward-verification=" + verification.token(cfg, beta_id))
+    client = sign_in(web_app, "admin@acme.test")
+    own = domain_row(cfg, "acme.test")[0]
+    assert client.get(f"/portal/domains/{beta_id}").status_code == 404
+    resp = post_form(client, f"/portal/domains/{own}", f"/portal/domains/{beta_id}/verify", {})
+    assert resp.status_code == 404
+    assert not _verified(cfg, "beta.test")
+
+
+def test_console_shows_unverified_domains(web_app, world, cfg, dns):
+    client = sign_in(web_app, "admin@msp.test")
+    assert text(client.get("/console/")).count("unverified") == 3
+
+
+def test_cli_verify(world, cfg, env, dns):
+    domain_id = domain_row(cfg, "acme.test")[0]
+    result = run_cli(["domain", "verify", "acme.test"], env)
+    assert result.returncode == 1, result.stderr
+    assert "no verification record" in result.stdout and "_mailward.acme.test. IN TXT" in result.stdout
+    dns.add("_mailward.acme.test", "TXT", "mailward-verification=" + verification.token(cfg, domain_id))
+    result = run_cli(["domain", "verify", "ACME.test"], env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _verified(cfg, "acme.test")
+    result = run_cli(["domain", "verify", "nowhere.test"], env)
+    assert result.returncode == 1 and "no tenant domain" in result.stderr
+
+
+# --- DNS readiness ------------------------------------------------------------------------------------------------
+
+def test_checklist_all_ok(web_app, world, cfg, dns):
+    domain_id = domain_row(cfg, "acme.test")[0]
+    key = read(cfg, lambda s: generate_key(s, cfg, "acme.test", "mw1", bits=1024).public_key)
+    dns.add("_mailward.acme.test", "TXT", "mailward-verification=" + verification.token(cfg, domain_id))
+    dns.add("acme.test", "MX", f"10 {HOST}")
+    dns.add("acme.test", "TXT", f"v=spf1 a:{HOST} -all")
+    dns.add("mw1._domainkey.acme.test", "TXT", f"v=DKIM1; k=rsa; p={key}")
+    dns.add("_dmarc.acme.test", "TXT", "v=DMARC1; p=reject")
+    page = text(sign_in(web_app, "auditor@acme.test").get(f"/portal/domains/{domain_id}"))
+    for item in ("Ownership", "MX", "SPF", "DKIM mw1", "DMARC"):
+        assert _row(page, item).startswith("ok"), _row(page, item)
+
+
+def test_checklist_missing_records_show_what_to_publish(web_app, world, cfg, dns):
+    domain_id = domain_row(cfg, "acme.test")[0]
+    read(cfg, lambda s: generate_key(s, cfg, "acme.test", "mw1", bits=1024))
+    page = text(sign_in(web_app, "admin@acme.test").get(f"/portal/domains/{domain_id}"))
+    for item in ("Ownership", "MX", "SPF", "DKIM mw1", "DMARC"):
+        assert _row(page, item).startswith("missing"), _row(page, item)
+    assert f"acme.test. IN MX 10 {HOST}." in _row(page, "MX")
+    assert f"v=spf1 mx a:{HOST} ~all" in _row(page, "SPF")
+    assert "mw1._domainkey.acme.test. IN TXT" in _row(page, "DKIM mw1")
+    assert "v=DMARC1; p=quarantine; rua=mailto:postmaster@acme.test" in _row(page, "DMARC")
+
+
+def test_checklist_wrong_records(web_app, world, cfg, dns):
+    domain_id = domain_row(cfg, "acme.test")[0]
+    read(cfg, lambda s: generate_key(s, cfg, "acme.test", "mw1", bits=1024))
+    dns.add("acme.test", "MX", "10 mail.elsewhere.test")
+    dns.add("acme.test", "TXT", "v=spf1 ip4:192.0.2.1 -all")
+    dns.add("mw1._domainkey.acme.test", "TXT", "v=DKIM1; k=rsa; p=MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQDstale")
+    dns.add("_dmarc.acme.test", "TXT", "v=DMARC1; p=maybe")
+    page = text(sign_in(web_app, "admin@acme.test").get(f"/portal/domains/{domain_id}"))
+    for item in ("MX", "SPF", "DKIM mw1", "DMARC"):
+        assert _row(page, item).startswith("wrong"), _row(page, item)
+    assert "mail.elsewhere.test" in _row(page, "MX")
+    assert f"v=spf1 a:{HOST} ip4:192.0.2.1 -all" in _row(page, "SPF")  # their record, with us added
+
+
+def test_dns_down_shows_could_not_check_not_an_error(web_app, world, cfg, dns, monkeypatch):
+    """A resolver that never answers must not break the page: each item says it could not check."""
+    monkeypatch.setattr(dnslookup, "LOOKUP_TIMEOUT", 0.5)
+    domain_id = domain_row(cfg, "acme.test")[0]
+    for name in ("acme.test", "_mailward.acme.test", "_dmarc.acme.test"):
+        dns.drop(name)
+    client = sign_in(web_app, "admin@acme.test")
+    resp = client.get(f"/portal/domains/{domain_id}")
+    assert resp.status_code == 200
+    page = text(resp)
+    for item in ("Ownership", "MX", "SPF", "DMARC"):
+        assert _row(page, item).startswith("unknown") and "could not check" in _row(page, item)
+    resp = post_form(client, f"/portal/domains/{domain_id}", f"/portal/domains/{domain_id}/verify", {})
+    assert resp.status_code == 302 and not _verified(cfg, "acme.test")
+    assert "could not check" in text(client.get(f"/portal/domains/{domain_id}"))

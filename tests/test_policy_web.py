@@ -1,0 +1,177 @@
+"""The MSP baseline policy in the console and each tenant's policy in the portal: who edits what, locked keys,
+validation, audit and the policy version the ingress reloads on."""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import select
+
+from tenants.models import AuditEntry
+from tenants.policy import load_policy, save_settings, stored_settings
+from tenants.scope import msp_scope
+from tests.web import policy_version, post_form, read, sign_in, text
+
+
+def _baseline(cfg) -> dict:
+    return read(cfg, lambda s: stored_settings(s, None))
+
+
+def _own(cfg, tenant_id: int) -> dict:
+    return read(cfg, lambda s: stored_settings(s, tenant_id))
+
+
+def _row(page: str, key: str) -> str:
+    m = re.search(rf'<tr data-key="{key}">(.*?)</tr>', page, re.S)
+    assert m, f"no row {key}"
+    return m.group(1)
+
+
+def _audits(cfg) -> list[tuple[str, str, int | None]]:
+    return read(cfg, lambda s: [(a.action, a.detail, a.tenant_id) for a in s.scalars(select(AuditEntry))
+                                if a.action == "policy.update"])
+
+
+def test_msp_admin_edits_the_baseline_and_locks_keys(web_app, world, cfg):
+    client = sign_in(web_app, "admin@msp.test")
+    before = policy_version(cfg)
+    resp = post_form(client, "/console/policy", "/console/policy",
+                     {"v_tag_threshold": "4", "v_virus_action": "reject", "v_greylisting": "true",
+                      "v_retention_spam_days": "21", "locked": "virus_action"})
+    assert resp.status_code == 302, text(resp)
+    assert _baseline(cfg) == {"tag_threshold": 4.0, "virus_action": "reject", "greylisting": True,
+                              "retention_spam_days": 21, "locked": ["virus_action"]}
+    assert policy_version(cfg) > before
+    [(_, detail, tenant_id)] = _audits(cfg)
+    assert tenant_id is None and "tag_threshold=4" in detail and "locked=virus_action" in detail
+    page = text(client.get("/console/policy"))
+    assert "Policy saved" in page
+    assert 'value="virus_action" aria-label="lock virus_action" checked' in page
+
+    # Emptying a value returns it to the code default; unlocking is unticking.
+    post_form(client, "/console/policy", "/console/policy", {"v_tag_threshold": "", "v_greylisting": ""})
+    assert _baseline(cfg) == {"virus_action": "reject", "retention_spam_days": 21, "locked": []}
+
+
+def test_baseline_validation_errors_are_shown_and_nothing_is_saved(web_app, world, cfg):
+    client = sign_in(web_app, "admin@msp.test")
+    for data, message in (({"v_tag_threshold": "lots"}, "Tag at score: &#39;lots&#39; is not a number"),
+                          ({"v_tag_threshold": "20"}, "thresholds must satisfy tag &lt;= quarantine &lt;= reject"),
+                          ({"v_digest_hour": "25"}, "digest_hour: an hour from 0 to 23"),
+                          ({"v_timezone": "Mars/Olympus"}, "is not an IANA time zone"),
+                          ({"v_virus_action": "deliver"}, "Virus: one of quarantine, reject"),
+                          ({"locked": "no_such_key"}, "cannot lock unknown setting")):
+        resp = post_form(client, "/console/policy", "/console/policy", data)
+        assert resp.status_code == 422, data
+        assert message in text(resp), (data, text(resp))
+    assert _baseline(cfg) == {}
+    assert _audits(cfg) == []
+
+
+def test_a_baseline_change_that_breaks_a_tenants_policy_is_refused(web_app, world, cfg):
+    acme = world["acme"]
+    read(cfg, lambda s: save_settings(s, acme.id, {"quarantine_threshold": 6}))
+    client = sign_in(web_app, "admin@msp.test")
+    resp = post_form(client, "/console/policy", "/console/policy", {"v_tag_threshold": "7"})
+    assert resp.status_code == 422
+    assert "tenant Acme" in text(resp)
+    assert _baseline(cfg) == {}
+
+
+def test_keys_locked_before_keep_their_lock_when_the_form_is_saved(web_app, world, cfg):
+    """A lock set with the CLI on a key the page does not edit (scores) survives a save from the page."""
+    read(cfg, lambda s: save_settings(s, None, {"locked": ["scores"]}))
+    client = sign_in(web_app, "admin@msp.test")
+    post_form(client, "/console/policy", "/console/policy", {"v_tag_threshold": "4", "locked": "greylisting"})
+    assert sorted(_baseline(cfg)["locked"]) == ["greylisting", "scores"]
+
+
+def test_helpdesk_reads_the_baseline_but_cannot_change_it(web_app, world, cfg):
+    client = sign_in(web_app, "helpdesk@msp.test")
+    page = text(client.get("/console/policy"))
+    assert 'name="v_tag_threshold" id="v_tag_threshold" value="" size="14" disabled' in page
+    assert "Save</button>" not in page
+    resp = post_form(client, "/console/policy", "/console/policy", {"v_tag_threshold": "4"})
+    assert resp.status_code == 404
+    assert _baseline(cfg) == {}
+
+
+def test_tenant_admin_sets_and_clears_own_values_and_sees_where_each_comes_from(web_app, world, cfg):
+    acme = world["acme"]
+    read(cfg, lambda s: save_settings(s, None, {"greylisting": True}))
+    client = sign_in(web_app, "admin@acme.test")
+    page = text(client.get("/portal/policy"))
+    assert "baseline" in _row(page, "greylisting") and "true" in _row(page, "greylisting")
+    assert "default" in _row(page, "tag_threshold")
+    before = policy_version(cfg)
+    resp = post_form(client, "/portal/policy", "/portal/policy", {"v_greylisting": "false", "v_tag_threshold": "3.5"})
+    assert resp.status_code == 302, text(resp)
+    assert _own(cfg, acme.id) == {"greylisting": False, "tag_threshold": 3.5}
+    assert policy_version(cfg) > before
+    with msp_scope():
+        policy = read(cfg, lambda s: load_policy(s, acme.id))
+    assert policy.greylisting is False and policy.tag_threshold == 3.5
+    page = text(client.get("/portal/policy"))
+    assert "tenant" in _row(page, "greylisting") and "false" in _row(page, "greylisting")
+    [(_, detail, tenant_id)] = _audits(cfg)
+    assert tenant_id == acme.id and "greylisting=false" in detail
+
+    post_form(client, "/portal/policy", "/portal/policy", {"v_greylisting": ""})
+    assert _own(cfg, acme.id) == {"tag_threshold": 3.5}
+
+
+def test_tenant_validation_errors_are_shown(web_app, world, cfg):
+    acme = world["acme"]
+    client = sign_in(web_app, "admin@acme.test")
+    for data, message in (({"v_greylist_delay": "soon"}, "is not a whole number"),
+                          ({"v_greylist_delay": "-5"}, "must not be negative"),
+                          ({"v_reject_threshold": "1"}, "thresholds must satisfy"),
+                          ({"v_digest_sender": "not an address"}, "is not an e-mail address")):
+        resp = post_form(client, "/portal/policy", "/portal/policy", data)
+        assert resp.status_code == 422, data
+        assert message in text(resp), (data, text(resp))
+    assert _own(cfg, acme.id) == {}
+
+
+def test_a_tenant_cannot_change_a_locked_key(web_app, world, cfg):
+    """Privilege escalation: the form disables a locked key, but a hand-made post must be refused as well."""
+    acme = world["acme"]
+    read(cfg, lambda s: save_settings(s, None, {"virus_action": "reject", "locked": ["virus_action"]}))
+    client = sign_in(web_app, "admin@acme.test")
+    page = text(client.get("/portal/policy"))
+    assert "locked by provider" in _row(page, "virus_action") and "disabled" in _row(page, "virus_action")
+    resp = post_form(client, "/portal/policy", "/portal/policy", {"v_virus_action": "quarantine",
+                                                                   "v_greylisting": "true"})
+    assert resp.status_code == 422 and "locked by your provider: virus_action" in text(resp)
+    assert _own(cfg, acme.id) == {}
+    # An empty locked field changes nothing (there is no value of the tenant's to clear): the rest is saved.
+    resp = post_form(client, "/portal/policy", "/portal/policy", {"v_virus_action": "", "v_greylisting": "true"})
+    assert resp.status_code == 302
+    assert _own(cfg, acme.id) == {"greylisting": True}
+
+
+def test_auditor_reads_the_policy_but_cannot_change_it(web_app, world, cfg):
+    acme = world["acme"]
+    client = sign_in(web_app, "auditor@acme.test")
+    page = text(client.get("/portal/policy"))
+    assert "Save</button>" not in page and "disabled" in _row(page, "tag_threshold")
+    resp = post_form(client, "/portal/policy", "/portal/policy", {"v_tag_threshold": "3"})
+    assert resp.status_code == 404
+    assert _own(cfg, acme.id) == {}
+
+
+def test_a_tenants_policy_is_its_own(web_app, world, cfg):
+    """Cross-tenant: Beta's admin changes Beta's policy only; Acme's page and policy do not move."""
+    acme, beta = world["acme"], world["beta"]
+    client = sign_in(web_app, "admin@beta.test")
+    post_form(client, "/portal/policy", "/portal/policy", {"v_tag_threshold": "2"})
+    assert _own(cfg, beta.id) == {"tag_threshold": 2.0} and _own(cfg, acme.id) == {}
+    page = text(sign_in(web_app, "admin@acme.test").get("/portal/policy"))
+    assert "default" in _row(page, "tag_threshold")
+    assert sign_in(web_app, "admin@beta.test").get("/console/policy").status_code == 404
+
+
+def test_user_role_reaches_no_policy_page(web_app, world):
+    client = sign_in(web_app, "user@acme.test")
+    assert client.get("/portal/policy").status_code == 404
+    assert client.get("/console/policy").status_code == 404
