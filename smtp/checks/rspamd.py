@@ -22,10 +22,10 @@ from dataclasses import dataclass
 
 import dns.exception
 
+from smtp.checks.address import service_client
 from smtp.checks.base import Check, CheckContext, Stage
 from smtp.dns import async_resolver
 from tenants.config import Config
-from tenants.exceptions import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -319,13 +319,7 @@ class RspamdCheck(Check):
 
     def __init__(self, cfg: Config, *, rspamd: str | None = None) -> None:
         super().__init__(cfg)
-        url = rspamd if rspamd is not None else getattr(cfg, "rspamd", None)
-        self.client: RspamdClient | None = None
-        if url:
-            try:
-                self.client = RspamdClient(url)
-            except ValueError as exc:
-                raise ConfigError(f"MAILWARD_RSPAMD: {exc}") from exc
+        self.client = service_client(RspamdClient, rspamd if rspamd is not None else cfg.rspamd, "MAILWARD_RSPAMD")
 
     @property
     def enabled(self) -> bool:

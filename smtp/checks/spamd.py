@@ -19,11 +19,10 @@ import aiospamc
 from aiospamc.exceptions import AIOSpamcConnectionFailed, ClientException, TimeoutException
 from aiospamc.responses import ResponseException
 
-from smtp.checks.address import ServiceAddress
+from smtp.checks.address import ServiceAddress, service_client
 from smtp.checks.base import Check, CheckContext, Stage
 from smtp.checks.rspamd import RDNS_TIMEOUT, client_hostname
 from tenants.config import Config
-from tenants.exceptions import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -142,14 +141,8 @@ class SpamdCheck(Check):
 
     def __init__(self, cfg: Config, *, spamd: str | None = None, max_size: int = MAX_SIZE) -> None:
         super().__init__(cfg)
-        address = spamd if spamd is not None else getattr(cfg, "spamd", None)
         self.max_size = max_size
-        self.client: SpamdClient | None = None
-        if address:
-            try:
-                self.client = SpamdClient(address)
-            except ValueError as exc:
-                raise ConfigError(f"MAILWARD_SPAMD: {exc}") from exc
+        self.client = service_client(SpamdClient, spamd if spamd is not None else cfg.spamd, "MAILWARD_SPAMD")
 
     @property
     def enabled(self) -> bool:

@@ -11,10 +11,9 @@ import asyncio
 import logging
 import struct
 
-from smtp.checks.address import ServiceAddress
+from smtp.checks.address import ServiceAddress, service_client
 from smtp.checks.base import Check, CheckContext, Stage
 from tenants.config import Config
-from tenants.exceptions import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -167,12 +166,7 @@ class VirusCheck(Check):
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
-        self.client: ClamdClient | None = None
-        if cfg.clamd:
-            try:
-                self.client = ClamdClient(cfg.clamd)
-            except ValueError as exc:
-                raise ConfigError(f"MAILWARD_CLAMD: {exc}") from exc
+        self.client = service_client(ClamdClient, cfg.clamd, "MAILWARD_CLAMD")
 
     @property
     def enabled(self) -> bool:
