@@ -16,6 +16,7 @@ from flask.sessions import SecureCookieSessionInterface
 from flask.typing import ResponseReturnValue
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers import Response
 
 from app.access import enforce
@@ -89,6 +90,11 @@ def create_app(cfg: Config | None = None, *, heartbeat: bool = False) -> Flask:
 
     _register_blueprints(app)
     _register_error_handlers(app)
+    if cfg.trusted_proxies:
+        # Behind a reverse proxy: take the client address, scheme and host from the proxies' X-Forwarded-* headers,
+        # trusting exactly as many hops as configured (a client can forge any header beyond them).
+        n = cfg.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
     if heartbeat:
         _start_heartbeat(app, cfg)
 

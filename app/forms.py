@@ -40,6 +40,15 @@ class DomainForm(FlaskForm):
     submit = SubmitField("Add domain")
 
 
+class PortalDomainForm(FlaskForm):
+    """A tenant admin adds a domain to their own tenant (the tenant comes from the signed-in user, not the form)."""
+
+    name = StringField("Domain", validators=[DataRequired(), Length(max=253)])
+    transport = StringField("Your mail server (host:port)", validators=[DataRequired(), Length(max=270)])
+    tls = SelectField("TLS to it", choices=TLS_CHOICES, default=TlsMode.OPPORTUNISTIC.value)
+    submit = SubmitField("Add domain")
+
+
 class TransportForm(FlaskForm):
     """Edit one domain's transport; built with ``prefix=transport_prefix(domain_id)`` so forms on one page differ."""
 

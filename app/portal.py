@@ -9,10 +9,11 @@ from __future__ import annotations
 from flask import Blueprint, flash, redirect, render_template, url_for
 from flask.typing import ResponseReturnValue
 from flask_login import current_user
+from sqlalchemy.exc import IntegrityError
 
 from app.access import allow
 from app.extensions import config, db
-from app.forms import TransportForm, transport_prefix
+from app.forms import PortalDomainForm, TransportForm, transport_prefix
 from tenants import dnsreadiness, services, verification
 from tenants.exceptions import ValidationError
 from tenants.models import Domain, Role
@@ -48,12 +49,49 @@ def _domain_page(domain: Domain, form: TransportForm | None, status: int = 200) 
                            checklist=dnsreadiness.checklist(db.session, cfg, domain)), status
 
 
+def _index_page(add_form: PortalDomainForm | None = None, status: int = 200) -> ResponseReturnValue:
+    domains = services.list_domains(db.session)
+    editing = _can_edit()
+    forms = {d.id: _transport_form(d, "index") for d in domains} if editing else {}
+    if editing and add_form is None:
+        add_form = PortalDomainForm(formdata=None, prefix="add")
+    return render_template("portal/index.html", domains=domains, forms=forms,
+                           add_form=add_form if editing else None), status
+
+
 @bp.route("/")
 @allow(*TENANT_ROLES)
 def index() -> ResponseReturnValue:
-    domains = services.list_domains(db.session)
-    forms = {d.id: _transport_form(d, "index") for d in domains} if _can_edit() else {}
-    return render_template("portal/index.html", domains=domains, forms=forms)
+    return _index_page()
+
+
+@bp.route("/domains", methods=["POST"])
+@allow(Role.TENANT_ADMIN)
+def add_domain() -> ResponseReturnValue:
+    """Add a domain to the signed-in admin's tenant, then show its ownership record and DNS checklist.
+
+    Mail for it is accepted as soon as its MX points here; the ownership proof (a TXT record) is what the MSP sees.
+    """
+    s = db.session
+    form = PortalDomainForm(prefix="add")
+    if form.validate_on_submit():
+        try:
+            tenant = services.get_tenant(s, current_user.tenant_id)
+            host, port = services.parse_transport(form.transport.data or "")
+            d = services.add_domain(s, tenant, form.name.data or "", host, port, form.tls.data)
+            _audit("domain.create", f"domain {d.name}", f"transport {d.transport}, TLS {d.transport_tls}")
+            s.commit()
+        except ValidationError as exc:
+            s.rollback()
+            form.name.errors = [*form.name.errors, str(exc)]
+        except IntegrityError:  # registered by someone else between the check and the commit
+            s.rollback()
+            form.name.errors = [*form.name.errors, f"domain {(form.name.data or '').strip()} is already registered"]
+        else:
+            bump_policy_version(config())
+            flash(f"Domain {d.name} added. Publish the records below, then check ownership.", "success")
+            return redirect(url_for("portal.domain", domain_id=d.id))
+    return _index_page(form, status=422)
 
 
 @bp.route("/domains/<int:domain_id>")

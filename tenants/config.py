@@ -17,6 +17,8 @@ from typing import Any
 from tenants.exceptions import ConfigError
 
 PREFIX = "MAILWARD_"
+#: Most reverse-proxy hops MAILWARD_TRUSTED_PROXIES may name (more is a typo, not a deployment).
+MAX_PROXY_HOPS = 5
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,13 @@ def _positive_int(value: str) -> int:
     n = int(value)
     if n <= 0:
         raise ValueError(f"{value!r} must be a positive whole number")
+    return n
+
+
+def _count(value: str) -> int:
+    n = int(value)
+    if not 0 <= n <= MAX_PROXY_HOPS:
+        raise ValueError(f"{value!r} must be a whole number from 0 to {MAX_PROXY_HOPS}")
     return n
 
 
@@ -151,6 +160,10 @@ class Config:
     submission_listen: HostPort | None = None
     #: Secret the DKIM private keys are encrypted with; unset: derived from the secret key.
     dkim_key_secret: str = ""
+    #: Reverse proxies in front of the web process whose X-Forwarded-For/-Proto/-Host are believed (0: none). Set it
+    #: to the number of proxy hops (1 behind one ingress controller) so that the per-IP sign-in limit, the audit log
+    #: and Secure cookies see the client rather than the proxy; never higher than the real number of hops.
+    trusted_proxies: int = 0
 
     @property
     def sqlite_path(self) -> Path:
@@ -231,6 +244,7 @@ class Config:
         read("LOG_LEVEL", _log_level)
         read("SUBMISSION_LISTEN", parse_hostport)
         read("DKIM_KEY_SECRET", str)
+        read("TRUSTED_PROXIES", _count)
         cfg = cls(**values)
         if bool(cfg.tls_cert) != bool(cfg.tls_key):
             raise ConfigError("MAILWARD_TLS_CERT and MAILWARD_TLS_KEY: set both or neither")

@@ -164,3 +164,43 @@ def test_dns_down_shows_could_not_check_not_an_error(web_app, world, cfg, dns, m
     resp = post_form(client, f"/portal/domains/{domain_id}", f"/portal/domains/{domain_id}/verify", {})
     assert resp.status_code == 302 and not _verified(cfg, "acme.test")
     assert "could not check" in text(client.get(f"/portal/domains/{domain_id}"))
+
+
+# --- a tenant admin adds a domain ---------------------------------------------------------------------------------
+
+def test_tenant_admin_adds_a_domain_and_lands_on_its_checklist(web_app, world, cfg, dns):
+    client = sign_in(web_app, "admin@acme.test")
+    resp = post_form(client, "/portal/", "/portal/domains",
+                     {"add-name": "New-Acme.test", "add-transport": "mail.acme.test:2525", "add-tls": "required"})
+    assert resp.status_code == 302
+    row = read(cfg, lambda s: s.scalars(select(Domain).where(Domain.name == "new-acme.test")).one())
+    assert (row.tenant_id, row.transport_host, row.transport_port, row.transport_tls, row.verified) == \
+        (world["acme"].id, "mail.acme.test", 2525, "required", False)
+    assert resp.headers["Location"].endswith(f"/portal/domains/{row.id}")
+    page = text(client.get(resp.headers["Location"]))
+    assert "_mailward.new-acme.test." in page and _row(page, "MX").startswith("missing")
+    actions = read(cfg, lambda s: s.scalars(
+        select(AuditEntry.action).where(AuditEntry.target == "domain new-acme.test")).all())
+    assert actions == ["domain.create"]
+
+
+def test_adding_a_domain_another_tenant_has_is_refused_without_saying_whose(web_app, world, cfg):
+    client = sign_in(web_app, "admin@acme.test")
+    resp = post_form(client, "/portal/", "/portal/domains",
+                     {"add-name": "beta.test", "add-transport": "mail.acme.test", "add-tls": "none"})
+    page = text(resp)
+    assert resp.status_code == 422 and "beta.test is already registered" in page and "Beta" not in page
+    owner = read(cfg, lambda s: s.scalars(select(Domain.tenant_id).where(Domain.name == "beta.test")).one())
+    assert owner == world["beta"].id
+    bad = post_form(client, "/portal/", "/portal/domains",
+                    {"add-name": "not a domain", "add-transport": "mail.acme.test", "add-tls": "none"})
+    assert bad.status_code == 422 and "is not a valid domain name" in text(bad)
+
+
+def test_auditor_cannot_add_a_domain(web_app, world, cfg):
+    client = sign_in(web_app, "auditor@acme.test")
+    assert 'id="add-domain"' not in text(client.get("/portal/"))
+    resp = post_form(client, "/portal/", "/portal/domains",
+                     {"add-name": "sneaky.test", "add-transport": "mail.acme.test", "add-tls": "none"})
+    assert resp.status_code == 404
+    assert read(cfg, lambda s: s.scalars(select(Domain).where(Domain.name == "sneaky.test")).first()) is None

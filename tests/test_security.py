@@ -318,3 +318,57 @@ def test_tenant_admin_cannot_view_as_another_tenant(web_app, world, cfg):
         sess["view_as"] = world["beta"].id
     page = text(client.get("/portal/"))
     assert "acme.test" in page and "beta.test" not in page and "Viewing as" not in page
+
+
+# --- behind a reverse proxy -------------------------------------------------------------------------------------
+
+def _via_proxy(app: Any, forwarded_for: str) -> Any:
+    """A client whose requests arrive from one proxy address, naming the real client in X-Forwarded-For."""
+    client = app.test_client()
+    client.environ_base.update(REMOTE_ADDR="10.0.0.2", HTTP_X_FORWARDED_FOR=forwarded_for)
+    return client
+
+
+def _spray(client: Any, n: int) -> None:
+    for i in range(n):
+        post_form(client, "/login", "/login", {"email": f"guess{i}@acme.test", "password": "Password1!"})
+
+
+def test_behind_a_trusted_proxy_the_per_ip_limit_counts_the_forwarded_client(cfg, world):
+    """With MAILWARD_TRUSTED_PROXIES=1 one sprayer behind the proxy is limited, and other clients of the same proxy
+    are not (without it every user behind the ingress would share one limit)."""
+    import dataclasses
+
+    from app import create_app
+    from app.security import IP_LIMIT
+
+    app = create_app(dataclasses.replace(cfg, trusted_proxies=1))
+    _spray(_via_proxy(app, "203.0.113.5"), IP_LIMIT)
+    sprayer = _via_proxy(app, "203.0.113.5")
+    assert post_form(sprayer, "/login", "/login", {"email": "admin@acme.test", "password": PASSWORD}).status_code == 429
+    neighbour = _via_proxy(app, "203.0.113.6")
+    assert post_form(neighbour, "/login", "/login",
+                     {"email": "admin@acme.test", "password": PASSWORD}).status_code == 302
+
+
+def test_without_trusted_proxies_a_forged_forwarded_for_does_not_dodge_the_limit(web_app, world):
+    """A direct client that invents a new X-Forwarded-For on every request is still counted by its own address."""
+    from app.security import IP_LIMIT
+
+    for i in range(IP_LIMIT):
+        post_form(_via_proxy(web_app, f"192.0.2.{i}"), "/login", "/login",
+                  {"email": f"guess{i}@acme.test", "password": "Password1!"})
+    forged = _via_proxy(web_app, "192.0.2.250")
+    assert post_form(forged, "/login", "/login", {"email": "admin@acme.test", "password": PASSWORD}).status_code == 429
+
+
+def test_trusted_proxies_is_validated_at_start():
+    import pytest
+
+    from tenants.config import Config
+    from tenants.exceptions import ConfigError
+
+    assert Config.from_env({"MAILWARD_TRUSTED_PROXIES": "1"}).trusted_proxies == 1
+    for bad in ("-1", "many", "99"):
+        with pytest.raises(ConfigError, match="MAILWARD_TRUSTED_PROXIES"):
+            Config.from_env({"MAILWARD_TRUSTED_PROXIES": bad})
