@@ -110,7 +110,8 @@ def create_app(cfg: Config | None = None, *, heartbeat: bool = False) -> Flask:
 
 
 def _register_blueprints(app: Flask) -> None:
-    # portal_lists and portal_quarantine add their views to the portal blueprint (one blueprint per audience).
+    # portal_lists, portal_quarantine and portal_recipients add their views to the portal blueprint (one blueprint
+    # per audience).
     # security and cluster add theirs to the console and portal blueprints (audit log, settings, view-as, cluster);
     # tracking and stats theirs too (tracking center and statistics); policy the baseline and tenant policy pages.
     from app import (  # noqa: F401
@@ -118,12 +119,15 @@ def _register_blueprints(app: Flask) -> None:
         auth,
         cluster,
         console,
+        console_admin,
         health,
         held,
         policy,
         portal,
+        portal_admin,
         portal_lists,
         portal_quarantine,
+        portal_recipients,
         quarantine,
         security,
         stats,

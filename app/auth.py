@@ -41,6 +41,8 @@ bp = Blueprint("auth", __name__)
 INVALID_LOGIN = "Invalid e-mail or password"
 #: Roles that must sign in with a second factor when their MSP requires it (everyone but end users).
 TOTP_ROLES = frozenset({Role.MSP_ADMIN, Role.MSP_HELPDESK, Role.TENANT_ADMIN, Role.TENANT_AUDITOR})
+#: The answer to a right password of a user whose tenant is suspended (and the notice when a session is ended).
+SUSPENDED_LOGIN = "Your organisation's account is suspended; ask your provider."
 #: Session key of a sign-in waiting for its TOTP code: the user id, its session token, the next URL, when.
 PENDING_TOTP = "pending_totp"
 #: Seconds the TOTP step waits after the password before the password is asked again.
@@ -125,11 +127,22 @@ def load_principal(value: str) -> Principal | None:
         user = s.get(User, int(uid))
         if user is None or not user.active or not hmac.compare_digest(token, _token(user)):
             return None
+        if _tenant_suspended(s, user):  # a session open when the tenant was suspended ends at its next request
+            session.clear()
+            flash(SUSPENDED_LOGIN, "error")
+            return None
         principal = _principal(s, user)
     tenant = security.viewing_tenant(principal.role)
     if tenant is not None:
         principal.view_as(tenant)
     return principal
+
+
+def _tenant_suspended(session_db: Session, user: User) -> bool:
+    """Whether the user belongs to a suspended tenant (MSP users belong to none)."""
+    if user.tenant_id is None:
+        return False
+    return bool(session_db.scalar(select(Tenant.suspended).where(Tenant.id == user.tenant_id)))
 
 
 def enter_scope() -> None:
@@ -190,6 +203,11 @@ def authenticate(email: str, password: str) -> SignIn:
             security.audit("login.failed", target=user.email, tenant_id=user.tenant_id, actor=user.email)
             s.commit()
             return SignIn(error=security.locked_message(wait) if wait else INVALID_LOGIN)
+        if _tenant_suspended(s, user):  # told only after the right password: no oracle for guessers
+            security.clear_failures(user)
+            security.audit("login.suspended", target=user.email, tenant_id=user.tenant_id, actor=user.email)
+            s.commit()
+            return SignIn(error=SUSPENDED_LOGIN)
         if needs_rehash(user.password_hash):
             user.password_hash = hash_password(password)
         if user.totp_enabled:

@@ -1,6 +1,9 @@
 """The MSP console: every tenant and its domains; msp_admin creates tenants and adds domains, msp_helpdesk reads.
 
-Requests here run in the MSP scope (set from the role in :func:`app.auth.enter_scope`), so the lists span all tenants.
+A tenant's page shows its domains, admins, this month's usage and its state; msp_admin suspends and resumes it,
+downloads its export (only msp_admin: the export holds every mail) and, once it is suspended and exported, deletes it
+(:mod:`tenants.lifecycle`). Requests here run in the MSP scope (set from the role in :func:`app.auth.enter_scope`),
+so the lists span all tenants.
 """
 
 from __future__ import annotations
@@ -10,16 +13,22 @@ from collections import defaultdict
 from flask import Blueprint, flash, redirect, render_template, url_for
 from flask.typing import ResponseReturnValue
 from flask_login import current_user
+from flask_wtf import FlaskForm
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from wtforms import BooleanField, StringField, SubmitField
 from wtforms.fields.choices import SelectChoice
+from wtforms.validators import DataRequired, Length
 
 from app.access import MSP_ROLES, allow
+from app.exports import tenant_zip
 from app.extensions import config, db
 from app.forms import DomainForm, TenantForm
-from tenants import services
+from tenants import lifecycle, services
 from tenants.exceptions import NotFound, ValidationError
-from tenants.models import Domain, Role, Tenant
+from tenants.models import Domain, Role, Tenant, User
 from tenants.redisconn import bump_policy_version
+from tenants.scope import tenant_scope
 
 bp = Blueprint("console", __name__, url_prefix="/console")
 
@@ -99,3 +108,115 @@ def add_domain() -> ResponseReturnValue:
             flash(f"Domain {domain.name} added to {tenant.name}.", "success")
             return redirect(url_for("console.index"))
     return _page(domain_form=form, status=422)
+
+
+# --- one tenant: details, suspend / resume, export, delete -------------------------------------------------------
+
+#: Roles listed as a tenant's admins on its page.
+ADMIN_ROLES = (Role.TENANT_ADMIN.value, Role.TENANT_AUDITOR.value)
+
+
+class ConfirmForm(FlaskForm):
+    """Suspend or resume: a box to tick, so one click alone does not cut a customer off (no script: CSP)."""
+
+    confirm = BooleanField("I am sure", validators=[DataRequired("Tick the box to confirm.")])
+    submit = SubmitField("Confirm")
+
+
+class DeleteTenantForm(FlaskForm):
+    """Delete: the tenant's name typed again."""
+
+    name = StringField("Type the tenant's name to confirm", validators=[DataRequired(), Length(max=200)])
+    submit = SubmitField("Delete tenant and all its data")
+
+
+def _tenant(tenant_id: int) -> Tenant:
+    tenant = db.session.get(Tenant, tenant_id)
+    if tenant is None:
+        raise NotFound(f"tenant {tenant_id} not found")
+    return tenant
+
+
+def _tenant_page(tenant: Tenant, *, suspend_form: ConfirmForm | None = None,
+                 delete_form: DeleteTenantForm | None = None, status: int = 200) -> ResponseReturnValue:
+    s = db.session
+    with tenant_scope(tenant.id):
+        admins = list(s.scalars(select(User).where(User.tenant_id == tenant.id, User.role.in_(ADMIN_ROLES))
+                                .order_by(User.email)))
+    o = lifecycle.overview(s, tenant)
+    can_edit = current_user.role is Role.MSP_ADMIN
+    return render_template(
+        "console/tenant.html", tenant=tenant, domains=o.domains, admins=admins, month=o.month, usage=o.usage,
+        can_edit=can_edit, deletable=can_edit and o.deletable, pending=o.pending,
+        suspend_form=suspend_form or ConfirmForm(formdata=None, prefix="state"),
+        delete_form=delete_form or DeleteTenantForm(formdata=None, prefix="delete")), status
+
+
+@bp.route("/tenants/<int:tenant_id>")
+@allow(*MSP_ROLES)
+def tenant_detail(tenant_id: int) -> ResponseReturnValue:
+    return _tenant_page(_tenant(tenant_id))
+
+
+def _change_state(tenant_id: int, suspended: bool) -> ResponseReturnValue:
+    s = db.session
+    t = _tenant(tenant_id)
+    form = ConfirmForm(prefix="state")
+    if not form.validate_on_submit():
+        return _tenant_page(t, suspend_form=form, status=422)
+    changed = lifecycle.suspend(s, t) if suspended else lifecycle.resume(s, t)
+    if changed:
+        _audit(lifecycle.SUSPEND_ACTION if suspended else lifecycle.RESUME_ACTION, f"tenant {t.name}", tenant_id=t.id)
+    s.commit()
+    bump_policy_version(config())  # the ingresses refuse (or accept again) its domains at once
+    word = "suspended" if suspended else "resumed"
+    flash(f"Tenant {t.name} {word}." if changed else f"Tenant {t.name} was already {word}.",
+          "success" if changed else "info")
+    return redirect(url_for("console.tenant_detail", tenant_id=t.id))
+
+
+@bp.route("/tenants/<int:tenant_id>/suspend", methods=["POST"])
+@allow(Role.MSP_ADMIN)
+def suspend_tenant(tenant_id: int) -> ResponseReturnValue:
+    return _change_state(tenant_id, True)
+
+
+@bp.route("/tenants/<int:tenant_id>/resume", methods=["POST"])
+@allow(Role.MSP_ADMIN)
+def resume_tenant(tenant_id: int) -> ResponseReturnValue:
+    return _change_state(tenant_id, False)
+
+
+@bp.route("/tenants/<int:tenant_id>/export", methods=["POST"])
+@allow(Role.MSP_ADMIN)
+def export_tenant(tenant_id: int) -> ResponseReturnValue:
+    """The tenant's export as a ZIP download (a POST: it is audited, and a delete depends on it)."""
+    t = _tenant(tenant_id)
+    return tenant_zip(db.session, config(), t, lambda summary: _audit(
+        lifecycle.EXPORT_ACTION, f"tenant {t.name}", summary, tenant_id=t.id))
+
+
+@bp.route("/tenants/<int:tenant_id>/delete", methods=["POST"])
+@allow(Role.MSP_ADMIN)
+def delete_tenant(tenant_id: int) -> ResponseReturnValue:
+    s = db.session
+    t = _tenant(tenant_id)
+    form = DeleteTenantForm(prefix="delete")
+    if not form.validate_on_submit():
+        return _tenant_page(t, delete_form=form, status=422)
+    if (form.name.data or "").strip() != t.name:
+        form.name.errors = [f"That is not the name of this tenant: type {t.name} exactly."]
+        return _tenant_page(t, delete_form=form, status=422)
+    name, tid = t.name, t.id
+    try:
+        counts = lifecycle.delete(s, config(), t)
+    except ValidationError as exc:
+        s.rollback()
+        flash(str(exc), "error")
+        return _tenant_page(_tenant(tid), status=409)
+    detail = ", ".join(f"{table} {n}" for table, n in sorted(counts.items()) if n)
+    _audit(lifecycle.DELETE_ACTION, f"tenant {name} (id {tid})", detail, tenant_id=None)  # the tenant is gone
+    s.commit()
+    bump_policy_version(config())
+    flash(f"Tenant {name} and all its data deleted.", "success")
+    return redirect(url_for("console.index"))

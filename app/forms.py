@@ -7,11 +7,26 @@ the consoles and later the API refuse the same input with the same words.
 
 from __future__ import annotations
 
-from flask_wtf import FlaskForm
-from wtforms import DateField, DecimalField, HiddenField, PasswordField, SelectField, StringField, SubmitField
-from wtforms.fields.choices import SelectChoice
-from wtforms.validators import AnyOf, DataRequired, Length, Optional
+from collections.abc import Callable
 
+from flask_wtf import FlaskForm
+from wtforms import (
+    DateField,
+    DecimalField,
+    Field,
+    HiddenField,
+    PasswordField,
+    SelectField,
+    SelectMultipleField,
+    StringField,
+    SubmitField,
+)
+from wtforms.fields.choices import SelectChoice
+from wtforms.validators import AnyOf, DataRequired, Length, Optional, StopValidation
+from wtforms.widgets import CheckboxInput, ListWidget
+
+from tenants.apikeys import MAX_NAME as API_KEY_MAX_NAME
+from tenants.apikeys import SCOPES as API_KEY_SCOPES
 from tenants.models import TlsMode
 
 TLS_CHOICES = [
@@ -112,3 +127,40 @@ class BrandingForm(FlaskForm):
     color = StringField("Accent colour (#rrggbb)", validators=[Optional(), Length(max=20)])
     logo_url = StringField("Logo URL (https)", validators=[Optional(), Length(max=500)])
     submit = SubmitField("Save branding")
+
+
+def _at_least_one(message: str) -> Callable[[FlaskForm, Field], None]:
+    """A validator for a multiple choice: one or more chosen (without the HTML ``required`` flag)."""
+
+    def check(form: FlaskForm, field: Field) -> None:
+        if not field.data:
+            raise StopValidation(message)
+
+    return check
+
+
+class MultiCheckboxField(SelectMultipleField):
+    """A multiple choice shown as one checkbox per choice (wtforms' documented recipe)."""
+
+    widget = ListWidget(prefix_label=False)
+    option_widget = CheckboxInput()
+
+
+class ApiKeyForm(FlaskForm):
+    """A new REST API key: a name to tell it apart and its scopes (the rules live in :mod:`tenants.apikeys`)."""
+
+    name = StringField("Name (what it is for)", validators=[Optional(), Length(max=API_KEY_MAX_NAME)])
+    # Not DataRequired: its "required" flag would mark every checkbox required, and a browser then refuses the form
+    # unless all of them are ticked.
+    scopes = MultiCheckboxField("Scopes", choices=[SelectChoice(s, s) for s in API_KEY_SCOPES],
+                                validators=[_at_least_one("Choose at least one scope.")])
+    submit = SubmitField("Create key")
+
+
+class NewUserForm(FlaskForm):
+    """A new user (tenant user or MSP staff; the view sets the role choices of its level)."""
+
+    email = StringField("E-mail", validators=[DataRequired(), Length(max=320)])
+    role = SelectField("Role")
+    password = PasswordField("Initial password (optional)", validators=[Optional(), Length(max=1024)])
+    submit = SubmitField("Create user")

@@ -22,31 +22,25 @@ from tenants.exceptions import NotFound, ValidationError
 from tenants.models import Role
 
 
-def _lists_page(form: ListEntryForm | None = None, status: int = 200) -> ResponseReturnValue:
+def lists_page_for(template: str, tenant_id: int | None, can_edit: bool, form: ListEntryForm | None = None,
+                   status: int = 200) -> ResponseReturnValue:
+    """A lists page of one level: the tenant's (``tenant_id``) or the MSP's (None), with the MSP's for context."""
     s = db.session
-    can_edit = current_user.role is Role.TENANT_ADMIN
     form = form or (ListEntryForm(formdata=None) if can_edit else None)
-    return render_template("portal/lists.html", entries=lists.list_entries(s, tenant_id=current_user.tenant_id),
-                           msp_entries=lists.list_entries(s), form=form, can_edit=can_edit), status
+    entries = lists.list_entries(s, tenant_id=tenant_id) if tenant_id is not None else lists.list_entries(s)
+    return render_template(template, entries=entries, msp_entries=lists.list_entries(s), form=form,
+                           can_edit=can_edit), status
 
 
-@bp.route("/lists")
-@allow(*TENANT_ROLES)
-def lists_page() -> ResponseReturnValue:
-    return _lists_page()
-
-
-@bp.route("/lists", methods=["POST"])
-@allow(Role.TENANT_ADMIN)
-def add_list_entry() -> ResponseReturnValue:
+def add_entry_for(tenant_id: int | None, template: str, back: str) -> ResponseReturnValue:
+    """Add an entry at one level (the tenant's, or the MSP's for None); audited; the ingresses reload."""
     form = ListEntryForm()
     if form.validate_on_submit():
         s = db.session
         try:
-            entry = lists.add_entry(s, kind=form.kind.data, value=form.value.data or "",
-                                    tenant_id=current_user.tenant_id, comment=(form.comment.data or "").strip(),
-                                    created_by=current_user.email)
-            audit(f"list.{entry.kind}.add", entry.value, entry.comment)
+            entry = lists.add_entry(s, kind=form.kind.data, value=form.value.data or "", tenant_id=tenant_id,
+                                    comment=(form.comment.data or "").strip(), created_by=current_user.email)
+            audit(f"list.{entry.kind}.add", entry.value, entry.comment, tenant_id=tenant_id)
             lists.reload_after_commit(s, config())
             s.commit()
         except ValidationError as exc:
@@ -54,23 +48,40 @@ def add_list_entry() -> ResponseReturnValue:
             flash(str(exc), "error")
         else:
             flash(f"{entry.value} is on the {entry.kind} list.", "success")
-            return redirect(url_for("portal.lists_page"))
-    return _lists_page(form, status=422)
+            return redirect(url_for(back))
+    return lists_page_for(template, tenant_id, True, form, status=422)
+
+
+def remove_entry_for(entry_id: int, tenant_id: int | None, back: str) -> ResponseReturnValue:
+    """Remove an entry of exactly this level: a user's own entry, or another level's, is 404 here."""
+    s = db.session
+    entry = lists.get_entry(s, entry_id)
+    if entry.user_id is not None or entry.tenant_id != tenant_id:
+        raise NotFound(f"ListEntry {entry_id} not found")
+    lists.remove_entry(s, entry_id)
+    audit(f"list.{entry.kind}.remove", entry.value, tenant_id=tenant_id)
+    lists.reload_after_commit(s, config())
+    s.commit()
+    flash(f"{entry.value} is off the {entry.kind} list.", "success")
+    return redirect(url_for(back))
+
+
+@bp.route("/lists")
+@allow(*TENANT_ROLES)
+def lists_page() -> ResponseReturnValue:
+    return lists_page_for("portal/lists.html", current_user.tenant_id, current_user.role is Role.TENANT_ADMIN)
+
+
+@bp.route("/lists", methods=["POST"])
+@allow(Role.TENANT_ADMIN)
+def add_list_entry() -> ResponseReturnValue:
+    return add_entry_for(current_user.tenant_id, "portal/lists.html", "portal.lists_page")
 
 
 @bp.route("/lists/<int:entry_id>/delete", methods=["POST"])
 @allow(Role.TENANT_ADMIN)
 def remove_list_entry(entry_id: int) -> ResponseReturnValue:
-    s = db.session
-    entry = lists.get_entry(s, entry_id)
-    if entry.user_id is not None or entry.tenant_id is None:  # a user's own entry, or the MSP's: not on this page
-        raise NotFound(f"ListEntry {entry_id} not found")
-    lists.remove_entry(s, entry_id)
-    audit(f"list.{entry.kind}.remove", entry.value)
-    lists.reload_after_commit(s, config())
-    s.commit()
-    flash(f"{entry.value} is off the {entry.kind} list.", "success")
-    return redirect(url_for("portal.lists_page"))
+    return remove_entry_for(entry_id, current_user.tenant_id, "portal.lists_page")
 
 
 def _branding_page(form: BrandingForm | None, status: int = 200) -> ResponseReturnValue:

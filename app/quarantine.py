@@ -16,11 +16,12 @@ from __future__ import annotations
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from flask_login import current_user
+from sqlalchemy import select
 from werkzeug.wrappers import Response
 
 from app import CONTENT_SECURITY_POLICY, held
 from app.access import allow, allow_public
-from app.auth import start_session
+from app.auth import SUSPENDED_LOGIN, start_session
 from app.csp import brand_css, branded_policy, preview_response
 from app.extensions import config, db
 from app.forms import ListEntryForm, MyQuarantineFilterForm
@@ -264,6 +265,13 @@ def _refusal(exc: TokenError) -> ResponseReturnValue:
                            used=isinstance(exc, TokenUsed)), 410 if gone else 400
 
 
+def _suspended(tenant_id: int) -> TokenInvalid | None:
+    """A digest link of a suspended tenant's user neither signs in nor acts (its mail is still delivered)."""
+    if db.session.scalar(select(Tenant.suspended).where(Tenant.id == tenant_id)):
+        return TokenInvalid(SUSPENDED_LOGIN)
+    return None
+
+
 @bp.route("/login/<token>", methods=["GET", "POST"])
 @allow_public
 def login_link(token: str) -> ResponseReturnValue:
@@ -274,6 +282,8 @@ def login_link(token: str) -> ResponseReturnValue:
     except TokenError as exc:
         return _refusal(exc)
     g.brand = _brand_for(claim.tenant_id)
+    if (refused := _suspended(claim.tenant_id)) is not None:
+        return _refusal(refused)
     if request.method == "GET":
         if current_user.is_authenticated and current_user.user_id == claim.user_id:
             return redirect(url_for("quarantine.index"))
@@ -303,6 +313,8 @@ def action_link(token: str) -> ResponseReturnValue:
     except TokenError as exc:
         return _refusal(exc)
     g.brand = _brand_for(claim.tenant_id)
+    if (refused := _suspended(claim.tenant_id)) is not None:
+        return _refusal(refused)
     with tenant_scope(claim.tenant_id):
         if request.method == "POST":
             try:

@@ -91,14 +91,13 @@ def _tenant_id(form: StatsForm | UsageForm, msp: bool) -> int | None:
 # --- SVG charts -----------------------------------------------------------------------------------------------------
 
 def _nice_max(value: int) -> int:
-    """The smallest 1, 2 or 5 × 10^n at least ``value`` (a round top for the value axis)."""
-    if value <= 0:
-        return 1
+    """The top of the value axis: :data:`TICKS` equal whole steps of 1, 2 or 5 × 10^n reaching ``value``, so that
+    every grid line is labelled with its true value (1 mail: 0-1-2-3-4, not 0-0-0-0-1)."""
     step = 1
     while True:
         for m in (1, 2, 5):
-            if m * step >= value:
-                return m * step
+            if m * step * TICKS >= value:
+                return m * step * TICKS
         step *= 10
 
 

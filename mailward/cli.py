@@ -101,6 +101,98 @@ def tenant_list() -> None:
             click.echo(f"{t.id}\t{t.name}{state}\t{domains}")
 
 
+#: Who the audit log names for lifecycle actions taken on the command line (the operator's tool, no signed-in user).
+CLI_ACTOR = "cli"
+
+
+def _cli_audit(session: Session, action: str, target: str, detail: str = "", *, tenant_id: int | None) -> None:
+    from tenants import audit
+
+    audit.record(session, actor=CLI_ACTOR, action=action, target=target, detail=detail, tenant_id=tenant_id)
+
+
+@tenant.command("suspend")
+@click.argument("tenant_ref", metavar="TENANT")
+def tenant_suspend(tenant_ref: str) -> None:
+    """Suspend a tenant: its domains refuse mail, its users and API keys are locked out; queued mail still goes."""
+    _tenant_state(tenant_ref, suspended=True)
+
+
+@tenant.command("resume")
+@click.argument("tenant_ref", metavar="TENANT")
+def tenant_resume(tenant_ref: str) -> None:
+    """Lift a tenant's suspension."""
+    _tenant_state(tenant_ref, suspended=False)
+
+
+def _tenant_state(tenant_ref: str, *, suspended: bool) -> None:
+    from tenants import lifecycle
+    from tenants.redisconn import bump_policy_version
+    from tenants.services import get_tenant
+
+    cfg = get_config()
+    with _db(cfg) as session:
+        t = get_tenant(session, tenant_ref)
+        changed = lifecycle.suspend(session, t) if suspended else lifecycle.resume(session, t)
+        if changed:
+            _cli_audit(session, lifecycle.SUSPEND_ACTION if suspended else lifecycle.RESUME_ACTION,
+                       f"tenant {t.name}", tenant_id=t.id)
+        name = t.name
+    bump_policy_version(cfg)
+    word = "suspended" if suspended else "resumed"
+    click.echo(f"tenant {name} {word}" if changed else f"tenant {name} was already {word}")
+
+
+@tenant.command("export")
+@click.argument("tenant_ref", metavar="TENANT")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, writable=True),
+              metavar="FILE.zip", help="Where to write the ZIP (an existing file is replaced).")
+def tenant_export(tenant_ref: str, output: str) -> None:
+    """Write everything a tenant owns (settings, metadata, audit log, statistics, raw mail) to a ZIP file."""
+    import os
+
+    from tenants import lifecycle
+    from tenants.services import get_tenant
+
+    cfg = get_config()
+    partial = f"{output}.part"
+    with _db(cfg) as session:
+        t = get_tenant(session, tenant_ref)
+        try:
+            with open(partial, "wb") as out:
+                report = lifecycle.export(session, cfg, t, out)
+            os.replace(partial, output)  # a half-written export never stands under the asked name
+        finally:
+            if os.path.exists(partial):
+                os.unlink(partial)
+        _cli_audit(session, lifecycle.EXPORT_ACTION, f"tenant {t.name}",
+                   f"{report.counts.get('messages', 0)} messages to {output}", tenant_id=t.id)
+        click.echo(f"tenant {t.name} exported to {output}: {report.counts.get('messages', 0)} message(s), "
+                   f"{report.counts.get('raw_messages', 0)} raw mail(s), {len(report.files) + 1} file(s)")
+
+
+@tenant.command("delete")
+@click.argument("tenant_ref", metavar="TENANT")
+@click.option("--confirm", required=True, metavar="NAME", help="The tenant's name again.")
+def tenant_delete(tenant_ref: str, confirm: str) -> None:
+    """Delete a suspended, exported tenant and everything it owns, for good."""
+    from tenants import lifecycle
+    from tenants.redisconn import bump_policy_version
+    from tenants.services import get_tenant
+
+    cfg = get_config()
+    with _db(cfg) as session:
+        t = get_tenant(session, tenant_ref)
+        if confirm.strip() != t.name:
+            raise click.UsageError(f"--confirm must be the tenant's name, exactly: {t.name}")
+        name, tid = t.name, t.id
+        counts = lifecycle.delete(session, cfg, t)
+        detail = ", ".join(f"{table} {n}" for table, n in sorted(counts.items()) if n)
+        _cli_audit(session, lifecycle.DELETE_ACTION, f"tenant {name} (id {tid})", detail, tenant_id=None)
+    bump_policy_version(cfg)
+    click.echo(f"tenant {name} deleted: {detail or 'nothing else'}")
+
+
 @cli.group()
 def domain() -> None:
     """Tenant domains and their transports."""
@@ -401,6 +493,101 @@ cli.add_command(stats)
 from mailward.domain_cli import verify as domain_verify  # noqa: E402  (domain ownership proof)
 
 domain.add_command(domain_verify)
+
+
+# --- recipient verification ---------------------------------------------------------------------------------------
+
+@cli.group()
+def recipients() -> None:
+    """Recipient verification at RCPT: off, a static list, an LDAP directory, or call-ahead to the transport."""
+
+
+@recipients.command("mode")
+@click.argument("tenant_ref", metavar="TENANT")
+@click.argument("mode", type=click.Choice(["off", "static", "ldap", "callahead"]))
+def recipients_mode(tenant_ref: str, mode: str) -> None:
+    """Switch a tenant's verification mode."""
+    from tenants import recipients as rcpt
+    from tenants.services import get_tenant
+
+    cfg = get_config()
+    with _db(cfg) as session:
+        t = get_tenant(session, tenant_ref)
+        rcpt.set_mode(session, t.id, mode)
+        rcpt.reload_after_commit(session, cfg)
+    click.echo(f"recipient verification of {t.name} is now {mode}")
+
+
+def _edit_static(tenant_ref: str, addresses: tuple[str, ...], remove: bool) -> None:
+    """Add addresses to, or remove them from, a tenant's static list; ingresses reload after the commit."""
+    from tenants import recipients as rcpt
+    from tenants.services import get_tenant
+
+    edit = rcpt.remove_static if remove else rcpt.add_static
+    cfg = get_config()
+    with _db(cfg) as session:
+        t = get_tenant(session, tenant_ref)
+        done = [edit(session, t.id, a).address for a in addresses]
+        rcpt.reload_after_commit(session, cfg)
+    click.echo(f"static list of {t.name}: {', '.join(done)} {'removed' if remove else 'added'}")
+
+
+@recipients.command("add")
+@click.argument("tenant_ref", metavar="TENANT")
+@click.argument("addresses", nargs=-1, required=True, metavar="ADDRESS...")
+def recipients_add(tenant_ref: str, addresses: tuple[str, ...]) -> None:
+    """Add addresses (or @domain for a whole domain) to a tenant's static list."""
+    _edit_static(tenant_ref, addresses, remove=False)
+
+
+@recipients.command("remove")
+@click.argument("tenant_ref", metavar="TENANT")
+@click.argument("addresses", nargs=-1, required=True, metavar="ADDRESS...")
+def recipients_remove(tenant_ref: str, addresses: tuple[str, ...]) -> None:
+    """Remove addresses from a tenant's static list."""
+    _edit_static(tenant_ref, addresses, remove=True)
+
+
+@recipients.command("ldap")
+@click.argument("tenant_ref", metavar="TENANT")
+@click.option("--url", required=True, help="ldap://host:389 or ldaps://host:636")
+@click.option("--base-dn", required=True)
+@click.option("--bind-dn", default="", help="Empty: anonymous bind.")
+@click.option("--password-stdin", is_flag=True, help="Read the bind password from standard input.")
+@click.option("--filter", "search_filter", default="", help="With {address}; default: mail or smtp: proxyAddresses.")
+@click.option("--attributes", default="", help="Comma-separated; default: mail,proxyAddresses.")
+def recipients_ldap(tenant_ref: str, url: str, base_dn: str, bind_dn: str, password_stdin: bool, search_filter: str,
+                    attributes: str) -> None:
+    """Set a tenant's LDAP directory (without --password-stdin the stored password is kept)."""
+    from tenants import recipients as rcpt
+    from tenants.services import get_tenant
+
+    password = sys.stdin.readline().rstrip("\r\n") if password_stdin else None
+    cfg = get_config()
+    with _db(cfg) as session:
+        t = get_tenant(session, tenant_ref)
+        rcpt.set_ldap(session, cfg, t.id, url=url, base_dn=base_dn, bind_dn=bind_dn, password=password,
+                      search_filter=search_filter, attributes=attributes)
+        rcpt.reload_after_commit(session, cfg)
+    click.echo(f"LDAP directory of {t.name}: {url} {base_dn}")
+
+
+@recipients.command("sync")
+@click.argument("tenant_ref", metavar="TENANT")
+def recipients_sync(tenant_ref: str) -> None:
+    """Copy a tenant's LDAP directory into its valid recipients now; exits 1 if the sync failed."""
+    from tenants import directory
+    from tenants import recipients as rcpt
+    from tenants.services import get_tenant
+
+    cfg = get_config()
+    with _db(cfg) as session:
+        t = get_tenant(session, tenant_ref)
+        result = directory.sync(session, cfg, t.id)
+        rcpt.reload_after_commit(session, cfg)
+    if not result.ok:
+        raise click.ClickException(f"directory sync of {t.name} failed: {result.message}")
+    click.echo(f"directory of {t.name} synced: {result.message}")
 
 
 # --- entry point --------------------------------------------------------------------------------------------------

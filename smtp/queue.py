@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, or_, select, update
@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from smtp.dsn import build_dsn
 from smtp.outbound import RcptResult
+from smtp.verdict import Action
 from tenants.blobs import blob_store
 from tenants.config import Config
 from tenants.ids import new_id
@@ -25,6 +26,10 @@ from tenants.models import Delivery, DeliveryStatus, Event, Finding, Message, ut
 from tenants.scope import load
 
 log = logging.getLogger(__name__)
+
+
+#: Longest reply text kept on a delivery row.
+REPLY_MAX = 2000
 
 
 @dataclass
@@ -99,6 +104,76 @@ def store_message(session: Session, new: NewMessage) -> Message:
 
 def _clip(value: str | None, limit: int = 998) -> str | None:
     return value[:limit] if value else value
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A refusal to record for one tenant: the envelope, the verdict and the exact reply the sender got. Its content
+    is not kept: we refuse to store mail we did not accept."""
+
+    tenant_id: int
+    rcpts: Sequence[str]
+    reply: str
+    #: The SMTP stage that refused: "RCPT" or "DATA".
+    stage: str
+    mail_from: str
+    client_ip: str | None
+    client_helo: str | None
+    #: Days the record is kept before the purge job removes it (the tenant's spam retention).
+    retention_days: int
+    explanation: str
+    queue_id: str = field(default_factory=new_id)
+    direction: str = "inbound"
+    route: str = "transport"
+    size: int = 0
+    header_from: str | None = None
+    subject: str | None = None
+    message_id_header: str | None = None
+    score: float = 0.0
+    #: (symbol, score, reason) of every finding under the tenant's policy.
+    findings: Sequence[tuple[str, float, str]] = ()
+
+
+def store_refusal(session: Session, r: Refused) -> Message:
+    """Add a refused message, its findings, one ``rejected`` delivery row per recipient (its reply kept) and the
+    ``rejected`` event to the session (no blob, no commit). A refusal at DATA also gets the usual receipt events."""
+    now = utcnow()
+    msg = Message(
+        id=new_id(), tenant_id=r.tenant_id, queue_id=r.queue_id, direction=r.direction, received_at=now,
+        client_ip=r.client_ip, client_helo=r.client_helo, mail_from=r.mail_from, header_from=_clip(r.header_from),
+        subject=_clip(r.subject), message_id_header=_clip(r.message_id_header), size=r.size,
+        verdict=Action.REJECT.value, score=r.score, explanation=r.explanation, quarantine_kind=None,
+        expires_at=now + timedelta(days=r.retention_days), deliveries=[], findings=[],
+    )
+    session.add(msg)
+    for symbol, score, reason in r.findings:
+        session.add(Finding(tenant_id=r.tenant_id, message=msg, symbol=symbol, score=score, reason=reason))
+    for rcpt in r.rcpts:
+        session.add(Delivery(tenant_id=r.tenant_id, message=msg, rcpt=rcpt, route=r.route,
+                             status=DeliveryStatus.REJECTED.value, last_reply=r.reply[:REPLY_MAX],
+                             next_attempt_at=now, created_at=now, updated_at=now))
+    rcpts = ", ".join(r.rcpts)
+    if r.stage == "DATA":
+        session.add(Event(tenant_id=r.tenant_id, message=msg, at=now, kind="received",
+                          detail=f"from {r.mail_from or '<>'} to {rcpts} ({r.size} bytes, not kept)"))
+        if r.explanation:
+            session.add(Event(tenant_id=r.tenant_id, message=msg, at=now, kind="scanned", detail=r.explanation))
+    session.add(Event(tenant_id=r.tenant_id, message=msg, at=now, kind="rejected",
+                      detail=f"refused at {r.stage} for {rcpts}: {r.reply}"))
+    return msg
+
+
+def add_rejected_rows(session: Session, msg: Message, item: NewMessage) -> None:
+    """Rows for the recipients a tenant rejected in a mail that another tenant accepted: the sender got 250 for the
+    transaction, so no reply carried this refusal (``last_reply`` stays empty)."""
+    now = utcnow()
+    for rcpt in item.rcpts:
+        session.add(Delivery(tenant_id=item.tenant_id, message=msg, rcpt=rcpt, route=item.route,
+                             status=DeliveryStatus.REJECTED.value, next_attempt_at=now, created_at=now,
+                             updated_at=now))
+    session.add(Event(tenant_id=item.tenant_id, message=msg, at=now, kind="rejected",
+                      detail=f"not delivered to {', '.join(item.rcpts)}: rejected under this tenant's policy; the "
+                             "mail was accepted for other recipients, so the sender was not told"))
 
 
 def _due_condition(now: datetime):  # type: ignore[no-untyped-def]

@@ -3,6 +3,11 @@
 A ``250`` to DATA is sent only after the message, its blob, one delivery row per recipient and the tracking event
 are committed in one transaction. Any failure of that commit answers ``451 4.3.0``.
 
+Refusals are recorded for the tracking center and the statistics before their reply is sent: a recipient refused at
+RCPT for a known tenant, and a mail every recipient rejects at DATA, become a message with verdict ``reject``, no
+content, a ``rejected`` delivery row per recipient carrying the exact reply, and a ``rejected`` event. A refusal needs
+no durability: if recording fails or is slow, the reply is the same and the failure is logged.
+
 Mail is inbound unless the connection belongs to a sending tenant (a client in its relay network on port 25, or a
 login on the submission listener): then it is outbound (see :mod:`smtp.submission`), judged under the tenant's
 outbound policy, DKIM-signed and routed to the recipients' MX. Nothing else is ever relayed.
@@ -25,6 +30,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from smtp import greylist
+from smtp.callahead import RecipientVerifier
 from smtp.checks import CheckContext, Stage, build_checks
 from smtp.checks.auth import strip_spoofed_authres
 from smtp.checks.lists import ListsCheck, findings_for_rcpt, rcpt_groups
@@ -34,7 +40,7 @@ from smtp.dkimsign import header_from_domain
 from smtp.mime import parse_mail, prefix_subject, summarize_headers
 from smtp.outbound import NextHop, Router
 from smtp.pipeline import run_stage
-from smtp.queue import NewMessage, release_claim, store_message
+from smtp.queue import NewMessage, Refused, add_rejected_rows, release_claim, store_message, store_refusal
 from smtp.ratelimit import REPLY_LIMITED
 from smtp.session import IngressSession, IngressSMTP, MailEnvelope, Submitter
 from smtp.submission import REPLY_AUTH_REQUIRED, REPLY_SENDER_NOT_ALLOWED, Outbound, SubmissionSMTP, decide_outbound
@@ -48,6 +54,7 @@ from tenants.models import Delivery, DeliveryStatus
 from tenants.policy import POLICY_VERSION_KEY, DomainRoute, Policy, find_domain_route, load_policy, normalize_domain
 from tenants.redisconn import redis_client
 from tenants.scope import msp_scope, tenant_scope
+from tenants.tracking import REFUSED_AT_RCPT
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +66,9 @@ POLICY_POLL_INTERVAL = 1.0
 SHUTDOWN_GRACE = 10.0
 #: Seconds a client may stay silent before the ingress hangs up (RFC 5321 4.5.3.2 suggests 5 minutes).
 CLIENT_TIMEOUT = 300
+#: Seconds a refusal's reply waits for its record in the tracking center; past that the reply goes and the write
+#: finishes (or fails, logged) on its own. A dead database must not hold every refused client.
+RECORD_TIMEOUT = 5.0
 
 #: What a recipient is judged as: its tenant, and its user's own list decision (None: the tenant's verdict).
 Judged = tuple[int, str | None]
@@ -84,6 +94,14 @@ def _valid_address(address: str) -> bool:
 
 def _peer_ip(session: Session) -> str:
     return session.peer[0] if isinstance(session.peer, tuple) else "127.0.0.1"
+
+
+def _log_record_failure(work: asyncio.Future[None], what: str) -> None:
+    """Log why recording a refusal failed (the reply is the same either way)."""
+    if work.cancelled():
+        log.warning("recording the %s was cancelled", what)
+    elif work.exception() is not None:
+        log.error("could not record the %s; the reply is unchanged", what, exc_info=work.exception())
 
 
 class DomainCache:
@@ -113,6 +131,7 @@ class IngressHandler:
         self._lists = next((c for c in self.checks if isinstance(c, ListsCheck)), None)
         self.redis = redis_client(cfg, asyncio_client=True)
         self.outbound = Outbound(cfg, self.sessions, self.redis)
+        self.recipients = RecipientVerifier(cfg, self.sessions, self.redis)
         self._delivery_slots = asyncio.Semaphore(MAX_CONCURRENT_DELIVERIES)
         self._in_flight: dict[asyncio.Task[None], tuple[str, list[Delivery]]] = {}
         self.accepted = 0
@@ -203,7 +222,7 @@ class IngressHandler:
         if not _valid_address(address):
             return "501 5.1.3 Bad recipient address syntax"
         if envelope.submitter is not None:
-            return await self._outbound_rcpt(envelope, envelope.submitter, address, rcpt_options)
+            return await self._outbound_rcpt(session, envelope, envelope.submitter, address, rcpt_options)
         domain = address.rpartition("@")[2]
         name = normalize_domain(domain)
         route = self.cache.routes.get(name)
@@ -224,8 +243,12 @@ class IngressHandler:
         except Exception:
             log.exception("policy lookup failed")
             return REPLY_LOOKUP_FAILED
-        refusal = await self._envelope_checks(envelope, route.tenant_id, policy, address)
+        refusal = await self.recipients.check(route, address, self.cache.version)
+        if refusal is None:
+            refusal = await self._envelope_checks(envelope, route.tenant_id, policy, address)
         if refusal is not None:
+            if refusal.startswith("5"):  # a final no; a 4xx (greylisting, verification unavailable) comes again
+                await self._record([self._rcpt_refused(session, envelope, route.tenant_id, policy, address, refusal)])
             return refusal
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
@@ -233,7 +256,7 @@ class IngressHandler:
         return "250 2.1.5 Ok"
 
     async def _outbound_rcpt(
-        self, envelope: MailEnvelope, submitter: Submitter, address: str, rcpt_options: list[str]
+        self, session: Session, envelope: MailEnvelope, submitter: Submitter, address: str, rcpt_options: list[str]
     ) -> str:
         """Any recipient domain is fine for a sending tenant, within its hourly recipient limits."""
         try:
@@ -243,10 +266,51 @@ class IngressHandler:
             return REPLY_LOOKUP_FAILED
         sender = envelope.mail_from if envelope.mail_from and envelope.mail_from != "<>" else ""
         if await self.outbound.limiter.take(submitter.tenant_id, sender or "<>", policy) is not None:
+            # A 4xx, but the one a tenant admin must see: a throttled sender may be a compromised account.
+            await self._record([self._rcpt_refused(session, envelope, submitter.tenant_id, policy, address,
+                                                   REPLY_LIMITED, direction="outbound")])
             return REPLY_LIMITED
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 Ok"
+
+    def _rcpt_refused(self, session: Session, envelope: MailEnvelope, tenant_id: int, policy: Policy, rcpt: str,
+                      reply: str, *, direction: str = "inbound") -> Refused:
+        """The record of one recipient refused at RCPT: a small message with no subject and no size."""
+        sender = envelope.mail_from if envelope.mail_from and envelope.mail_from != "<>" else ""
+        return Refused(tenant_id=tenant_id, rcpts=[rcpt], reply=reply, stage="RCPT", mail_from=sender,
+                       client_ip=_peer_ip(session), client_helo=session.host_name, direction=direction,
+                       route="transport" if direction == "inbound" else "mx",
+                       retention_days=policy.retention_days("spam"), explanation=REFUSED_AT_RCPT + reply)
+
+    async def _record(self, refused: list[Refused]) -> None:
+        """Record refusals before their reply goes, off the event loop. A refusal needs no durability: a failure is
+        logged, and a write slower than :data:`RECORD_TIMEOUT` goes on without the reply waiting for it."""
+        work = asyncio.ensure_future(asyncio.to_thread(self._store_refused, refused))
+        done, _ = await asyncio.wait({work}, timeout=RECORD_TIMEOUT)
+        what = f"refusal of {', '.join(r for item in refused for r in item.rcpts)} ({refused[0].reply})"
+        if not done:
+            log.warning("recording the %s takes longer than %gs; replying without waiting", what, RECORD_TIMEOUT)
+            work.add_done_callback(lambda w: _log_record_failure(w, what))
+            return
+        _log_record_failure(work, what)
+
+    def _store_refused(self, refused: list[Refused]) -> None:
+        """Store refusals (one message per tenant) in one transaction."""
+        session = self.sessions()
+        try:
+            for item in refused:
+                with tenant_scope(item.tenant_id):
+                    store_refusal(session, item)
+                    session.flush()
+            with msp_scope():
+                session.commit()
+        except BaseException:
+            with msp_scope():
+                session.rollback()
+            raise
+        finally:
+            session.close()
 
     async def _policy(self, tenant_id: int) -> Policy:
         policy = self.cache.policies.get(tenant_id)
@@ -327,8 +391,22 @@ class IngressHandler:
             first = next(iter(verdicts.values()))
             log.info("%s from %s rejected: %s", queue_id, peer_ip, first.explanation)
             if first.kind == "virus":
-                return f"554 5.7.1 Message rejected: virus found ({first.explanation[:200]})"
-            return "554 5.7.1 Message rejected as spam" + (" or unsafe content" if first.kind == "attachment" else "")
+                reply = f"554 5.7.1 Message rejected: virus found ({first.explanation[:200]})"
+            else:
+                reply = "554 5.7.1 Message rejected as spam" + (
+                    " or unsafe content" if first.kind == "attachment" else "")
+            headers = summarize_headers(raw)
+            await self._record([
+                Refused(tenant_id=tid, rcpts=rcpts, reply=reply, stage="DATA", mail_from=ctx.mail_from,
+                        client_ip=peer_ip, client_helo=session.host_name, queue_id=queue_id, size=len(raw),
+                        header_from=headers.header_from, subject=headers.subject,
+                        message_id_header=headers.message_id, score=verdicts[(tid, outcome)].score,
+                        explanation=verdicts[(tid, outcome)].explanation,
+                        findings=[(f.symbol, f.score, f.reason) for f in verdicts[(tid, outcome)].findings],
+                        retention_days=ctx.policies[tid].retention_days(verdicts[(tid, outcome)].kind or "spam"))
+                for (tid, outcome), rcpts in groups.items()
+            ])
+            return reply
         token = secrets.token_hex(8)
         mail_from = ctx.mail_from
         content = strip_spoofed_authres(raw, self.cfg.hostname)
@@ -403,8 +481,9 @@ class IngressHandler:
                 quarantine_kind=verdict.kind if verdict.action == Action.QUARANTINE else None,
                 findings=[(f.symbol, f.score, f.reason) for f in verdict.findings],
                 deliver=verdict.delivers,
+                # A rejected share (this tenant refused, another accepted) is purged like quarantined mail.
                 retention_days=ctx.policies[tenant_id].retention_days(verdict.kind or "spam")
-                if verdict.action == Action.QUARANTINE else None,
+                if verdict.action in (Action.QUARANTINE, Action.REJECT) else None,
             ))
         return self._store_all(new)
 
@@ -416,6 +495,8 @@ class IngressHandler:
             for item in new:
                 with tenant_scope(item.tenant_id):
                     msg = store_message(session, item)
+                    if item.verdict == Action.REJECT.value:
+                        add_rejected_rows(session, msg, item)
                     session.flush()
                 # Only rows claimed for the fast path; quarantined rows wait for a release.
                 claimed = [d for d in msg.deliveries if d.status == DeliveryStatus.DELIVERING.value]
@@ -480,8 +561,19 @@ class IngressHandler:
             log.warning("outbound %s of tenant %d (%s) rejected: %s", queue_id, tenant_id, submitter.via,
                         verdict.explanation)
             if verdict.kind == "virus":
-                return f"554 5.7.1 Message rejected: virus found ({verdict.explanation[:200]})"
-            return "554 5.7.1 Message rejected: unsafe content"
+                reply = f"554 5.7.1 Message rejected: virus found ({verdict.explanation[:200]})"
+            else:
+                reply = "554 5.7.1 Message rejected: unsafe content"
+            headers = summarize_headers(raw)
+            await self._record([Refused(
+                tenant_id=tenant_id, rcpts=list(envelope.rcpt_tos), reply=reply, stage="DATA", mail_from=mail_from,
+                client_ip=peer_ip, client_helo=session.host_name, queue_id=queue_id, direction="outbound",
+                route="mx", size=len(raw), header_from=headers.header_from, subject=headers.subject,
+                message_id_header=headers.message_id, score=verdict.score, explanation=verdict.explanation,
+                findings=[(f.symbol, f.score, f.reason) for f in verdict.findings],
+                retention_days=ctx.policies[tenant_id].retention_days(verdict.kind or "spam"),
+            )])
+            return reply
         received = self._received_header(session, envelope, queue_id, peer_ip, tls=server._tls_protocol is not None)
         try:
             data, signed = await self.outbound.sign(tenant_id, received + raw, mail_from)

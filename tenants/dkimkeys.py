@@ -9,6 +9,7 @@ signing then fails loudly (451 to the sending client) rather than sending unsign
 from __future__ import annotations
 
 import base64
+import binascii
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from tenants.config import Config
 from tenants.exceptions import ConfigError, NotFound, ValidationError
 from tenants.models import DkimKey, Domain
 from tenants.policy import normalize_domain
-from tenants.scope import msp_scope
+from tenants.scope import load, msp_scope
 
 #: RSA sizes keygen accepts: RFC 8301 forbids less than 1024; above 4096 the TXT record gets unwieldy.
 KEY_SIZES = (1024, 2048, 3072, 4096)
@@ -141,3 +142,39 @@ def find_signing_key(session: Session, cfg: Config, domains: Sequence[str]) -> S
         if key is not None:
             return SigningKey(key.domain, key.selector, decrypt_private_key(cfg, key.private_key_enc))
     return None
+
+
+def record_name(key: DkimKey) -> str:
+    """The DNS name the key's TXT record is published at: ``<selector>._domainkey.<domain>``."""
+    return f"{key.selector}._domainkey.{key.domain}"
+
+
+def key_bits(key: DkimKey) -> int | None:
+    """The RSA key size, read from the stored public key (the table keeps no separate column for it); None when
+    the stored value is not an RSA public key we can read (shown as unknown, never a failure)."""
+    try:
+        public = serialization.load_der_public_key(base64.b64decode(key.public_key))
+    except (ValueError, binascii.Error):
+        return None
+    return public.key_size if isinstance(public, rsa.RSAPublicKey) else None
+
+
+def get_key(session: Session, key_id: int) -> DkimKey:
+    """A key by id in the current scope (another tenant's key is :class:`~tenants.exceptions.NotFound`)."""
+    return load(session, DkimKey, key_id)
+
+
+def set_key_active(session: Session, key_id: int, active: bool) -> DkimKey:
+    """Retire a key (it stops signing; the newest other active key of its domain signs) or put it back in use."""
+    key = get_key(session, key_id)
+    key.active = active
+    session.flush()
+    return key
+
+
+def remove_key(session: Session, key_id: int) -> DkimKey:
+    """Delete a key for good (its private half is gone; unpublish its DNS record afterwards). No commit."""
+    key = get_key(session, key_id)
+    session.delete(key)
+    session.flush()
+    return key

@@ -87,10 +87,14 @@ class DeliveryStatus(enum.StrEnum):
     BOUNCED = "bounced"  # permanent failure or expiry; a DSN was queued unless the sender was <>
     QUARANTINED = "quarantined"  # held in the quarantine; release sets it back to queued
     DISCARDED = "discarded"  # deleted from the quarantine (or dropped by policy); never delivered
+    # Refused at RCPT or DATA (last_reply: what the sender was told); final from birth: never claimed, swept, retried
+    # or released, and the message keeps no content.
+    REJECTED = "rejected"
 
     @property
     def is_final(self) -> bool:
-        return self in (DeliveryStatus.DELIVERED, DeliveryStatus.BOUNCED, DeliveryStatus.DISCARDED)
+        return self in (DeliveryStatus.DELIVERED, DeliveryStatus.BOUNCED, DeliveryStatus.DISCARDED,
+                        DeliveryStatus.REJECTED)
 
 
 PENDING_STATUSES = (DeliveryStatus.QUEUED, DeliveryStatus.DELIVERING, DeliveryStatus.DEFERRED)
@@ -407,6 +411,49 @@ class MessageView(TenantScoped, Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class RecipientVerification(TenantScoped, Base):
+    """How the ingress verifies a tenant's recipients at RCPT (see :mod:`tenants.recipients`), and the LDAP settings.
+
+    One row per tenant; no row is mode ``off``. The bind password is encrypted like DKIM keys.
+    """
+
+    __tablename__ = "recipient_verification"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"), unique=True)
+    #: off | static | ldap | callahead
+    mode: Mapped[str] = mapped_column(String(10), default="off")
+    ldap_url: Mapped[str] = mapped_column(String(500), default="")
+    ldap_bind_dn: Mapped[str] = mapped_column(String(500), default="")
+    ldap_password_enc: Mapped[str | None] = mapped_column(Text)
+    ldap_base_dn: Mapped[str] = mapped_column(String(500), default="")
+    #: An LDAP filter with an ``{address}`` placeholder (escaped when an address is looked up; ``*`` to sync).
+    ldap_filter: Mapped[str] = mapped_column(String(500), default="")
+    #: Comma-separated attributes that hold addresses (``smtp:`` prefixes are stripped).
+    ldap_attributes: Mapped[str] = mapped_column(String(500), default="")
+    #: The last directory sync: when, whether it worked, what it said, how many addresses it left.
+    last_sync_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_sync_ok: Mapped[bool | None] = mapped_column(Boolean)
+    last_sync_result: Mapped[str] = mapped_column(Text, default="")
+    last_sync_count: Mapped[int | None] = mapped_column(Integer)
+    #: The last sync that worked; until there is one, LDAP mode accepts every recipient (nothing to compare with).
+    synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ValidRecipient(TenantScoped, Base):
+    """A recipient address the tenant accepts mail for: typed in (``static``, ``@domain`` is a catch-all) or
+    copied from its directory (``ldap``, replaced at each sync)."""
+
+    __tablename__ = "valid_recipient"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"))
+    address: Mapped[str] = mapped_column(String(320))
+    source: Mapped[str] = mapped_column(String(10), default="static")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (Index("ix_valid_recipient_tenant_address", "tenant_id", "address", unique=True),)
+
+
 class UsedToken(Base):
     """A single-use action token (digest links) that was spent, and what it did; replay finds it here."""
 
@@ -518,6 +565,8 @@ __all__ = [
     "ListEntry",
     "UserAddress",
     "MessageView",
+    "RecipientVerification",
+    "ValidRecipient",
     "UsedToken",
     "AuditEntry",
     "StatHour",

@@ -19,7 +19,7 @@ from tenants.exceptions import ValidationError
 from tenants.models import Domain, RelayNetwork, SmtpCredential, Tenant, utcnow
 from tenants.passwords import hash_password, verify_password
 from tenants.policy import normalize_domain
-from tenants.scope import msp_scope
+from tenants.scope import current_scope, msp_scope
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -56,12 +56,16 @@ def parse_network(cidr: str) -> IPNetwork:
 def add_relay_network(session: Session, tenant: Tenant, cidr: str) -> RelayNetwork:
     """Register a network of the tenant's servers; one that overlaps another tenant's network is refused."""
     net = parse_network(cidr)
-    with msp_scope():
+    operator = current_scope().is_msp  # the MSP may learn which network collides; a tenant may not
+    with msp_scope():  # networks must not overlap across tenants: look at all of them
         for other in session.scalars(select(RelayNetwork)):
             existing = ipaddress.ip_network(other.cidr)
             if existing.version == net.version and existing.overlaps(net):  # type: ignore[arg-type]
                 if other.tenant_id != tenant.id:
-                    raise ValidationError(f"{net} overlaps {existing}, a relay network of another tenant")
+                    if operator:
+                        raise ValidationError(f"{net} overlaps {existing}, a relay network of tenant {other.tenant_id}")
+                    raise ValidationError(f"{net} overlaps a network registered for another customer; "
+                                          f"ask your provider if these addresses are yours")
                 if existing == net:
                     raise ValidationError(f"{net} is already a relay network of this tenant")
     row = RelayNetwork(tenant_id=tenant.id, cidr=str(net))

@@ -1,6 +1,10 @@
-"""The tracking center: find any accepted message of the scope and tell its story (verdict, findings, deliveries,
-timeline). Shared by the API and the consoles; works in the caller's scope (a tenant's, or the MSP's). It writes
-only the envelope-level access record (:func:`record_view`).
+"""The tracking center: find any message of the scope and tell its story (verdict, findings, deliveries, timeline).
+Shared by the API and the consoles; works in the caller's scope (a tenant's, or the MSP's). It writes only the
+envelope-level access record (:func:`record_view`).
+
+Refused mail is here too: a recipient refused at RCPT, or a mail refused at DATA, is a message with verdict
+``reject``, no stored content, and a ``rejected`` delivery row per recipient whose ``last_reply`` is the reply the
+sender got. :func:`reject_reason` names why, in the short stable words the statistics count.
 
 Paging is a keyset on (received_at, id), newest first, with the same opaque cursor as the quarantine: no OFFSET and
 no COUNT, so a deep page costs what the first does on a table of millions of rows. Indexes that serve the filters
@@ -11,6 +15,7 @@ indexable with a b-tree; they only narrow what the ordered index scan returns, s
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from tenants.addresses import normalize_address, rcpt_in
 from tenants.exceptions import ValidationError
-from tenants.models import Delivery, DeliveryStatus, Event, Finding, Message, MessageView, utcnow
+from tenants.models import Blob, Delivery, DeliveryStatus, Event, Finding, Message, MessageView, utcnow
 from tenants.quarantine import decode_cursor, encode_cursor
 from tenants.scope import load
 
@@ -30,6 +35,18 @@ VERDICTS: tuple[str, ...] = ("deliver", "tag", "quarantine", "reject")
 DIRECTIONS: tuple[str, ...] = ("inbound", "outbound", "bounce")
 #: Delivery statuses a recipient can be in (filter "any recipient in this status").
 STATUSES: tuple[str, ...] = tuple(s.value for s in DeliveryStatus)
+#: How the explanation of a recipient refused at RCPT starts (the reply the sender got follows).
+REFUSED_AT_RCPT = "refused at RCPT: "
+#: Reasons of refusals at RCPT, by a stable part of the reply (first match wins); see :func:`reject_reason`.
+RCPT_REASONS: tuple[tuple[str, str], ...] = (
+    (" 5.1.1 ", "recipient unknown"),  # RFC 3463 X.1.1: bad destination mailbox address
+    ("sender blocked", "blocked sender"),
+    ("rate limit", "rate limit"),
+)
+#: A DNSBL refusal names its zones after this (smtp.server's reply).
+DNSBL_MARK = "blocked using "
+#: The label smtp.verdict.decide() puts first in a rejected mail's explanation: "reject (spam): ...".
+_DECIDED = re.compile(r"^(?:outbound )?reject \((\w+)\)")
 #: Page size unless asked otherwise, and the most one page may hold.
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
@@ -52,6 +69,8 @@ class MessageDetail:
     deliveries: list[Delivery]
     findings: list[Finding]
     events: list[Event]
+    #: False when no content was kept (refused mail): nothing to show or download.
+    has_content: bool = True
 
 
 @dataclass(frozen=True)
@@ -213,7 +232,9 @@ def detail(session: Session, message_id: str) -> MessageDetail:
     findings = list(session.scalars(select(Finding).where(Finding.message_id == msg.id).order_by(Finding.id)))
     findings.sort(key=lambda f: -abs(f.score))
     events = list(session.scalars(select(Event).where(Event.message_id == msg.id).order_by(Event.at, Event.id)))
-    return MessageDetail(msg, deliveries, findings, events)
+    # The blob store is a table today; an object store behind tenants.blobs will need an "exists" of its own.
+    stored = session.scalar(select(Blob.id).where(Blob.id == msg.id)) is not None
+    return MessageDetail(msg, deliveries, findings, events, has_content=stored)
 
 
 def timeline(d: MessageDetail) -> list[Step]:
@@ -236,6 +257,10 @@ def timeline(d: MessageDetail) -> list[Step]:
     steps.append(Step(m.received_at, "verdict", f"{verdict}, score {m.score:g}{why}"))
     after = [Step(e.at, e.kind, e.detail) for e in later]
     for row in d.deliveries:
+        if row.status == DeliveryStatus.REJECTED.value:
+            told = f", the sender was told: {row.last_reply}" if row.last_reply else ", the sender was not told"
+            after.append(Step(row.updated_at, "status", f"{row.rcpt}: rejected{told}"))
+            continue
         reply = f", last reply: {row.last_reply}" if row.last_reply else ""
         after.append(Step(row.updated_at, "status",
                           f"{row.rcpt}: {row.status} after {row.attempts} attempt(s){reply}"))
@@ -258,3 +283,19 @@ def count_views(session: Session, message_id: str) -> int:
     """How many access records a message has (for tests and the page's "viewed" note)."""
     return int(session.scalar(select(func.count()).select_from(MessageView)
                               .where(MessageView.message_id == message_id)) or 0)
+
+
+def reject_reason(explanation: str, *, virus: bool = False) -> str:
+    """Why a message was rejected, in short stable words for the "rejected by reason" statistics: "recipient
+    unknown", "blocked sender", "DNSBL <zones>", "rate limit" (refused at RCPT), "spam", "virus", "attachment"
+    (refused at DATA); ``virus``: the message has a virus finding."""
+    if explanation.startswith(REFUSED_AT_RCPT):
+        reply = explanation[len(REFUSED_AT_RCPT):]
+        if DNSBL_MARK in reply:
+            return "DNSBL " + reply.split(DNSBL_MARK, 1)[1].strip()
+        lowered = reply.lower()
+        return next((reason for mark, reason in RCPT_REASONS if mark in lowered), "refused at RCPT")
+    if virus:
+        return "virus"
+    decided = _DECIDED.match(explanation)
+    return decided.group(1) if decided else "rejected"

@@ -19,8 +19,10 @@ from sqlalchemy import select
 from app.access import access_of
 from tenants import apikeys
 from tenants import db as tdb
+from tenants.dkimkeys import generate_key
 from tenants.lists import add_entry
-from tenants.models import ApiKey, Delivery, Domain, ListEntry, Message, utcnow
+from tenants.models import ApiKey, Delivery, Domain, ListEntry, Message, Tenant, User, ValidRecipient, utcnow
+from tenants.recipients import add_static
 from tenants.scope import msp_scope, tenant_scope
 from tests.held import hold
 from tests.servers import run_cli
@@ -258,12 +260,18 @@ def beta_objects(cfg, world, keys) -> dict[str, Any]:
         entry_id = entry.id
         domain_id = s.scalars(select(Domain.id)).one()
         key_id = s.scalars(select(ApiKey.id)).one()
-    return {"domain_id": domain_id, "entry_id": entry_id, "key_id": key_id,
+        dkim_key_id = generate_key(s, cfg, "beta.test", "beta1", bits=1024).id
+        user_id = s.scalars(select(User.id).where(User.email == "admin@beta.test")).one()
+        recipient_id = add_static(s, beta, "dave@beta.test").id
+    return {"domain_id": domain_id, "entry_id": entry_id, "key_id": key_id, "dkim_key_id": dkim_key_id,
+            "user_id": user_id, "tenant_id": beta, "recipient_id": recipient_id,
             "message_id": hold(cfg, beta, rcpts=("dave@beta.test",))}
 
 
 #: Bodies that pass validation, so that what answers is the lookup of the object (404), not the body check (422).
-BODIES = {"api.release_quarantined": {}, "api.report_quarantined": {"spam": True}}
+BODIES = {"api.release_quarantined": {}, "api.report_quarantined": {"spam": True},
+          "api.update_transport": {"host": "mx.attacker.example", "port": 25, "tls": "none"},
+          "api.update_user": {"role": "user", "active": False}, "api.delete_tenant": {"confirm": "Beta"}}
 
 
 def api_rules(web_app: Any) -> Iterator[Any]:
@@ -289,15 +297,28 @@ def test_every_route_with_an_id_answers_404_for_another_tenants_object(web_app, 
             probed.append((method, rule.rule))
     assert sorted(probed) == [  # every route with an id: a new one must be walked here too
         ("DELETE", "/api/v1/apikeys/<rowid:key_id>"), ("DELETE", "/api/v1/lists/<rowid:entry_id>"),
-        ("GET", "/api/v1/domains/<rowid:domain_id>"), ("GET", "/api/v1/messages/<msgid:message_id>"),
-        ("GET", "/api/v1/quarantine/<msgid:message_id>"), ("POST", "/api/v1/quarantine/<msgid:message_id>/delete"),
+        ("DELETE", "/api/v1/tenants/<rowid:tenant_id>"), ("DELETE", "/api/v1/valid-recipients/<rowid:recipient_id>"),
+        ("GET", "/api/v1/dkim-keys/<rowid:dkim_key_id>"),
+        ("GET", "/api/v1/domains/<rowid:domain_id>"), ("GET", "/api/v1/domains/<rowid:domain_id>/transport"),
+        ("GET", "/api/v1/messages/<msgid:message_id>"),
+        ("GET", "/api/v1/quarantine/<msgid:message_id>"),
+        ("GET", "/api/v1/tenants/<rowid:tenant_id>"), ("GET", "/api/v1/tenants/<rowid:tenant_id>/export"),
+        ("PATCH", "/api/v1/users/<rowid:user_id>"),
+        ("POST", "/api/v1/quarantine/<msgid:message_id>/delete"),
         ("POST", "/api/v1/quarantine/<msgid:message_id>/release"),
-        ("POST", "/api/v1/quarantine/<msgid:message_id>/report")]
+        ("POST", "/api/v1/quarantine/<msgid:message_id>/report"),
+        ("POST", "/api/v1/tenants/<rowid:tenant_id>/resume"), ("POST", "/api/v1/tenants/<rowid:tenant_id>/suspend"),
+        ("PUT", "/api/v1/domains/<rowid:domain_id>/transport")]
     held = read(cfg, lambda s: s.scalars(select(Delivery.status).where(
         Delivery.message_id == beta_objects["message_id"])).all())
     assert held == ["quarantined"]
     assert read(cfg, lambda s: s.get(ListEntry, beta_objects["entry_id"])) is not None
     assert read(cfg, lambda s: s.get(ApiKey, beta_objects["key_id"]).revoked_at) is None
+    assert read(cfg, lambda s: s.get(Domain, beta_objects["domain_id"]).transport_host) == "127.0.0.1"
+    beta_admin = read(cfg, lambda s: s.get(User, beta_objects["user_id"]))
+    assert (beta_admin.role, beta_admin.active) == ("tenant_admin", True)
+    assert read(cfg, lambda s: s.get(Tenant, world["beta"].id).suspended) is False
+    assert read(cfg, lambda s: s.get(ValidRecipient, beta_objects["recipient_id"])) is not None
 
 
 def test_naming_another_tenant_is_404_on_every_route_that_takes_a_tenant(acme_api, world, beta_objects):

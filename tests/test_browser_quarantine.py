@@ -12,13 +12,9 @@ start fails the run; elsewhere the tests skip with the reason.
 
 from __future__ import annotations
 
-import os
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,54 +23,15 @@ from sqlalchemy import select
 from tenants.models import Delivery, Message
 from tenants.scope import msp_scope
 from tenants.tokens import action_url, login_url, make_action_token, make_login_token
-from tests.servers import Process, free_port, run_cli, wait_for
+from tests.fixtures_browser import shot
+from tests.servers import free_port, run_cli, wait_for
 from tests.test_verdicts import BROKEN, send, set_policy
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-output" / "screenshots"
 USER = "user@acme.test"
 PASSWORD = "correct horse battery"
 
 
 # --- servers --------------------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    pw = sync_playwright().start()
-    try:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-    except Exception as exc:
-        pw.stop()
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Chromium ({CHROMIUM}) does not start: {exc}")
-        pytest.skip(f"Chromium ({CHROMIUM}) does not start: {exc}")
-    yield chromium
-    chromium.close()
-    pw.stop()
-
-
-@pytest.fixture
-def web(env: dict[str, str], tmp_path: Path, cfg: Any) -> Iterator[str]:
-    """``mailward web`` as a real child process; yields its base URL."""
-    proc = Process(["web"], env, tmp_path / "web.log").start()
-    base = f"http://{env['MAILWARD_WEB_LISTEN']}"
-
-    def up() -> bool:
-        assert proc.proc is not None and proc.proc.poll() is None, proc.log()
-        try:
-            with urllib.request.urlopen(base + "/healthz", timeout=1) as resp:
-                return bool(resp.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
-
-    wait_for(up, 30, what="web process")
-    yield base
-    proc.stop()
-
 
 class Tripwire:
     """A loopback HTTP server that hostile payloads point at: every request it gets is a failure of the preview."""
@@ -115,33 +72,6 @@ def tripwire() -> Iterator[Tripwire]:
     t = Tripwire()
     yield t
     t.stop()
-
-
-@pytest.fixture
-def page_of(browser: Any) -> Iterator[Any]:
-    """A factory of pages, each in a fresh browser context (its own cookies); records dialogs and requests."""
-    contexts: list[Any] = []
-
-    def new_page() -> Any:
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
-        contexts.append(context)
-        page = context.new_page()
-        page.dialogs = []
-        page.requests = []
-        page.csp_violations = []
-        page.on("dialog", lambda d: (page.dialogs.append(d.message), d.dismiss()))
-        page.on("console", lambda m: "Content Security Policy" in m.text and page.csp_violations.append(m.text))
-        context.on("request", lambda r: page.requests.append(r.url))
-        return page
-
-    yield new_page
-    for context in contexts:
-        context.close()
-
-
-def shot(page: Any, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
 
 # --- mail -------------------------------------------------------------------------------------------------------
@@ -348,6 +278,7 @@ def test_admin_portal_quarantine_pages(env, cfg, ingress, sink, web, session, qu
     assert statuses(session, report)[USER] == "quarantined"
 
     # Branding: the colour reaches the users' pages through the one style block the page's policy allows by hash.
+    page.locator("details.menu summary", has_text="Administration").click()  # the menu of admin pages
     page.get_by_role("link", name="Branding").click()
     page.get_by_label("Name shown to your users").fill("Acme Secure Mail")
     page.get_by_label("Accent colour (#rrggbb)").fill("#aa3300")

@@ -358,3 +358,38 @@ def test_ingress_applies_users_own_lists_per_recipient(env, ingress, acme, facto
     assert got[1].rcpts == ["bob@acme.test"]
     with client(env) as c, pytest.raises(smtplib.SMTPRecipientsRefused):
         c.sendmail("friend@partner.example", ["carol@acme.test"], raw_mail(sender="friend@partner.example"))
+
+
+# --- the MSP's default lists in the console -------------------------------------------------------------------------
+
+def test_msp_admin_keeps_default_lists_that_tenants_see_and_cannot_touch(web_app, world, cfg):
+    from sqlalchemy import select
+
+    from tenants.models import AuditEntry, ListEntry
+    from tests.web import post_form, read, sign_in, text
+
+    admin = sign_in(web_app, "admin@msp.test")
+    resp = post_form(admin, "/console/lists", "/console/lists",
+                     {"kind": "block", "value": "Spam-Factory.example", "comment": "known spammer"})
+    assert resp.status_code == 302
+    entry = read(cfg, lambda s: s.scalars(select(ListEntry).where(ListEntry.value == "spam-factory.example")).one())
+    assert (entry.tenant_id, entry.user_id, entry.kind) == (None, None, "block")
+    assert read(cfg, lambda s: s.scalars(select(AuditEntry.action).where(
+        AuditEntry.target == "spam-factory.example")).all()) == ["list.block.add"]
+    bad = post_form(admin, "/console/lists", "/console/lists", {"kind": "block", "value": "not a sender!"})
+    assert bad.status_code == 422
+
+    tenant_admin = sign_in(web_app, "admin@acme.test")
+    assert "spam-factory.example" in text(tenant_admin.get("/portal/lists"))  # shown for context
+    assert post_form(tenant_admin, "/portal/lists", f"/portal/lists/{entry.id}/delete", {}).status_code == 404
+    helpdesk = sign_in(web_app, "helpdesk@msp.test")
+    assert "spam-factory.example" in text(helpdesk.get("/console/lists"))
+    assert post_form(helpdesk, "/console/lists", f"/console/lists/{entry.id}/delete", {}).status_code == 404
+
+    tenant_entry = post_form(tenant_admin, "/portal/lists", "/portal/lists", {"kind": "allow", "value": "x.example"})
+    assert tenant_entry.status_code == 302
+    own = read(cfg, lambda s: s.scalars(select(ListEntry).where(ListEntry.value == "x.example")).one())
+    assert post_form(admin, "/console/lists", f"/console/lists/{own.id}/delete", {}).status_code == 404
+    assert post_form(admin, "/console/lists", f"/console/lists/{entry.id}/delete", {}).status_code == 302
+    assert read(cfg, lambda s: s.get(ListEntry, entry.id)) is None
+    assert read(cfg, lambda s: s.get(ListEntry, own.id)) is not None

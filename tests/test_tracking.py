@@ -273,3 +273,16 @@ def test_mail_through_the_ingress_shows_up_with_findings_and_the_delivery_reply(
     for symbol, _ in findings:
         assert symbol in body
     assert "delivered" in body
+
+
+def test_substring_searches_have_trigram_indexes_on_postgresql(cfg, session):
+    """Sender, header From and subject "contains" searches use pg_trgm GIN indexes on PostgreSQL (migration 0007);
+    SQLite has none (and needs none at its size)."""
+    from sqlalchemy import inspect
+
+    names = {ix["name"] for ix in inspect(session.get_bind()).get_indexes("message")}
+    trigram = {"ix_message_mail_from_trgm", "ix_message_header_from_trgm", "ix_message_subject_trgm"}
+    if cfg.effective_database_url.startswith("postgresql"):
+        assert trigram <= names
+    else:
+        assert not trigram & names

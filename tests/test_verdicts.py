@@ -89,7 +89,10 @@ def test_reject_at_data_when_every_tenant_rejects(env, ingress, acme, sink, sess
     with client(env) as c, pytest.raises(smtplib.SMTPDataError) as err:
         c.sendmail("alice@sender.example", ["bob@acme.test"], BROKEN)
     assert err.value.smtp_code == 554 and b"5.7.1" in err.value.smtp_error
-    assert messages(session) == []
+    (msg,) = messages(session)  # recorded for the tracking center, without its content (tests/test_rejections.py)
+    assert msg.verdict == "reject" and msg.score >= 20
+    with msp_scope():
+        assert [d.status for d in msg.deliveries] == ["rejected"]
 
 
 def test_two_tenants_judged_each_under_its_own_policy(env, ingress, acme, factory, sink, session):
@@ -100,6 +103,9 @@ def test_two_tenants_judged_each_under_its_own_policy(env, ingress, acme, factor
     assert got[0].rcpts == ["carol@beta.test"]
     verdicts = sorted((m.verdict, m.score >= 20) for m in messages(session))
     assert verdicts == [("deliver", False), ("reject", True)]
+    with msp_scope():
+        rejected = next(m for m in messages(session) if m.verdict == "reject")
+        assert [(d.rcpt, d.status) for d in rejected.deliveries] == [("bob@acme.test", "rejected")]
 
 
 def test_greylisting_defers_a_new_triplet_then_accepts_the_retry(env, ingress, acme, sink, session):
@@ -187,7 +193,8 @@ def test_a_virus_is_rejected_when_the_policy_says_so(env, av_ingress, acme, sink
     with client(env) as c, pytest.raises(smtplib.SMTPDataError) as err:
         c.sendmail("alice@sender.example", ["bob@acme.test"], data)
     assert err.value.smtp_code == 554 and b"virus" in err.value.smtp_error
-    assert messages(session) == []
+    (msg,) = messages(session)
+    assert msg.verdict == "reject" and msg.quarantine_kind is None  # nothing to release: it is not quarantined
 
 
 def test_clamd_unreachable_answers_451_and_never_passes_unscanned(env, tmp_path, cfg, acme, sink, session):
@@ -219,7 +226,8 @@ def test_block_listed_envelope_sender_is_refused_at_rcpt(env, ingress, acme, sin
         c.mail("alice@sender.example")
         code, reply = c.rcpt("bob@acme.test")
     assert (code, reply[:5]) == (550, b"5.7.1")
-    assert messages(session) == []
+    (msg,) = messages(session)  # the refusal, recorded with the reply
+    assert msg.verdict == "reject" and msg.explanation == f"refused at RCPT: 550 {reply.decode()}"
 
 
 def test_allow_listed_sender_skips_greylisting_but_not_the_content_checks(env, ingress, acme, sink, session):

@@ -35,6 +35,9 @@ def url(rule: Rule, ident: int, message_id: str = "NOSUCHMESSAGE") -> str:
     made-up token for digest links (those pages are public, so no walk below needs a real one)."""
     path = rule.rule.replace("<int:domain_id>", str(ident)).replace("<int:entry_id>", str(ident))
     path = path.replace("<message_id>", message_id).replace("<token>", "not-a-token")
+    for name in ("user_id", "key_id", "dkim_id", "network_id", "credential_id"):  # users, keys, DKIM, outbound
+        path = path.replace(f"<int:{name}>", str(ident))
+    path = path.replace("<int:tenant_id>", str(ident))  # the console's tenant pages
     path = re.sub(r"<rowid:\w+>", str(ident), path).replace("<msgid:message_id>", message_id)  # the REST API's
     assert "<" not in path, f"teach url() the arguments of {rule.rule}"
     return path

@@ -4,16 +4,30 @@ from __future__ import annotations
 
 import logging
 
+from sqlalchemy import select
+
 from smtp.delivery import deliver_message
 from smtp.mime import parse_mail
 from smtp.verdict import strip_header_block
-from tenants import quarantine
+from tenants import directory, quarantine
 from tenants.blobs import blob_store
-from tenants.config import get_config
+from tenants.config import Config, get_config
 from tenants.db import session_scope
-from tenants.scope import tenant_scope
+from tenants.jobs import enqueue_job
+from tenants.models import RecipientVerification, Tenant
+from tenants.redisconn import redis_client
+from tenants.scope import msp_scope, tenant_scope
 
 log = logging.getLogger(__name__)
+
+#: Seconds between two directory syncs of a tenant in LDAP mode (the scheduler queues one job per tenant).
+DIRECTORY_SYNC_INTERVAL = 15 * 60
+#: The RQ job that syncs one tenant's directory.
+DIRECTORY_SYNC_JOB = "worker.jobs.sync_directory"
+#: Seconds one directory sync may run (paging through a large directory with the LDAP timeouts per page).
+DIRECTORY_SYNC_TIMEOUT = 600
+#: Redis key that keeps a tenant's sync from being queued twice within one interval.
+_SYNC_QUEUED_KEY = "mailward:directory-sync-queued:{tenant_id}"
 
 
 def deliver(tenant_id: int, message_id: str) -> int:
@@ -31,3 +45,30 @@ def report(tenant_id: int, message_id: str, spam: bool, actor: str) -> str:
         result = quarantine.report(session, message_id, spam=spam, actor=actor, mail=parse_mail(raw))
     log.info("message %s of tenant %d: %s", message_id, tenant_id, result)
     return result
+
+
+def sync_directory(tenant_id: int) -> str:
+    """Copy the tenant's LDAP directory into its valid recipients (see :func:`tenants.directory.sync`)."""
+    cfg = get_config()
+    with tenant_scope(tenant_id), session_scope(cfg) as session:
+        result = directory.sync(session, cfg, tenant_id)
+    return result.message
+
+
+def enqueue_directory_syncs(cfg: Config) -> int:
+    """Queue a directory sync for every active tenant in LDAP mode, unless one was queued within the interval."""
+    with msp_scope(), session_scope(cfg) as session:  # the MSP's periodic work looks at every tenant's mode
+        tenant_ids = list(session.scalars(
+            select(RecipientVerification.tenant_id).join(Tenant, Tenant.id == RecipientVerification.tenant_id)
+            .where(RecipientVerification.mode == "ldap", Tenant.suspended.is_(False))
+            .order_by(RecipientVerification.tenant_id)))
+    conn = redis_client(cfg)
+    queued = 0
+    for tenant_id in tenant_ids:
+        if not conn.set(_SYNC_QUEUED_KEY.format(tenant_id=tenant_id), 1, nx=True,
+                        ex=max(1, DIRECTORY_SYNC_INTERVAL - 60)):
+            continue
+        enqueue_job(cfg, DIRECTORY_SYNC_JOB, tenant_id, connection=conn, timeout=DIRECTORY_SYNC_TIMEOUT,
+                    result_ttl=86400, description=f"sync the directory of tenant {tenant_id}")
+        queued += 1
+    return queued

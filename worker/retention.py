@@ -1,5 +1,6 @@
-"""Retention: purge mail whose time is up (``Message.expires_at``: quarantined mail, sent digests), tenant by tenant,
-in batches.
+"""Retention: purge mail whose time is up (``Message.expires_at``: quarantined mail, refused mail, sent digests),
+tenant by tenant, in batches. Refused mail (verdict ``reject``: its rows are ``rejected``, final) is kept for the
+tenant's spam retention, then goes like the rest; it has no blob, which the blob store's delete takes in its stride.
 
 A purged message goes with everything that hangs off it: its raw bytes (the blob store), delivery rows, findings,
 timeline events and views. The deletes are explicit, child tables first, rather than left to ``ON DELETE CASCADE``,
@@ -46,14 +47,16 @@ PURGE_JOB_TIMEOUT = 3600
 #: The purge job (an RQ job on the default queue).
 PURGE_JOB = "worker.retention.purge_job"
 _QUEUED_KEY = "mailward:purge-queued"
+#: The verdict of refused mail, and the key it is counted under in a purge report.
+REJECT_VERDICT, REJECTED = "reject", "rejected"
 
 Report = dict[str, dict[str, int]]
 
 
 def purge_tenant(cfg: Config, tenant_id: int, *, now: datetime | None = None,
                  batch: int = PURGE_BATCH) -> dict[str, int]:
-    """Purge one tenant's expired messages; returns {kind: count} (the quarantine kind, else the direction, e.g.
-    "digest": sent digests expire with their links)."""
+    """Purge one tenant's expired messages; returns {kind: count} (the quarantine kind, "rejected" for refused mail,
+    else the direction, e.g. "digest": sent digests expire with their links)."""
     now = now or utcnow()
     counts: Counter[str] = Counter()
     pending = select(Delivery.id).where(Delivery.message_id == Message.id,
@@ -62,7 +65,7 @@ def purge_tenant(cfg: Config, tenant_id: int, *, now: datetime | None = None,
         while True:
             with session_scope(cfg) as session:
                 rows = session.execute(
-                    select(Message.id, Message.quarantine_kind, Message.direction)
+                    select(Message.id, Message.quarantine_kind, Message.direction, Message.verdict)
                     .where(Message.expires_at <= now, ~pending.exists())
                     .order_by(Message.expires_at).limit(batch)
                 ).all()
@@ -74,7 +77,8 @@ def purge_tenant(cfg: Config, tenant_id: int, *, now: datetime | None = None,
                     blob_store.delete(session, ids)
                     session.execute(delete(Message).where(Message.id.in_(ids))
                                     .execution_options(synchronize_session=False))
-                    counts.update(kind or direction for _, kind, direction in rows)
+                    counts.update(kind or (REJECTED if verdict == REJECT_VERDICT else direction)
+                                  for _, kind, direction, verdict in rows)
             if len(rows) < batch:
                 return dict(counts)
 

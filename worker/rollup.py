@@ -9,10 +9,13 @@ quarantine kind, size), which never changes afterwards.
 
 What is counted: a message counts once, under one domain: for inbound mail its first recipient's domain, for
 outbound mail and bounces the sender's domain. ``delivered`` means passed clean (verdict deliver), ``tagged`` passed
-with a spam tag, ``spam``/``virus``/``attachment`` quarantined for that reason, ``rejected`` refused for this tenant.
+with a spam tag, ``spam``/``virus``/``attachment`` quarantined for that reason, ``rejected`` refused for this tenant
+(at RCPT, one message per refused recipient; at DATA; or rejected by this tenant while another accepted).
 Top lists per day: senders, spam sources (client IP, else the sender's domain), virus names (the CLAM_VIRUS
-finding's reason) and reject reasons keep the :data:`TOP_KEEP` largest; inbound recipients are kept whole, because
-usage metering counts the distinct protected mailboxes of a month from them.
+finding's reason) and reject reasons (:func:`tenants.tracking.reject_reason`: "recipient unknown", "spam", "DNSBL
+<zone>"...) keep the :data:`TOP_KEEP` largest; inbound recipients are kept whole, because usage metering counts the
+distinct protected mailboxes of a month from them. Refused recipients are not mailboxes, and refused mail is not
+billed: a dictionary attack on a tenant must not grow its bill.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from tenants.db import session_scope
 from tenants.jobs import enqueue_job
 from tenants.models import (
     Delivery,
+    DeliveryStatus,
     Finding,
     Message,
     RollupState,
@@ -41,6 +45,7 @@ from tenants.models import (
 )
 from tenants.redisconn import redis_client
 from tenants.scope import msp_scope, tenant_scope
+from tenants.tracking import reject_reason
 
 log = logging.getLogger(__name__)
 
@@ -132,12 +137,14 @@ def _compute(session: Session, since: datetime) -> TenantRollup:
     out = TenantRollup()
     first_rcpt: dict[str, str] = {}
     day_rcpts: dict[str, list[str]] = defaultdict(list)
-    rows = session.execute(select(Delivery.message_id, Delivery.rcpt).join(Message, Message.id == Delivery.message_id)
+    rows = session.execute(select(Delivery.message_id, Delivery.rcpt, Delivery.status)
+                           .join(Message, Message.id == Delivery.message_id)
                            .where(Message.received_at >= since).order_by(Delivery.id)
                            .execution_options(yield_per=FETCH_BATCH))
-    for message_id, rcpt in rows:
+    for message_id, rcpt, status in rows:
         first_rcpt.setdefault(message_id, rcpt)
-        day_rcpts[message_id].append(rcpt)
+        if status != DeliveryStatus.REJECTED.value:  # a refused address is no protected mailbox
+            day_rcpts[message_id].append(rcpt)
     viruses: dict[str, list[str]] = defaultdict(list)
     for message_id, reason in session.execute(
             select(Finding.message_id, Finding.reason).join(Message, Message.id == Finding.message_id)
@@ -157,13 +164,16 @@ def _compute(session: Session, since: datetime) -> TenantRollup:
         if direction == "inbound":
             for rcpt in dict.fromkeys(r.lower() for r in day_rcpts.get(mid, [])):
                 out.tops[(day, TOP_RCPT)][_key(rcpt)] += 1
-        if (kind == "spam" or verdict in ("reject", "tag")) and mid not in viruses:
+        why = reject_reason(explanation or "", virus=mid in viruses) if verdict == "reject" else None
+        # A rejected mail is a spam source when it was spam, or its client is on a DNSBL (not an unknown recipient).
+        spammy = why is not None and (why == "spam" or why.startswith("DNSBL"))
+        if (kind == "spam" or verdict == "tag" or spammy) and mid not in viruses:
             source = client_ip or _domain(mail_from)
             out.tops[(day, TOP_SPAM_SOURCE)][_key(source)] += 1
         for name in viruses.get(mid, []):
             out.tops[(day, TOP_VIRUS)][_key(name or "unnamed")] += 1
-        if verdict == "reject":
-            out.tops[(day, TOP_REJECT)][_key(explanation or "rejected")] += 1
+        if why is not None:
+            out.tops[(day, TOP_REJECT)][_key(why)] += 1
     return out
 
 
@@ -192,11 +202,12 @@ def _next_month(start: datetime) -> datetime:
 
 
 def _usage(session: Session, tenant_id: int, months: list[str]) -> None:
-    """Recompute the tenant's usage rows of ``months`` from the stat tables (never from raw mail)."""
+    """Recompute the tenant's usage rows of ``months`` from the stat tables (never from raw mail). Refused mail is not
+    billed (its bytes are: StatHour keeps no bytes per outcome, and a refusal at RCPT has none)."""
     for month in months:
         start = _month_start(month)
         end = _next_month(start)
-        mails, size = session.execute(select(func.coalesce(func.sum(StatHour.mails), 0),
+        mails, size = session.execute(select(func.coalesce(func.sum(StatHour.mails - StatHour.rejected), 0),
                                              func.coalesce(func.sum(StatHour.bytes), 0))
                                       .where(StatHour.hour >= start, StatHour.hour < end)).one()
         boxes = session.scalar(select(func.count(func.distinct(StatTop.key)))

@@ -23,6 +23,7 @@ from tenants.config import Config
 from tenants.db import require_current_schema
 from tenants.redisconn import redis_client
 from worker.digest import DIGEST_CHECK_INTERVAL, schedule_digests
+from worker.jobs import DIRECTORY_SYNC_INTERVAL, enqueue_directory_syncs
 from worker.retention import PURGE_INTERVAL, enqueue_purge
 from worker.rollup import ROLLUP_INTERVAL, enqueue_rollup
 from worker.sweeper import sweep
@@ -54,6 +55,7 @@ def periodic_jobs() -> list[PeriodicJob]:
         PeriodicJob("purge", lambda cfg: PURGE_INTERVAL, enqueue_purge),
         PeriodicJob("digests", lambda cfg: DIGEST_CHECK_INTERVAL, schedule_digests),
         PeriodicJob("rollup", lambda cfg: ROLLUP_INTERVAL, enqueue_rollup),
+        PeriodicJob("directory", lambda cfg: DIRECTORY_SYNC_INTERVAL, enqueue_directory_syncs),
     ]
 
 

@@ -2,7 +2,8 @@
 
 :func:`app.access.enforce` hands every ``@allow_api(scope)`` view to :func:`check`, once per request, before the view
 runs: ``Authorization: Bearer mw_...`` is verified (a missing, unknown or revoked key is 401), counted against the
-key's rate limit (429 with ``Retry-After``), checked for the view's scope (403 ``forbidden_scope``), and the key's
+key's rate limit (429 with ``Retry-After``), refused while its tenant is suspended (403 ``tenant_suspended``), checked
+for the view's scope (403 ``forbidden_scope``), and the key's
 tenant scope — or the MSP scope for an MSP-wide key — is set for the rest of the request, as
 :func:`app.auth.enter_scope` does for a signed-in session; :func:`leave_scope` resets it at teardown.
 
@@ -22,11 +23,13 @@ from typing import Any
 
 from flask import current_app, g, request
 from redis.exceptions import RedisError
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.api.errors import ApiError
 from app.extensions import db, redis
 from tenants import apikeys
+from tenants.models import Tenant
 from tenants.scope import Scope, reset_scope, set_scope
 
 log = logging.getLogger(__name__)
@@ -117,6 +120,8 @@ def check(scope: str) -> None:
         raise _unauthorized("unknown or revoked API key", "invalid_token")
     found = ApiCaller(key_id=key.id, prefix=key.prefix, tenant_id=key.tenant_id, scopes=frozenset(key.scope_list))
     rate_limit(found.key_id)
+    if found.tenant_id is not None and session.scalar(select(Tenant.suspended).where(Tenant.id == found.tenant_id)):
+        raise ApiError(403, "tenant_suspended", "this API key's organisation is suspended")
     if scope not in found.scopes:
         raise ApiError(403, "forbidden_scope", f"this API key lacks the {scope!r} scope")
     _touch(key)

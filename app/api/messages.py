@@ -9,6 +9,8 @@ from marshmallow import RAISE
 
 from app.access import allow_api
 from app.api import schemas as sch
+from app.api.audit import record
+from app.api.auth import caller
 from app.api.blueprint import bp, narrowed_to
 from app.extensions import db
 from tenants import tracking
@@ -43,11 +45,16 @@ def list_messages(cursor: str | None = None, limit: int = sch.PAGE_SIZE, tenant_
 @allow_api("read")
 @bp.response(200, sch.MessageDetailSchema)
 def get_message(message_id: str) -> dict[str, Any]:
-    """One message with its findings, deliveries and timeline (another tenant's is 404)."""
-    d = tracking.detail(db.session, message_id)
+    """One message with its findings, deliveries and timeline (another tenant's is 404); the read is recorded as
+    an envelope-level access, as the tracking center records a person's."""
+    session = db.session
+    d = tracking.detail(session, message_id)
     m = d.message
+    tracking.record_view(session, m, caller().actor)
+    record("tracking.view", f"message {m.id}", tenant_id=m.tenant_id)
+    session.commit()
     out = _summary(m, [(x.rcpt, x.status) for x in d.deliveries])
     out.update(client_ip=m.client_ip, client_helo=m.client_helo, message_id_header=m.message_id_header,
-               explanation=m.explanation, expires_at=m.expires_at, findings=d.findings, deliveries=d.deliveries,
-               events=d.events)
+               explanation=m.explanation, expires_at=m.expires_at, has_content=d.has_content, findings=d.findings,
+               deliveries=d.deliveries, events=d.events)
     return out

@@ -13,11 +13,12 @@ from marshmallow import RAISE
 
 from app.access import allow_api
 from app.api import schemas as sch
+from app.api.audit import record
 from app.api.auth import caller
 from app.api.blueprint import bp, narrowed_to
 from app.api.errors import ApiError
 from app.extensions import config, db
-from tenants import lists
+from tenants import lists, tracking
 from tenants import quarantine as q
 from tenants.addresses import normalize_address
 from tenants.exceptions import ValidationError
@@ -39,9 +40,15 @@ def list_quarantine(cursor: str | None = None, limit: int = sch.PAGE_SIZE, tenan
 @allow_api("read")
 @bp.response(200, sch.QuarantineDetailSchema)
 def get_quarantined(message_id: str) -> dict[str, Any]:
-    """One quarantined mail: envelope, headers, findings, attachments with their real types, the text, timeline."""
-    d = q.detail(db.session, message_id)
+    """One quarantined mail: envelope, headers, findings, attachments with their real types, the text, timeline.
+    The read is recorded as an envelope-level access, as the portal records a person's."""
+    session = db.session
+    d = q.detail(session, message_id)
     m = d.message
+    tracking.record_view(session, m, caller().actor)
+    record("quarantine.view", f"message {m.id}", f"from {m.mail_from or '<>'}, subject {m.subject or ''!r}"[:1000],
+           tenant_id=m.tenant_id)
+    session.commit()
     held = [rcpt for rcpt, status in d.rcpts if status == "quarantined"]
     return {
         "id": m.id, "tenant_id": m.tenant_id, "kind": m.quarantine_kind or "", "received_at": m.received_at,

@@ -285,6 +285,8 @@ class MessageDetailSchema(MessageSchema):
     message_id_header = fields.String(required=True, allow_none=True)
     explanation = fields.String(required=True)
     expires_at = fields.DateTime(required=True, allow_none=True)
+    has_content = fields.Boolean(required=True, metadata={
+        "description": "Whether the raw mail is stored (refused mail is not kept, only its envelope and verdict)"})
     findings = fields.List(fields.Nested(FindingSchema), required=True)
     deliveries = fields.List(fields.Nested(DeliverySchema), required=True)
     events = fields.List(fields.Nested(TimelineEventSchema), required=True)

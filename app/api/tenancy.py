@@ -1,20 +1,28 @@
-"""``/api/v1/tenants``, ``/domains`` and ``/users``: the tenancy model, through :mod:`tenants.services`."""
+"""``/api/v1/tenants``, ``/domains`` and ``/users``: the tenancy model, through :mod:`tenants.services`.
+
+The tenant routes are the MSP's (a tenant key gets 404): create, details, suspend, resume, export and delete, through
+:mod:`tenants.lifecycle`, each change audited with the key as the actor.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from flask import Response
 from marshmallow import RAISE
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from app.access import allow_api
 from app.api import schemas as sch
+from app.api import schemas_tenants as tsch
 from app.api.auth import caller
 from app.api.blueprint import bp, id_page, resolve_tenant
 from app.api.errors import ApiError
+from app.exports import tenant_zip
 from app.extensions import config, db
-from tenants import services
-from tenants.exceptions import NotFound
+from tenants import lifecycle, services
+from tenants.exceptions import NotFound, ValidationError
 from tenants.models import Domain, Tenant, User
 from tenants.redisconn import bump_policy_version
 from tenants.scope import load
@@ -29,6 +37,121 @@ def list_tenants(cursor: str | None = None, limit: int = sch.PAGE_SIZE) -> dict[
     if not caller().is_msp:
         raise NotFound("no such route for a tenant key")
     return id_page(select(Tenant), Tenant.id, cursor, limit)
+
+
+def _msp_tenant(tenant_id: int) -> Tenant:
+    """A tenant for an MSP key; for a tenant key every tenant route is 404, as if it did not exist."""
+    if not caller().is_msp:
+        raise NotFound("no such route for a tenant key")
+    found = db.session.get(Tenant, tenant_id)
+    if found is None:
+        raise NotFound(f"no tenant {tenant_id}")
+    return found
+
+
+def _audit(action: str, target: str, detail: str = "", *, tenant_id: int | None) -> None:
+    from app.security import audit  # the web's audit helper (request IP); imported late like the console does
+
+    audit(action, target, detail, tenant_id=tenant_id, actor=caller().actor)
+
+
+@bp.route("/tenants", methods=["POST"], endpoint="create_tenant", tags=["tenants"])
+@allow_api("write")
+@bp.arguments(tsch.TenantCreateSchema)
+@bp.response(201, sch.TenantSchema)
+def create_tenant(body: dict[str, Any]) -> Tenant:
+    """Create a tenant (MSP keys only); add its domains with ``POST /domains``."""
+    if not caller().is_msp:
+        raise NotFound("no such route for a tenant key")
+    session = db.session
+    try:
+        created = services.create_tenant(session, body["name"])
+        _audit("tenant.create", f"tenant {created.name}", tenant_id=created.id)
+        session.commit()
+    except IntegrityError:  # created by another request between the check and the commit
+        session.rollback()
+        raise ApiError(409, "conflict", f"tenant {body['name'].strip()!r} already exists") from None
+    return created
+
+
+@bp.route("/tenants/<rowid:tenant_id>", methods=["GET"], endpoint="get_tenant", tags=["tenants"])
+@allow_api("read")
+@bp.response(200, tsch.TenantDetailSchema)
+def get_tenant(tenant_id: int) -> dict[str, Any]:
+    """A tenant with its domains, this month's usage, what it holds, and whether it may be deleted (MSP keys)."""
+    found = _msp_tenant(tenant_id)
+    o = lifecycle.overview(db.session, found)
+    return {"id": found.id, "name": found.name, "suspended": found.suspended, "created_at": found.created_at,
+            "domains": o.domains, "usage": o.usage, "messages": o.pending.messages,
+            "queued_deliveries": o.pending.queued_deliveries, "deletable": o.deletable}
+
+
+def _set_suspended(tenant_id: int, suspended: bool) -> Tenant:
+    session = db.session
+    found = _msp_tenant(tenant_id)
+    changed = lifecycle.suspend(session, found) if suspended else lifecycle.resume(session, found)
+    if changed:
+        _audit(lifecycle.SUSPEND_ACTION if suspended else lifecycle.RESUME_ACTION, f"tenant {found.name}",
+               tenant_id=found.id)
+    session.commit()
+    bump_policy_version(config())  # the ingresses refuse (or accept again) its domains at once
+    return found
+
+
+@bp.route("/tenants/<rowid:tenant_id>/suspend", methods=["POST"], endpoint="suspend_tenant", tags=["tenants"])
+@allow_api("write")
+@bp.response(200, sch.TenantSchema)
+def suspend_tenant(tenant_id: int) -> Tenant:
+    """Suspend a tenant: its domains refuse mail, its users and keys are locked out; queued mail still delivers.
+    Idempotent."""
+    return _set_suspended(tenant_id, True)
+
+
+@bp.route("/tenants/<rowid:tenant_id>/resume", methods=["POST"], endpoint="resume_tenant", tags=["tenants"])
+@allow_api("write")
+@bp.response(200, sch.TenantSchema)
+def resume_tenant(tenant_id: int) -> Tenant:
+    """Lift a tenant's suspension. Idempotent."""
+    return _set_suspended(tenant_id, False)
+
+
+@bp.route("/tenants/<rowid:tenant_id>/export", methods=["GET"], endpoint="export_tenant", tags=["tenants"])
+@allow_api("read")
+@bp.response(200, tsch.ZIP_BODY, content_type="application/zip")
+def export_tenant(tenant_id: int) -> Response:
+    """Everything the tenant owns as a ZIP (MSP keys). Needs the ``read`` and the ``quarantine`` scope: the ZIP holds
+    every stored mail, which a read-only key never reaches otherwise. Audited; a delete needs one since suspension."""
+    session = db.session
+    found = _msp_tenant(tenant_id)
+    if "quarantine" not in caller().scopes:
+        raise ApiError(403, "forbidden_scope", "an export holds raw mail: this API key lacks the 'quarantine' scope")
+    return tenant_zip(session, config(), found, lambda summary: _audit(
+        lifecycle.EXPORT_ACTION, f"tenant {found.name}", summary, tenant_id=found.id))
+
+
+@bp.route("/tenants/<rowid:tenant_id>", methods=["DELETE"], endpoint="delete_tenant", tags=["tenants"])
+@allow_api("write")
+@bp.arguments(tsch.TenantDeleteSchema)
+@bp.response(200, tsch.TenantDeletedSchema)
+def delete_tenant(body: dict[str, Any], tenant_id: int) -> dict[str, Any]:
+    """Delete a tenant and everything it owns (MSP keys). ``confirm`` must be its name; it must be suspended and
+    exported since (else 409 ``conflict`` saying what to do first)."""
+    session = db.session
+    found = _msp_tenant(tenant_id)
+    if body["confirm"].strip() != found.name:
+        raise ApiError(422, "validation", "confirm must be the tenant's name, exactly",
+                       fields={"confirm": [f"type {found.name}"]})
+    name, tid = found.name, found.id
+    try:
+        counts = lifecycle.delete(session, config(), found)
+    except ValidationError as exc:
+        session.rollback()
+        raise ApiError(409, "conflict", str(exc)) from None
+    detail = ", ".join(f"{table} {n}" for table, n in sorted(counts.items()) if n)
+    _audit(lifecycle.DELETE_ACTION, f"tenant {name} (id {tid})", detail, tenant_id=None)  # the tenant is gone
+    session.commit()
+    bump_policy_version(config())
+    return {"id": tid, "name": name, "deleted": counts}
 
 
 @bp.route("/domains", methods=["GET"], endpoint="list_domains", tags=["domains"])

@@ -1,0 +1,111 @@
+"""``POST /api/v1/users`` and ``PATCH /api/v1/users/<id>``: create users and change their role or state, through
+:mod:`tenants.users` (the list is in :mod:`app.api.tenancy`).
+
+A tenant key manages its tenant's users; an MSP key names ``tenant_id`` for a tenant's user, or creates MSP staff
+(``msp_admin``, ``msp_helpdesk``) without it. As with keys (a key never grants scopes it lacks), only a key holding
+every scope may create or promote an admin: an admin can make keys with every scope.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import request
+from marshmallow import Schema, fields, validate
+
+from app.access import allow_api
+from app.api import schemas as sch
+from app.api.auth import caller
+from app.api.blueprint import bp, resolve_tenant
+from app.api.errors import ApiError
+from app.extensions import db
+from tenants import audit as audit_log
+from tenants import services, users
+from tenants.apikeys import SCOPES
+from tenants.exceptions import ValidationError
+from tenants.models import Role, User
+from tenants.scope import load
+from tenants.services import MIN_PASSWORD_LENGTH
+
+#: Longest password accepted (argon2 takes any length; this bounds the work one request can ask for).
+MAX_PASSWORD_LENGTH = 1024
+
+
+class UserCreateSchema(Schema):
+    email = fields.String(required=True, validate=validate.Length(3, 320),
+                          metadata={"description": "Login address; a tenant user's is in one of the tenant's domains"})
+    role = fields.String(required=True, validate=validate.OneOf([r.value for r in Role]), metadata={
+        "description": "tenant_admin, tenant_auditor or user for a tenant's user; msp_admin or msp_helpdesk for "
+                       "MSP staff (MSP keys, no tenant_id)"})
+    password = fields.String(load_only=True, validate=validate.Length(MIN_PASSWORD_LENGTH, MAX_PASSWORD_LENGTH),
+                             metadata={"description": "Initial password; omitted: the user signs in by the links "
+                                                      "in their quarantine digest only"})
+    tenant_id = fields.Integer(validate=validate.Range(1, sch.MAX_ID), metadata={
+        "description": "MSP keys: the user's tenant (omitted: MSP staff). Tenant keys: their own"})
+
+
+class UserUpdateSchema(Schema):
+    role = fields.String(validate=validate.OneOf([r.value for r in Role]),
+                         metadata={"description": "Another role of the same level (tenant or MSP)"})
+    active = fields.Boolean(metadata={"description": "false: the user can no longer sign in"})
+
+
+def _role_error(message: str) -> ApiError:
+    return ApiError(422, "validation", message, fields={"role": [message]})
+
+
+def _may_grant(role: Role) -> None:
+    """403 ``forbidden_scope`` when a key lacking some scope would create or promote an admin."""
+    missing = [s for s in SCOPES if s not in caller().scopes]
+    if role in users.ADMIN_ROLES and missing:
+        raise ApiError(403, "forbidden_scope", f"only a key with every scope may make an admin ({role.value}); "
+                                               f"this key lacks {', '.join(missing)}")
+
+
+def _audit(action: str, user: User, detail: str = "") -> None:
+    audit_log.record(db.session, actor=caller().actor, action=action, target=f"user {user.email}", detail=detail,
+                     tenant_id=user.tenant_id, ip=request.remote_addr)
+
+
+@bp.route("/users", methods=["POST"], endpoint="create_user", tags=["users"])
+@allow_api("write")
+@bp.arguments(UserCreateSchema)
+@bp.response(201, sch.UserSchema)
+def create_user(body: dict[str, Any]) -> User:
+    """Create a user of the key's tenant (MSP keys: of ``tenant_id``, or MSP staff without it)."""
+    session = db.session
+    tid = resolve_tenant(body.get("tenant_id"))
+    try:
+        role = users.parse_role(body["role"], tid)
+    except ValidationError as exc:
+        raise _role_error(str(exc)) from None
+    _may_grant(role)
+    tenant = services.get_tenant(session, tid) if tid is not None else None
+    user = users.create_user(session, body["email"], role.value, tenant, body.get("password"))
+    _audit("user.create", user, f"role {user.role}, {'initial password set' if user.password_hash else 'no password'}")
+    session.commit()
+    return user
+
+
+@bp.route("/users/<rowid:user_id>", methods=["PATCH"], endpoint="update_user", tags=["users"])
+@allow_api("write")
+@bp.arguments(UserUpdateSchema)
+@bp.response(200, sch.UserSchema)
+def update_user(body: dict[str, Any], user_id: int) -> User:
+    """Change a user's role (within its level) or deactivate / reactivate it; omitted fields stay as they are."""
+    session = db.session
+    user = load(session, User, user_id)  # another tenant's user (or, for a tenant key, MSP staff) is 404
+    if "role" in body:
+        old = user.role
+        try:
+            role = users.parse_role(body["role"], user.tenant_id)
+        except ValidationError as exc:
+            raise _role_error(str(exc)) from None
+        if role.value != old:
+            _may_grant(role)
+        if users.set_role(user, role.value, actor_id=None):
+            _audit("user.role", user, f"{old} → {user.role}")
+    if "active" in body and users.set_active(user, bool(body["active"]), actor_id=None):
+        _audit("user.activate" if user.active else "user.deactivate", user)
+    session.commit()
+    return user

@@ -1,0 +1,208 @@
+"""A tenant's LDAP directory (Active Directory, OpenLDAP): test the connection, look one address up, and copy every
+address it holds into the tenant's valid recipients (``source='ldap'``) for the ingress.
+
+The ingress never asks the directory itself: a directory sync (scheduled every
+:data:`worker.jobs.DIRECTORY_SYNC_INTERVAL`, or "sync now") pages through it and replaces the tenant's directory rows
+in one transaction. A failed sync changes no row; it records what went wrong on the tenant's settings, so mail keeps
+flowing with the last good copy. Addresses are taken from the configured attributes (``smtp:``/``SMTP:`` prefixes of
+``proxyAddresses`` stripped, other prefixes such as ``x500:`` skipped) and kept only in the tenant's own domains.
+
+The filter's ``{address}`` is replaced by the LDAP-escaped address for a lookup (so ``*)(mail=*`` matches nothing),
+and by ``*`` for a sync (every entry with such an attribute).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import ldap3
+from ldap3.core.exceptions import LDAPException
+from ldap3.utils.conv import escape_filter_chars
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tenants.addresses import normalize_address
+from tenants.config import Config
+from tenants.dkimkeys import decrypt_private_key
+from tenants.exceptions import ValidationError
+from tenants.models import Domain, RecipientVerification, utcnow
+from tenants.recipients import (
+    ADDRESS_PLACEHOLDER,
+    Settings,
+    find_row,
+    get_settings,
+    replace_directory_rows,
+    settings_row,
+)
+
+log = logging.getLogger(__name__)
+
+#: Seconds to wait for the directory to accept a connection.
+CONNECT_TIMEOUT = 5
+#: Seconds to wait for any one answer (a bind, one page of a search).
+RECEIVE_TIMEOUT = 15
+#: Entries asked for per page of a paged search (RFC 2696); AD's default MaxPageSize is 1000.
+PAGE_SIZE = 500
+#: Most addresses one sync keeps (a guard against a filter that matches a whole forest).
+MAX_ADDRESSES = 200000
+#: Longest result text stored on the settings.
+MAX_RESULT = 500
+#: Address prefixes in ``proxyAddresses``-style values that mean SMTP (case-insensitive).
+SMTP_PREFIX = "smtp:"
+
+
+class DirectoryError(Exception):
+    """The directory could not be reached, refused the bind, or refused the search; the message says which."""
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    ok: bool
+    message: str
+    total: int = 0
+    added: int = 0
+    removed: int = 0
+
+
+def _password(cfg: Config, row: RecipientVerification | None) -> str | None:
+    if row is None or row.ldap_password_enc is None:
+        return None
+    return decrypt_private_key(cfg, row.ldap_password_enc).decode()
+
+
+def _connect(settings: Settings, password: str | None) -> ldap3.Connection:
+    """A bound connection (simple bind with the bind DN, anonymous without one)."""
+    if not settings.ldap_url or not settings.ldap_base_dn:
+        raise DirectoryError("no directory is configured (URL and base DN)")
+    try:
+        server = ldap3.Server(settings.ldap_url, get_info=ldap3.NONE, connect_timeout=CONNECT_TIMEOUT)
+        conn = ldap3.Connection(server, user=settings.ldap_bind_dn or None, password=password or None,
+                                receive_timeout=RECEIVE_TIMEOUT, read_only=True, raise_exceptions=False)
+        if not conn.bind():
+            result = conn.result or {}
+            conn.unbind()
+            raise DirectoryError(f"bind as {settings.ldap_bind_dn or 'anonymous'} refused: "
+                                 f"{result.get('description', 'error')} {result.get('message', '')}".strip())
+        return conn
+    except LDAPException as exc:
+        raise DirectoryError(f"cannot reach {settings.ldap_url}: {exc}") from exc
+
+
+def address_filter(settings: Settings, address: str) -> str:
+    """The tenant's filter for one address, the address LDAP-escaped (RFC 4515) so it cannot change the filter."""
+    return settings.ldap_filter.replace(ADDRESS_PLACEHOLDER, escape_filter_chars(normalize_address(address)))
+
+
+def sync_filter(settings: Settings) -> str:
+    """The tenant's filter matching every entry that has an address (``{address}`` becomes the wildcard ``*``)."""
+    return settings.ldap_filter.replace(ADDRESS_PLACEHOLDER, "*")
+
+
+def addresses_of(values: object) -> list[str]:
+    """The e-mail addresses in one attribute's values: ``smtp:`` prefixes stripped, other prefixed values skipped."""
+    items = values if isinstance(values, list | tuple) else [values]
+    out = []
+    for value in items:
+        v = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+        v = v.strip()
+        head, sep, rest = v.partition(":")
+        if sep and "@" not in head:
+            if head.lower() + ":" != SMTP_PREFIX:
+                continue  # x500:, sip:, X400: ... are not mail addresses
+            v = rest.strip()
+        if "@" in v and " " not in v:
+            out.append(normalize_address(v))
+    return out
+
+
+def _search(conn: ldap3.Connection, settings: Settings, search_filter: str) -> list[str]:
+    """Every address in the configured attributes of the entries the filter matches, page by page."""
+    found: dict[str, None] = {}
+    try:
+        pages = conn.extend.standard.paged_search(settings.ldap_base_dn, search_filter, ldap3.SUBTREE,
+                                                  attributes=settings.attribute_list, paged_size=PAGE_SIZE,
+                                                  generator=True)
+        for entry in pages:
+            if entry.get("type") != "searchResEntry":
+                continue
+            for values in (entry.get("attributes") or {}).values():
+                for addr in addresses_of(values):
+                    found[addr] = None
+            if len(found) > MAX_ADDRESSES:
+                raise DirectoryError(f"more than {MAX_ADDRESSES} addresses: narrow the base DN or the filter")
+    except LDAPException as exc:
+        raise DirectoryError(f"search under {settings.ldap_base_dn} failed: {exc}") from exc
+    result = conn.result or {}
+    if result.get("result", 0) not in (0, None):
+        raise DirectoryError(f"search under {settings.ldap_base_dn} failed: {result.get('description')} "
+                             f"{result.get('message', '')}".strip())
+    return list(found)
+
+
+def lookup(session: Session, cfg: Config, tenant_id: int, address: str) -> bool:
+    """Whether the directory holds ``address`` right now (one escaped search). Raises :class:`DirectoryError`."""
+    settings = get_settings(session, tenant_id)
+    conn = _connect(settings, _password(cfg, find_row(session, tenant_id)))
+    try:
+        return normalize_address(address) in _search(conn, settings, address_filter(settings, address))
+    finally:
+        conn.unbind()
+
+
+def test_connection(session: Session, cfg: Config, tenant_id: int, address: str = "") -> str:
+    """Bind, and look ``address`` up when one is given; a sentence saying what worked. Raises :class:`DirectoryError`
+    (and :class:`ValidationError` for an address that is not one)."""
+    settings = get_settings(session, tenant_id)
+    if address and "@" not in address:
+        raise ValidationError(f"{address!r} is not an e-mail address")
+    conn = _connect(settings, _password(cfg, find_row(session, tenant_id)))
+    try:
+        said = f"connected to {settings.ldap_url} and bound as {settings.ldap_bind_dn or 'anonymous'}"
+        if address:
+            addr = normalize_address(address)
+            hit = addr in _search(conn, settings, address_filter(settings, addr))
+            said += f"; {addr} is {'in' if hit else 'not in'} the directory"
+        return said
+    finally:
+        conn.unbind()
+
+
+def fetch(session: Session, cfg: Config, tenant_id: int) -> list[str]:
+    """Every address the directory holds in the tenant's domains. Raises :class:`DirectoryError`."""
+    settings = get_settings(session, tenant_id)
+    conn = _connect(settings, _password(cfg, find_row(session, tenant_id)))
+    try:
+        found = _search(conn, settings, sync_filter(settings))
+    finally:
+        conn.unbind()
+    domains = set(session.scalars(select(Domain.name).where(Domain.tenant_id == tenant_id)))
+    return [a for a in found if a.rpartition("@")[2] in domains]
+
+
+def sync(session: Session, cfg: Config, tenant_id: int) -> SyncResult:
+    """Replace the tenant's directory rows with what the directory holds now, and record the outcome; the caller
+    commits (rows and outcome in one transaction). A failure — or an empty answer, which is far likelier a wrong
+    base DN or filter than a company without mailboxes — keeps the previous rows."""
+    row = settings_row(session, tenant_id)
+    try:
+        addresses = fetch(session, cfg, tenant_id)
+        if not addresses:
+            raise DirectoryError("the directory returned no address in your domains (check the base DN, the filter "
+                                 "and the attributes)")
+    except DirectoryError as exc:
+        kept = row.last_sync_count or 0
+        result = SyncResult(False, f"{exc}"[:MAX_RESULT - 40] + f"; kept the previous {kept} address(es)", kept)
+        log.warning("directory sync of tenant %d failed: %s", tenant_id, exc)
+    else:
+        added, removed = replace_directory_rows(session, tenant_id, addresses)
+        result = SyncResult(True, f"{len(addresses)} address(es): {added} added, {removed} removed",
+                            len(addresses), added, removed)
+        row.synced_at = utcnow()
+        row.last_sync_count = len(addresses)
+        log.info("directory sync of tenant %d: %s", tenant_id, result.message)
+    row.last_sync_at = utcnow()
+    row.last_sync_ok = result.ok
+    row.last_sync_result = result.message[:MAX_RESULT]
+    session.flush()
+    return result

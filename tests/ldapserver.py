@@ -1,0 +1,122 @@
+"""A real OpenLDAP slapd for the directory tests, on a free loopback port with its data in a temporary folder.
+
+Static configuration (no cn=config), the mdb backend, suffix ``dc=acme,dc=test`` and a root DN with a password.
+Besides the stock schemas it defines ``proxyAddresses`` (as Active Directory has it: ``SMTP:``/``smtp:`` prefixed
+values) on an auxiliary class, so the tests can give people an alias the way tenants' directories do.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import ldap3
+
+from tests.servers import free_port, port_open, wait_for
+
+SLAPD = Path("/usr/sbin/slapd")
+SCHEMA_DIR = Path("/etc/ldap/schema")
+MODULE_DIR = Path("/usr/lib/ldap")
+SUFFIX = "dc=acme,dc=test"
+ROOT_DN = f"cn=admin,{SUFFIX}"
+ROOT_PASSWORD = "secret"
+#: A made-up OID arc for the test schema (never used outside these tests).
+_TEST_SCHEMA = """
+attributetype ( 1.3.6.1.4.1.99999.1.1 NAME 'proxyAddresses'
+  EQUALITY caseIgnoreMatch SUBSTR caseIgnoreSubstringsMatch
+  SYNTAX 1.3.6.1.4.1.1466.115.121.1.15 )
+objectclass ( 1.3.6.1.4.1.99999.2.1 NAME 'mailwardTestMailbox' SUP top AUXILIARY
+  MAY ( proxyAddresses ) )
+"""
+
+
+@dataclass
+class LdapServer:
+    proc: subprocess.Popen[bytes]
+    workdir: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"ldap://127.0.0.1:{self.port}"
+
+    def admin(self) -> ldap3.Connection:
+        """A connection bound as the root DN (to add and remove entries)."""
+        return ldap3.Connection(ldap3.Server(self.url, get_info=ldap3.NONE), ROOT_DN, ROOT_PASSWORD,
+                                auto_bind=True, raise_exceptions=True)
+
+    def log(self) -> str:
+        path = self.workdir / "slapd.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # slapd shuts down cleanly on SIGINT/SIGTERM
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def start_slapd() -> LdapServer:
+    """Start slapd in the foreground (``-d 0``) and create the suffix entry; raises if it does not answer."""
+    if not SLAPD.exists():
+        raise FileNotFoundError(f"{SLAPD} is not installed (apt-get install slapd ldap-utils)")
+    workdir = Path(tempfile.mkdtemp(prefix="mw-slapd-"))
+    (workdir / "db").mkdir()
+    (workdir / "mailward-test.schema").write_text(_TEST_SCHEMA)
+    includes = "\n".join(f"include {SCHEMA_DIR / n}.schema" for n in ("core", "cosine", "inetorgperson", "nis"))
+    (workdir / "slapd.conf").write_text(f"""{includes}
+include {workdir / "mailward-test.schema"}
+pidfile {workdir / "slapd.pid"}
+modulepath {MODULE_DIR}
+moduleload back_mdb
+database mdb
+maxsize 104857600
+suffix "{SUFFIX}"
+rootdn "{ROOT_DN}"
+rootpw {ROOT_PASSWORD}
+directory {workdir / "db"}
+""")
+    port = free_port()
+    log = open(workdir / "slapd.log", "wb")  # noqa: SIM115 - lives as long as the child
+    proc = subprocess.Popen([str(SLAPD), "-f", str(workdir / "slapd.conf"), "-h", f"ldap://127.0.0.1:{port}/",
+                             "-d", "0"], stdout=log, stderr=subprocess.STDOUT)
+    server = LdapServer(proc, workdir, port)
+    try:
+        wait_for(lambda: _alive(proc, server) and port_open(port), 20, what="slapd")
+        conn = server.admin()
+        conn.add(SUFFIX, ["dcObject", "organization"], {"dc": "acme", "o": "Acme"})
+        conn.unbind()
+    except BaseException:
+        text = server.log()
+        server.stop()
+        raise RuntimeError(f"slapd did not start: {text[-2000:]}") from None
+    return server
+
+
+def _alive(proc: subprocess.Popen[bytes], server: LdapServer) -> bool:
+    if proc.poll() is not None:
+        raise RuntimeError(f"slapd exited with {proc.returncode}: {server.log()[-2000:]}")
+    return True
+
+
+def add_person(conn: ldap3.Connection, base: str, uid: str, mail: str, aliases: tuple[str, ...] = (),
+               password: str | None = None) -> str:
+    """Add an inetOrgPerson ``uid=...`` under ``base`` with a mail address and ``proxyAddresses`` aliases."""
+    dn = f"uid={uid},{base}"
+    attrs: dict[str, object] = {"cn": uid, "sn": uid, "uid": uid, "mail": mail}
+    classes = ["inetOrgPerson"]
+    if aliases:
+        classes.append("mailwardTestMailbox")
+        attrs["proxyAddresses"] = list(aliases)
+    if password is not None:
+        attrs["userPassword"] = password
+    conn.add(dn, classes, attrs)
+    return dn
