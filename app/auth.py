@@ -34,6 +34,7 @@ from tenants import totp
 from tenants.models import Msp, Role, Tenant, User, utcnow
 from tenants.passwords import hash_password, needs_rehash, verify_password
 from tenants.scope import MSP, Scope, msp_scope, reset_scope, set_scope
+from tenants.services import tenant_suspended
 
 bp = Blueprint("auth", __name__)
 
@@ -127,7 +128,7 @@ def load_principal(value: str) -> Principal | None:
         user = s.get(User, int(uid))
         if user is None or not user.active or not hmac.compare_digest(token, _token(user)):
             return None
-        if _tenant_suspended(s, user):  # a session open when the tenant was suspended ends at its next request
+        if tenant_suspended(s, user.tenant_id):  # a session open at the suspension ends at its next request
             session.clear()
             flash(SUSPENDED_LOGIN, "error")
             return None
@@ -136,13 +137,6 @@ def load_principal(value: str) -> Principal | None:
     if tenant is not None:
         principal.view_as(tenant)
     return principal
-
-
-def _tenant_suspended(session_db: Session, user: User) -> bool:
-    """Whether the user belongs to a suspended tenant (MSP users belong to none)."""
-    if user.tenant_id is None:
-        return False
-    return bool(session_db.scalar(select(Tenant.suspended).where(Tenant.id == user.tenant_id)))
 
 
 def enter_scope() -> None:
@@ -203,7 +197,7 @@ def authenticate(email: str, password: str) -> SignIn:
             security.audit("login.failed", target=user.email, tenant_id=user.tenant_id, actor=user.email)
             s.commit()
             return SignIn(error=security.locked_message(wait) if wait else INVALID_LOGIN)
-        if _tenant_suspended(s, user):  # told only after the right password: no oracle for guessers
+        if tenant_suspended(s, user.tenant_id):  # told only after the right password: no oracle for guessers
             security.clear_failures(user)
             security.audit("login.suspended", target=user.email, tenant_id=user.tenant_id, actor=user.email)
             s.commit()

@@ -16,7 +16,6 @@ from __future__ import annotations
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from flask_login import current_user
-from sqlalchemy import select
 from werkzeug.wrappers import Response
 
 from app import CONTENT_SECURITY_POLICY, held
@@ -41,6 +40,7 @@ from tenants.exceptions import (
 )
 from tenants.models import Message, Role, Tenant, User
 from tenants.scope import load, tenant_scope
+from tenants.services import tenant_suspended
 from tenants.tokens import redeem_login_token, spent_result, verify_action_token, verify_login_token
 
 bp = Blueprint("quarantine", __name__, url_prefix="/q")
@@ -267,7 +267,7 @@ def _refusal(exc: TokenError) -> ResponseReturnValue:
 
 def _suspended(tenant_id: int) -> TokenInvalid | None:
     """A digest link of a suspended tenant's user neither signs in nor acts (its mail is still delivered)."""
-    if db.session.scalar(select(Tenant.suspended).where(Tenant.id == tenant_id)):
+    if tenant_suspended(db.session, tenant_id):
         return TokenInvalid(SUSPENDED_LOGIN)
     return None
 

@@ -59,6 +59,13 @@ def get_tenant(session: Session, ref: str | int) -> Tenant:
     return tenant
 
 
+def tenant_suspended(session: Session, tenant_id: int | None) -> bool:
+    """Whether the tenant is suspended (None, the MSP's own level, never is): its people and keys are refused."""
+    if tenant_id is None:
+        return False
+    return bool(session.scalar(select(Tenant.suspended).where(Tenant.id == tenant_id)))
+
+
 def list_tenants(session: Session) -> list[Tenant]:
     scope = current_scope()
     stmt = select(Tenant).order_by(Tenant.name)

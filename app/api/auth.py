@@ -23,14 +23,13 @@ from typing import Any
 
 from flask import current_app, g, request
 from redis.exceptions import RedisError
-from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.api.errors import ApiError
 from app.extensions import db, redis
 from tenants import apikeys
-from tenants.models import Tenant
 from tenants.scope import Scope, reset_scope, set_scope
+from tenants.services import tenant_suspended
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +119,7 @@ def check(scope: str) -> None:
         raise _unauthorized("unknown or revoked API key", "invalid_token")
     found = ApiCaller(key_id=key.id, prefix=key.prefix, tenant_id=key.tenant_id, scopes=frozenset(key.scope_list))
     rate_limit(found.key_id)
-    if found.tenant_id is not None and session.scalar(select(Tenant.suspended).where(Tenant.id == found.tenant_id)):
+    if tenant_suspended(session, found.tenant_id):
         raise ApiError(403, "tenant_suspended", "this API key's organisation is suspended")
     if scope not in found.scopes:
         raise ApiError(403, "forbidden_scope", f"this API key lacks the {scope!r} scope")
