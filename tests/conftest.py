@@ -26,7 +26,7 @@ from tests.servers import Process, Sink, free_port, start_postgres, start_redis,
 
 #: Fixture modules of the real servers the checks need (DNS, clamd, spamd, rspamd), usable from every test module.
 pytest_plugins = ["tests.fixtures_dns", "tests.fixtures_av", "tests.fixtures_peers", "tests.fixtures_browser",
-                  "tests.fixtures_ldap"]
+                  "tests.fixtures_api", "tests.fixtures_ldap"]
 
 TEST_DB = os.environ.get("MAILWARD_TEST_DB", "sqlite")
 _counter = itertools.count()

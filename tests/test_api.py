@@ -24,11 +24,11 @@ from tenants.lists import add_entry
 from tenants.models import ApiKey, Delivery, Domain, ListEntry, Message, Tenant, User, ValidRecipient, utcnow
 from tenants.recipients import add_static
 from tenants.scope import msp_scope, tenant_scope
+from tests.fixtures_api import API, Client, auth, error, make_key
 from tests.held import hold
 from tests.servers import run_cli
 from tests.web import read, sign_in
 
-API = "/api/v1"
 #: A URL rule's argument, ``<converter:name>`` or ``<name>``; group 1 is the name.
 ARGUMENT = re.compile(r"<(?:\w+(?:\([^)]*\))?:)?(\w+)>")
 #: Examples schemathesis generates per operation and mode (valid, invalid): a bounded run of a few seconds.
@@ -36,80 +36,6 @@ CONFORMANCE_EXAMPLES = 15
 #: Checks left out of that run: any string is a schema-valid page cursor, yet only one this API returned is a
 #: cursor (an opaque keyset position cannot be described by a JSON Schema), so a made-up one is rightly a 422.
 EXCLUDED_CHECKS = [positive_data_acceptance]
-ALL_SCOPES = "read,write,quarantine"
-
-
-def make_key(cfg: Any, tenant_id: int | None, scopes: str = ALL_SCOPES, name: str = "test") -> str:
-    """A new key for a tenant (or the MSP with None), made through the service the CLI uses."""
-    with msp_scope(), tdb.session_scope(cfg) as s:
-        tenant = None
-        if tenant_id is not None:
-            from tenants.services import get_tenant
-
-            tenant = get_tenant(s, tenant_id)
-        return apikeys.create(s, tenant, scopes, name).secret
-
-
-def auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-class Client:
-    """The Flask test client with one API key."""
-
-    def __init__(self, web_app: Any, key: str) -> None:
-        self.client = web_app.test_client()
-        self.key = key
-
-    def get(self, path: str, **kw: Any) -> Any:
-        return self.client.get(API + path, headers=auth(self.key), **kw)
-
-    def post(self, path: str, body: Any = None, **kw: Any) -> Any:
-        return self.client.post(API + path, headers=auth(self.key), json=body, **kw)
-
-    def delete(self, path: str, **kw: Any) -> Any:
-        return self.client.delete(API + path, headers=auth(self.key), **kw)
-
-    def all_pages(self, path: str, **params: Any) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        cursor = None
-        for _ in range(1000):
-            query = {**params, **({"cursor": cursor} if cursor else {})}
-            resp = self.get(path, query_string=query)
-            assert resp.status_code == 200, resp.get_json()
-            body = resp.get_json()
-            items.extend(body["items"])
-            cursor = body["next_cursor"]
-            if cursor is None:
-                return items
-        raise AssertionError("paging never ended")
-
-
-def error(resp: Any, status: int, code: str) -> dict[str, Any]:
-    """Assert a JSON error answer with this status and stable code; its error body."""
-    assert resp.status_code == status, (resp.status_code, resp.get_data(as_text=True)[:500])
-    assert resp.mimetype == "application/json", resp.get_data(as_text=True)[:200]
-    body = resp.get_json()["error"]
-    assert body["code"] == code, body
-    assert body["message"]
-    return body  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-def keys(cfg, world) -> dict[str, str]:
-    """Keys with every scope for Acme, for Beta and for the MSP."""
-    return {"acme": make_key(cfg, world["acme"].id), "beta": make_key(cfg, world["beta"].id),
-            "msp": make_key(cfg, None)}
-
-
-@pytest.fixture
-def acme_api(web_app, keys) -> Client:
-    return Client(web_app, keys["acme"])
-
-
-@pytest.fixture
-def msp_api(web_app, keys) -> Client:
-    return Client(web_app, keys["msp"])
 
 
 # --- keys -----------------------------------------------------------------------------------------------------------

@@ -15,36 +15,10 @@ from tenants import audit as audit_log
 from tenants import db as tdb
 from tenants.models import AuditEntry, DkimKey, MessageView, utcnow
 from tenants.scope import msp_scope
+from tests.fixtures_api import Client, error, make_key
 from tests.held import hold
-from tests.test_api import Client, error, make_key
 from tests.web import domain_row, policy_version, read
 from worker import rollup
-
-
-@pytest.fixture
-def keys(cfg, world) -> dict[str, str]:
-    """Keys with every scope for Acme, for Beta and for the MSP."""
-    return {"acme": make_key(cfg, world["acme"].id), "beta": make_key(cfg, world["beta"].id),
-            "msp": make_key(cfg, None)}
-
-
-@pytest.fixture
-def acme_api(web_app, keys) -> Client:
-    return Client(web_app, keys["acme"])
-
-
-@pytest.fixture
-def beta_api(web_app, keys) -> Client:
-    return Client(web_app, keys["beta"])
-
-
-@pytest.fixture
-def msp_api(web_app, keys) -> Client:
-    return Client(web_app, keys["msp"])
-
-
-def put(api: Client, path: str, body: Any) -> Any:
-    return api.client.put("/api/v1" + path, headers={"Authorization": f"Bearer {api.key}"}, json=body)
 
 
 def domain_id(cfg: Any, name: str) -> int:
@@ -65,7 +39,7 @@ def test_a_tenant_key_reads_and_replaces_its_domains_transport(acme_api, cfg, wo
     assert got.get_json() == {"domain_id": acme_test, "domain": "acme.test", "host": "127.0.0.1", "port": 25,
                               "tls": "none"}
     version = policy_version(cfg)
-    resp = put(acme_api, f"/domains/{acme_test}/transport", {"host": "mail.acme.test", "port": 2525,
+    resp = acme_api.put(f"/domains/{acme_test}/transport", {"host": "mail.acme.test", "port": 2525,
                                                              "tls": "required"})
     assert resp.status_code == 200, resp.get_json()
     assert resp.get_json()["host"] == "mail.acme.test"
@@ -75,13 +49,13 @@ def test_a_tenant_key_reads_and_replaces_its_domains_transport(acme_api, cfg, wo
     (entry,) = entries(cfg, "domain.transport")
     assert entry.actor.startswith("api key mw_") and entry.tenant_id == world["acme"].id
     assert entry.target == "domain acme.test" and "mail.acme.test:2525" in entry.detail
-    defaults = put(acme_api, f"/domains/{acme_test}/transport", {"host": "[2001:db8::25]"}).get_json()
+    defaults = acme_api.put(f"/domains/{acme_test}/transport", {"host": "[2001:db8::25]"}).get_json()
     assert (defaults["host"], defaults["port"], defaults["tls"]) == ("2001:db8::25", 25, "opportunistic")
 
 
 def test_an_msp_key_replaces_any_tenants_transport_and_the_entry_is_that_tenants(msp_api, cfg, world):
     beta_test = domain_id(cfg, "beta.test")
-    resp = put(msp_api, f"/domains/{beta_test}/transport", {"host": "mx.beta.test", "port": 587, "tls": "none"})
+    resp = msp_api.put(f"/domains/{beta_test}/transport", {"host": "mx.beta.test", "port": 587, "tls": "none"})
     assert resp.status_code == 200, resp.get_json()
     assert domain_row(cfg, "beta.test")[1:] == ("mx.beta.test", 587, "none")
     (entry,) = entries(cfg, "domain.transport")
@@ -94,7 +68,7 @@ def test_bad_transports_are_422_naming_the_field_and_change_nothing(acme_api, cf
                         ({"host": "mx.acme.test", "port": 0}, "port"),
                         ({"host": "mx.acme.test", "tls": "maybe"}, "tls"),
                         ({"port": 25}, "host"), ({"host": "mx.acme.test", "extra": 1}, "extra")):
-        body_out = error(put(acme_api, path, body), 422, "validation")
+        body_out = error(acme_api.put(path, body), 422, "validation")
         assert field in body_out["fields"], (body, body_out)
     assert domain_row(cfg, "acme.test")[1:] == ("127.0.0.1", 25, "none")
     assert entries(cfg, "domain.transport") == []
@@ -104,7 +78,7 @@ def test_a_read_key_cannot_replace_a_transport(web_app, cfg, world):
     reader = Client(web_app, make_key(cfg, world["acme"].id, "read"))
     path = f"/domains/{domain_id(cfg, 'acme.test')}/transport"
     assert reader.get(path).status_code == 200
-    body = error(put(reader, path, {"host": "evil.example"}), 403, "forbidden_scope")
+    body = error(reader.put(path, {"host": "evil.example"}), 403, "forbidden_scope")
     assert "write" in body["message"]
     assert domain_row(cfg, "acme.test")[1] == "127.0.0.1"
 
@@ -113,7 +87,7 @@ def test_another_tenants_transport_is_404_to_read_and_to_replace(beta_api, cfg, 
     """Beta's key on Acme's domain: the same 404 as for a domain that does not exist, and nothing changes."""
     acme_test = domain_id(cfg, "acme.test")
     error(beta_api.get(f"/domains/{acme_test}/transport"), 404, "not_found")
-    body = error(put(beta_api, f"/domains/{acme_test}/transport", {"host": "mx.attacker.example"}), 404, "not_found")
+    body = error(beta_api.put(f"/domains/{acme_test}/transport", {"host": "mx.attacker.example"}), 404, "not_found")
     assert "acme" not in json.dumps(body).lower()
     assert domain_row(cfg, "acme.test")[1] == "127.0.0.1"
     error(beta_api.get("/domains/999999/transport"), 404, "not_found")

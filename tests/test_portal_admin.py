@@ -13,9 +13,9 @@ from tenants import apikeys, relay
 from tenants import db as tdb
 from tenants.models import ApiKey, AuditEntry, DkimKey, RelayNetwork, Role, SmtpCredential, User, utcnow
 from tenants.scope import msp_scope, tenant_scope
+from tests.fixtures_api import API, make_key
 from tests.web import csrf_token, read, sign_in, text
 
-API = "/api/v1"
 #: A full API key as tenants.apikeys makes it.
 KEY_RE = re.compile(r"mw_[0-9a-f]{8}_[A-Za-z0-9_-]{20,}")
 PORTAL_PAGES = ("/portal/users", "/portal/apikeys", "/portal/dkim", "/portal/outbound")
@@ -388,13 +388,6 @@ def test_an_smtp_login_is_shown_once_verifies_and_stops_when_revoked(web_app, cf
 
 
 # --- the REST API's users -------------------------------------------------------------------------------------------
-
-def make_key(cfg: Any, tenant_id: int | None, scopes: str = "read,write,quarantine") -> str:
-    from tenants.services import get_tenant
-
-    with msp_scope(), tdb.session_scope(cfg) as s:
-        return apikeys.create(s, get_tenant(s, tenant_id) if tenant_id else None, scopes, "t").secret
-
 
 def api(web_app: Any, key: str, method: str, path: str, body: Any = None) -> Any:
     return web_app.test_client().open(API + path, method=method, json=body,

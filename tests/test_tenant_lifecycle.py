@@ -43,12 +43,12 @@ from tenants.policy import save_settings
 from tenants.relay import add_relay_network, create_smtp_credential, load_relay_networks, verify_smtp_login
 from tenants.scope import TenantScoped, msp_scope, tenant_scope
 from tenants.services import get_tenant
+from tests.fixtures_api import API, auth, make_key
 from tests.held import hold, raw_mail
 from tests.servers import run_cli, wait_for
 from tests.test_ingress import client, make_mail
 from tests.web import csrf_token, post_form, read, sign_in, text
 
-API = "/api/v1"
 SMTP_PASSWORD = "relay-password-long-enough"
 #: Tables every populated tenant has rows in (the delete test proves each one is emptied, not just the empty ones).
 POPULATED = {"domain", "user_account", "api_key", "message", "blob", "delivery", "event", "finding",
@@ -414,16 +414,10 @@ def test_console_suspend_export_delete_as_msp_admin(web_app, cfg, data):
 
 # --- the REST API ---------------------------------------------------------------------------------------------------
 
-def make_key(cfg: Any, tenant_id: int | None, scopes: str) -> dict[str, str]:
-    with msp_scope(), tdb.session_scope(cfg) as s:
-        tenant = get_tenant(s, tenant_id) if tenant_id is not None else None
-        return {"Authorization": f"Bearer {apikeys.create(s, tenant, scopes).secret}"}
-
-
 def test_api_tenant_routes_are_404_for_tenant_keys(web_app, cfg, data):
     client = web_app.test_client()
     tid = data["acme"].tenant_id
-    for headers in (make_key(cfg, tid, "read,write,quarantine"), {"Authorization": f"Bearer {data['beta'].api_key}"}):
+    for headers in (auth(make_key(cfg, tid)), auth(data["beta"].api_key)):
         calls = [client.post(f"{API}/tenants", json={"name": "Mine"}, headers=headers),
                  client.get(f"{API}/tenants/{tid}", headers=headers),
                  client.post(f"{API}/tenants/{tid}/suspend", headers=headers),
@@ -437,7 +431,7 @@ def test_api_tenant_routes_are_404_for_tenant_keys(web_app, cfg, data):
 
 def test_api_tenant_lifecycle_with_an_msp_key(web_app, cfg, data):
     client = web_app.test_client()
-    msp = make_key(cfg, None, "read,write,quarantine")
+    msp = auth(make_key(cfg, None))
     created = client.post(f"{API}/tenants", json={"name": "Gamma"}, headers=msp)
     assert created.status_code == 201 and created.get_json()["name"] == "Gamma"
     dup = client.post(f"{API}/tenants", json={"name": "gamma"}, headers=msp)
@@ -454,7 +448,7 @@ def test_api_tenant_lifecycle_with_an_msp_key(web_app, cfg, data):
     suspended = client.post(f"{API}/tenants/{tid}/suspend", headers=msp)
     assert suspended.status_code == 200 and suspended.get_json()["suspended"] is True
 
-    read_only = client.get(f"{API}/tenants/{tid}/export", headers=make_key(cfg, None, "read"))
+    read_only = client.get(f"{API}/tenants/{tid}/export", headers=auth(make_key(cfg, None, "read")))
     assert read_only.status_code == 403 and read_only.get_json()["error"]["code"] == "forbidden_scope"
     no_export = client.delete(f"{API}/tenants/{tid}", json={"confirm": "Acme"}, headers=msp)
     assert no_export.status_code == 409 and "download an export" in no_export.get_json()["error"]["message"]
