@@ -25,20 +25,26 @@ from tenants.redisconn import bump_policy_version
 def _page(tenant_id: int | None, can_edit: bool, action: str, error: str | None = None,
           submitted: dict[str, str] | None = None, status: int = 200) -> ResponseReturnValue:
     settings = policyedit.settings_view(db.session, tenant_id)
+    scores = policyedit.scores_view(db.session, tenant_id)
     values = {s.key: s.own for s in settings}
+    score_values = {r.symbol: r.own for r in scores}
     locked = set(policyedit.locked_keys(db.session))
     if submitted is not None:
         values.update({k[len(policyedit.FIELD_PREFIX):]: v for k, v in submitted.items()
                        if k.startswith(policyedit.FIELD_PREFIX)})
+        score_values.update({k[len(policyedit.SCORE_PREFIX):]: v for k, v in submitted.items()
+                             if k.startswith(policyedit.SCORE_PREFIX)})
         if tenant_id is None:
             locked = set(request.form.getlist("locked"))
-    return render_template("policy/edit.html", settings=settings, values=values, locked=locked,
+    return render_template("policy/edit.html", settings=settings, values=values, locked=locked, scores=scores,
+                           score_values=score_values, scores_locked=policyedit.SCORES in locked,
                            baseline=tenant_id is None, can_edit=can_edit, action=action, error=error), status
 
 
 def _save(tenant_id: int | None, action: str, back: str) -> ResponseReturnValue:
     s = db.session
-    form = {k: v for k, v in request.form.items() if k.startswith(policyedit.FIELD_PREFIX)}
+    form = {k: v for k, v in request.form.items()
+            if k.startswith((policyedit.FIELD_PREFIX, policyedit.SCORE_PREFIX))}
     locked = request.form.getlist("locked") if tenant_id is None else None
     try:
         changed = policyedit.apply_form(s, tenant_id, form, locked)

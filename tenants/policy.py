@@ -207,12 +207,18 @@ def save_settings(session: Session, tenant_id: int | None, changes: dict[str, An
                   remove: tuple[str, ...] | list[str] = ()) -> Policy:
     """Merge ``changes`` into the stored settings of a tenant (or the baseline for None), validate, and stage it.
 
-    ``remove``: keys this layer stops setting (the layer below applies again).
+    ``remove``: keys this layer stops setting (the layer below applies again); ``scores.SYMBOL`` stops overriding
+    one symbol's score.
     """
     current = _settings_of(session, tenant_id)
     merged = {k: v for k, v in {**current, **changes}.items() if k not in remove}
     if "scores" in changes and "scores" in current:
         merged["scores"] = {**current["scores"], **changes["scores"]}
+    dropped = {k.partition(".")[2] for k in remove if k.startswith("scores.")}
+    if dropped and isinstance(merged.get("scores"), dict):
+        merged["scores"] = {k: v for k, v in merged["scores"].items() if k not in dropped}
+        if not merged["scores"]:
+            del merged["scores"]
     policy = policy_from(_settings_of(session, None), merged) if tenant_id is not None else policy_from(merged)
     row = _settings_row(session, tenant_id)
     if row is None:

@@ -4,7 +4,9 @@ A form sends text per key (``v_<key>``): a value sets the key in that layer, an 
 layer below applies again: the baseline for a tenant, the code default for the baseline), a key not sent is left
 alone. A tenant may not change a key the baseline locks. A baseline change that would make a tenant's stored
 overrides invalid (say a tag threshold above the tenant's quarantine threshold) is refused, naming the tenant, so
-the ingress never meets a policy it cannot load. Score overrides stay with the CLI (``mailward policy set``).
+the ingress never meets a policy it cannot load. Symbol scores are edited the same way (``s_<SYMBOL>``): a number
+overrides the shipped score (or the baseline's) in that layer, empty inherits again; the baseline may lock all score
+overrides for tenants (``scores`` in ``locked``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from tenants.policy import (
     stored_settings,
 )
 from tenants.scope import msp_scope
+from tenants.symbols import symbol_table
 
 #: The settings the web pages edit, in the order shown, with their labels.
 EDITABLE: dict[str, str] = {
@@ -53,6 +56,14 @@ EDITABLE: dict[str, str] = {
 }
 #: Form field name of a key.
 FIELD_PREFIX = "v_"
+#: Form field name of a symbol's score override.
+SCORE_PREFIX = "s_"
+#: The policy key holding symbol score overrides; lockable as a whole.
+SCORES = "scores"
+#: What the baseline may lock: every setting on the page, and the score overrides as a whole.
+LOCKABLE = frozenset(EDITABLE) | {SCORES}
+#: Largest score override either way (the virus symbol ships at +100; beyond this is a typo, not a policy).
+MAX_SCORE = 1000.0
 #: What a tenant sees as the source of a value.
 DEFAULT, BASELINE, TENANT = "default", "baseline", "tenant"
 
@@ -71,6 +82,20 @@ class Setting:
     #: Where the effective value comes from: default, baseline or tenant.
     source: str
     locked: bool
+
+
+@dataclass(frozen=True)
+class ScoreRow:
+    """One symbol on a policy page: its shipped score, the baseline's and this layer's override, the one in effect."""
+
+    symbol: str
+    description: str
+    default: str
+    #: The baseline's override as text ("" when it sets none).
+    baseline: str
+    #: This layer's own override as form text ("" when it sets none; for the baseline page, the baseline's).
+    own: str
+    effective: str
 
 
 def _kind(key: str) -> str:
@@ -148,6 +173,52 @@ def settings_view(session: Session, tenant_id: int | None) -> list[Setting]:
     return out
 
 
+def _scores(settings: Mapping[str, Any]) -> dict[str, float]:
+    value = settings.get(SCORES, {})
+    return {str(k): float(v) for k, v in value.items()} if isinstance(value, dict) else {}
+
+
+def scores_view(session: Session, tenant_id: int | None) -> list[ScoreRow]:
+    """Every shipped symbol (and any other with an override), by name, for the baseline (None) or a tenant."""
+    table = symbol_table()
+    baseline = _scores(stored_settings(session, None))
+    own = baseline if tenant_id is None else _scores(stored_settings(session, tenant_id))
+    tenant_counts = tenant_id is not None and SCORES not in locked_keys(session)
+    rows = []
+    for name in sorted(set(table) | set(baseline) | set(own)):
+        shipped = table[name].score if name in table else 0.0
+        effective = own[name] if tenant_counts and name in own else baseline.get(name, shipped)
+        rows.append(ScoreRow(name, table[name].description if name in table else "", _text(shipped),
+                             _text(baseline.get(name)), _text(own.get(name)), _text(effective)))
+    return rows
+
+
+def _score_changes(form: Mapping[str, str], own: dict[str, float]) -> tuple[dict[str, float], list[str]]:
+    """The score overrides a form sets and the ones it clears (fields ``s_<SYMBOL>``; a symbol not sent is kept)."""
+    known = set(symbol_table()) | set(own)
+    changes: dict[str, float] = {}
+    cleared: list[str] = []
+    for name, raw in form.items():
+        if not name.startswith(SCORE_PREFIX):
+            continue
+        symbol, raw = name[len(SCORE_PREFIX):], raw.strip()
+        if symbol not in known:
+            raise ValidationError(f"score of {symbol}: there is no such symbol")
+        if raw == "":
+            if symbol in own:
+                cleared.append(symbol)
+            continue
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValidationError(f"score of {symbol}: {raw!r} is not a number") from None
+        if not math.isfinite(value) or abs(value) > MAX_SCORE:
+            raise ValidationError(f"score of {symbol}: use a number from -{MAX_SCORE:g} to {MAX_SCORE:g}")
+        if own.get(symbol) != value:
+            changes[symbol] = value
+    return changes, sorted(cleared)
+
+
 def _check_tenants_still_load(session: Session) -> None:
     """Every tenant's stored overrides must still make a valid policy over the (staged) baseline."""
     with msp_scope():
@@ -190,16 +261,23 @@ def apply_form(session: Session, tenant_id: int | None, form: Mapping[str, str],
             continue
         changes[key] = value
         described.append(f"{key}={_text(value)}")
+    score_changes, score_cleared = _score_changes(form, _scores(own))
+    if score_changes:
+        changes[SCORES] = score_changes
+        described += [f"{SCORES}.{k}={_text(v)}" for k, v in sorted(score_changes.items())]
+    if score_cleared:
+        remove += [f"{SCORES}.{k}" for k in score_cleared]
+        described += [f"{SCORES}.{k} {'inherited' if tenant_id is not None else 'default'}" for k in score_cleared]
     if tenant_id is not None:
-        refused = sorted(k for k in [*changes, *remove] if k in locked_now)
+        refused = sorted({k.partition(".")[0] for k in [*changes, *remove]} & locked_now)
         if refused:
             raise ValidationError(f"locked by your provider: {', '.join(refused)}")
     if locked is not None:
-        unknown = sorted(set(locked) - set(EDITABLE))
+        unknown = sorted(set(locked) - LOCKABLE)
         if unknown:
             raise ValidationError(f"cannot lock unknown setting(s): {', '.join(unknown)}")
-        # Locks on keys the form does not show (scores, set with the CLI) stay as they are.
-        new_locked = sorted(set(locked) | (locked_now - set(EDITABLE)))
+        # Locks on keys the page does not show (set with the CLI) stay as they are.
+        new_locked = sorted(set(locked) | (locked_now - LOCKABLE))
         if new_locked != sorted(locked_now):
             changes["locked"] = new_locked
             described.append(f"locked={','.join(new_locked) or '-'}")

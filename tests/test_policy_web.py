@@ -79,11 +79,68 @@ def test_a_baseline_change_that_breaks_a_tenants_policy_is_refused(web_app, worl
 
 
 def test_keys_locked_before_keep_their_lock_when_the_form_is_saved(web_app, world, cfg):
-    """A lock set with the CLI on a key the page does not edit (scores) survives a save from the page."""
-    read(cfg, lambda s: save_settings(s, None, {"locked": ["scores"]}))
+    """A lock set with the CLI on a key the page does not edit (bayes_min_trained) survives a save from the page."""
+    read(cfg, lambda s: save_settings(s, None, {"locked": ["bayes_min_trained"]}))
     client = sign_in(web_app, "admin@msp.test")
     post_form(client, "/console/policy", "/console/policy", {"v_tag_threshold": "4", "locked": "greylisting"})
-    assert sorted(_baseline(cfg)["locked"]) == ["greylisting", "scores"]
+    assert sorted(_baseline(cfg)["locked"]) == ["bayes_min_trained", "greylisting"]
+
+
+# --- symbol scores ------------------------------------------------------------------------------------------------
+
+def _score_row(page: str, symbol: str) -> str:
+    m = re.search(rf'<tr data-symbol="{symbol}">(.*?)</tr>', page, re.S)
+    assert m, f"no score row {symbol}"
+    return m.group(1)
+
+
+def test_baseline_and_tenant_override_symbol_scores_and_clear_them(web_app, world, cfg):
+    """The MSP overrides a shipped score for everyone, a tenant overrides it again for itself; emptying a field
+    inherits again. The ingress's policy (load_policy) sees each step, every step is audited."""
+    acme = world["acme"].id
+    admin = sign_in(web_app, "admin@msp.test")
+    page = text(admin.get("/console/policy"))
+    assert "<code>BAYES_99</code>" in _score_row(page, "BAYES_99")  # every shipped symbol is listed
+    resp = post_form(admin, "/console/policy", "/console/policy", {"s_BAYES_99": "6.5", "s_SPF_FAIL": "2"})
+    assert resp.status_code == 302, text(resp)
+    assert _baseline(cfg)["scores"] == {"BAYES_99": 6.5, "SPF_FAIL": 2.0}
+    assert read(cfg, lambda s: load_policy(s, acme).scores) == {"BAYES_99": 6.5, "SPF_FAIL": 2.0}
+
+    tenant = sign_in(web_app, "admin@acme.test")
+    row = _score_row(text(tenant.get("/portal/policy")), "BAYES_99")
+    assert '<td class="num">6.5</td>' in row and 'class="num effective">6.5<' in row
+    post_form(tenant, "/portal/policy", "/portal/policy", {"s_BAYES_99": "9", "s_DKIM_VALID": "-2"})
+    assert _own(cfg, acme)["scores"] == {"BAYES_99": 9.0, "DKIM_VALID": -2.0}
+    assert read(cfg, lambda s: load_policy(s, acme).scores) == {"BAYES_99": 9.0, "SPF_FAIL": 2.0, "DKIM_VALID": -2.0}
+    post_form(tenant, "/portal/policy", "/portal/policy", {"s_BAYES_99": ""})
+    assert _own(cfg, acme)["scores"] == {"DKIM_VALID": -2.0}
+    assert read(cfg, lambda s: load_policy(s, acme).scores)["BAYES_99"] == 6.5
+    details = [d for _, d, _ in _audits(cfg)]
+    assert any("scores.BAYES_99=9" in d for d in details) and any("scores.BAYES_99 inherited" in d for d in details)
+
+    post_form(admin, "/console/policy", "/console/policy", {"s_BAYES_99": "", "s_SPF_FAIL": ""})
+    assert "scores" not in _baseline(cfg)
+
+
+def test_score_validation_and_the_scores_lock(web_app, world, cfg):
+    acme = world["acme"].id
+    admin = sign_in(web_app, "admin@msp.test")
+    for data, message in (({"s_BAYES_99": "lots"}, "score of BAYES_99: &#39;lots&#39; is not a number"),
+                          ({"s_BAYES_99": "1e9"}, "score of BAYES_99: use a number from -1000 to 1000"),
+                          ({"s_NO_SUCH_SYMBOL": "1"}, "score of NO_SUCH_SYMBOL: there is no such symbol")):
+        resp = post_form(admin, "/console/policy", "/console/policy", data)
+        assert resp.status_code == 422 and message in text(resp), (data, text(resp))
+    assert _baseline(cfg) == {}
+    assert post_form(admin, "/console/policy", "/console/policy", {"locked": "scores"}).status_code == 302
+    assert _baseline(cfg)["locked"] == ["scores"]
+
+    tenant = sign_in(web_app, "admin@acme.test")
+    page = text(tenant.get("/portal/policy"))
+    assert "Your provider sets the symbol scores" in page
+    assert 'id="s_BAYES_99" value="" size="7" inputmode="decimal" disabled' in page
+    resp = post_form(tenant, "/portal/policy", "/portal/policy", {"s_BAYES_99": "0"})
+    assert resp.status_code == 422 and "locked by your provider: scores" in text(resp)
+    assert "scores" not in _own(cfg, acme)
 
 
 def test_helpdesk_reads_the_baseline_but_cannot_change_it(web_app, world, cfg):
