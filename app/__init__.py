@@ -21,7 +21,7 @@ from werkzeug.wrappers import Response
 
 from app.access import enforce
 from app.auth import enter_scope, leave_scope, load_principal
-from app.extensions import csrf, db, init_mailward, login_manager
+from app.extensions import csrf, db, init_mailward, limiter, limiter_storage_uri, login_manager
 from tenants import db as tdb
 from tenants.config import Config, get_config
 from tenants.exceptions import NotFound
@@ -75,9 +75,16 @@ def create_app(cfg: Config | None = None, *, heartbeat: bool = False) -> Flask:
     )
     app.session_interface = _SessionInterface()
 
+    app.config.update(
+        RATELIMIT_STORAGE_URI=limiter_storage_uri(cfg),
+        RATELIMIT_STRATEGY="fixed-window",
+        RATELIMIT_KEY_PREFIX="mailward:limit",
+        RATELIMIT_SWALLOW_ERRORS=True,  # Redis away: the account lockout in the database still holds
+    )
     init_mailward(app, cfg)
     db.init_app(app, cfg)
     csrf.init_app(app)  # its before_request runs first: a POST without a valid token never reaches a view
+    limiter.init_app(app)
     login_manager.init_app(app)
     login_manager.login_view = "auth.login"
     login_manager.login_message_category = "info"
@@ -199,6 +206,8 @@ def _register_error_handlers(app: Flask) -> None:
         return _error_page(400, f"{exc.description} Reload the page and submit the form again.")
 
     def http_error(exc: HTTPException) -> ResponseReturnValue:
+        if exc.response is not None:  # the raiser built its own answer (the sign-in limit's page, with Retry-After)
+            return exc.response
         return _error_page(exc.code or 500)
 
     app.register_error_handler(NotFound, not_found)

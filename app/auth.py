@@ -253,12 +253,11 @@ def home() -> ResponseReturnValue:
 
 @bp.route("/login", methods=["GET", "POST"])
 @allow_public
+@security.sign_in_limit
 def login() -> ResponseReturnValue:
     if current_user.is_authenticated and not session.get(LINK_SESSION):  # a link session may sign in fully
         return redirect(home_url(current_user))
     form = LoginForm()
-    if request.method == "POST" and (wait := security.ip_wait()) is not None:
-        return security.too_many_requests(wait)
     if form.validate_on_submit():
         outcome = authenticate(form.email.data or "", form.password.data or "")
         principal = outcome.principal
@@ -282,6 +281,7 @@ def _sign_in(principal: Principal, next_url: str | None) -> None:
 
 @bp.route("/login/totp", methods=["GET", "POST"])
 @allow_public
+@security.sign_in_limit
 def login_totp() -> ResponseReturnValue:
     """The second step: the code from the authenticator app. Not signed in until it passes; a code works once."""
     pending = session.get(PENDING_TOTP)
@@ -291,8 +291,6 @@ def login_totp() -> ResponseReturnValue:
             flash("Sign in again: the code was not entered in time.", "error")
         return redirect(url_for("auth.login"))
     form = security.TotpForm()
-    if request.method == "POST" and (wait := security.ip_wait()) is not None:
-        return security.too_many_requests(wait)
     if form.validate_on_submit():
         s = db.session
         with msp_scope():

@@ -15,6 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Flask, current_app, g
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
 from flask_login import LoginManager
 from flask_wtf.csrf import CSRFProtect
 from sqlalchemy import Engine
@@ -76,6 +78,15 @@ def redis() -> Any:
     return current_app.extensions[_EXT]["redis"]
 
 
+def limiter_storage_uri(cfg: Config) -> str:
+    """The Redis URL in the form the ``limits`` library takes (a unix socket is ``redis+unix://``)."""
+    url = cfg.effective_redis_url
+    return "redis+unix://" + url[len("unix://"):] if url.startswith("unix://") else url
+
+
 db = Database()
 login_manager = LoginManager()
 csrf = CSRFProtect()
+#: Request rate limits (Flask-Limiter on the installation's Redis), keyed by client address: the sign-in forms'
+#: per-IP wall (:mod:`app.security`). Redis being away lets requests through (``RATELIMIT_SWALLOW_ERRORS``).
+limiter = Limiter(key_func=get_remote_address)

@@ -3,7 +3,7 @@ settings (TOTP requirement, consent banner) and "view as" a tenant.
 
 Throttling has two walls. Per account: :data:`LOCK_AFTER` failed sign-ins in a row (passwords or second-factor codes)
 lock it for :data:`LOCK_FOR`; an unknown address gets the very same answers from a Redis counter, so the message never
-tells whether an account exists. Per client IP: a Redis fixed window counts failed sign-ins; past
+tells whether an account exists. Per client IP: Flask-Limiter on Redis counts failed sign-ins in a fixed window; past
 :data:`IP_LIMIT` in :data:`IP_WINDOW` seconds the sign-in forms answer 429. Redis being away opens the IP wall (the
 account lockout in the database still holds) rather than locking everyone out.
 
@@ -23,8 +23,20 @@ from datetime import time as dtime
 from typing import Any
 
 import redis as redis_lib
-from flask import Response, flash, redirect, render_template, request, session, stream_with_context, url_for
+from flask import (
+    Response,
+    flash,
+    g,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    session,
+    stream_with_context,
+    url_for,
+)
 from flask.typing import ResponseReturnValue
+from flask_limiter import RequestLimit
 from flask_login import current_user
 from flask_wtf import FlaskForm
 from sqlalchemy import select
@@ -34,7 +46,7 @@ from wtforms.validators import DataRequired, Length, Optional
 
 from app import console, held, portal
 from app.access import MSP_ROLES, allow
-from app.extensions import db, redis
+from app.extensions import db, limiter, redis
 from tenants import audit as audit_log
 from tenants import services
 from tenants.exceptions import NotFound, ValidationError
@@ -51,8 +63,7 @@ LOCK_FOR = timedelta(minutes=15)
 IP_LIMIT = 20
 #: The IP window, in seconds (fixed windows: the count starts again at each multiple).
 IP_WINDOW = 300
-#: Redis keys: one IP's failures in one window; one unknown address's failures (hashed: no addresses in Redis).
-IP_KEY = "mailward:login:ip:{ip}:{window}"
+#: Redis key of one unknown address's failures (hashed: no addresses in Redis).
 UNKNOWN_KEY = "mailward:login:unknown:{digest}"
 #: Session key holding the tenant id an MSP user is viewing as.
 VIEW_AS = "view_as"
@@ -73,39 +84,29 @@ def client_ip() -> str:
     return request.remote_addr or "unknown"
 
 
-def _ip_key(now: float | None = None) -> str:
-    return IP_KEY.format(ip=client_ip(), window=int((now or time.time()) // IP_WINDOW))
-
-
-def ip_wait() -> int | None:
-    """Seconds until this client may try again, when it is over the per-IP limit; else None."""
-    try:
-        count = int(redis().get(_ip_key()) or 0)
-    except (redis_lib.RedisError, OSError) as exc:
-        log.warning("sign-in IP limit unavailable (Redis: %s); letting the attempt through", exc)
-        return None
-    if count < IP_LIMIT:
-        return None
-    return IP_WINDOW - int(time.time()) % IP_WINDOW
-
-
 def count_ip_failure() -> None:
-    try:
-        pipe = redis().pipeline()
-        key = _ip_key()
-        pipe.incr(key)
-        pipe.expire(key, IP_WINDOW)
-        pipe.execute()
-    except (redis_lib.RedisError, OSError) as exc:
-        log.warning("sign-in IP limit unavailable (Redis: %s)", exc)
+    """Mark this request a failed sign-in: the per-IP limit counts it when the response goes out."""
+    g.sign_in_failed = True
 
 
-def too_many_requests(wait: int) -> ResponseReturnValue:
+def _failed(response: Response) -> bool:
+    return bool(g.get("sign_in_failed"))
+
+
+def _too_many_requests(limit: RequestLimit) -> Response:
+    """The answer once the client's network is over the limit: a page that says how long to wait."""
+    wait = max(1, math.ceil(limit.reset_at - time.time()))
     minutes = max(1, math.ceil(wait / 60))
     body = render_template("errors/error.html", code=429, title="Too many requests",
                            message=f"Too many failed sign-ins from your network; try again in {minutes} minute"
                                    f"{'s' if minutes != 1 else ''}.")
-    return body, 429, {"Retry-After": str(wait)}
+    return make_response(body, 429, {"Retry-After": str(wait)})
+
+
+#: The sign-in forms' per-IP wall (password and second-factor steps share one count): Flask-Limiter tests the count
+#: before each POST and adds one only for a failed attempt, so people who sign in fine are never counted.
+sign_in_limit = limiter.shared_limit(f"{IP_LIMIT} per {IP_WINDOW} seconds", scope="sign-in", methods=["POST"],
+                                     deduct_when=_failed, on_breach=_too_many_requests)
 
 
 def account_wait(user: User, now: datetime | None = None) -> timedelta | None:

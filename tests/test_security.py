@@ -239,6 +239,16 @@ def test_one_ip_is_limited_across_addresses_with_429(web_app, world):
     assert post_form(other, "/login", "/login", {"email": "admin@acme.test", "password": PASSWORD}).status_code == 302
 
 
+def test_successful_sign_ins_are_not_counted_by_the_ip_limit(web_app, world):
+    """An office behind one address signs in all day: only failures count towards the per-IP wall."""
+    from app.security import IP_LIMIT
+
+    for _ in range(IP_LIMIT + 5):
+        client = _from_ip(web_app, "198.51.100.9")
+        resp = post_form(client, "/login", "/login", {"email": "admin@acme.test", "password": PASSWORD})
+        assert resp.status_code == 302
+
+
 # --- cookies, headers, consent banner ---------------------------------------------------------------------------
 
 def test_session_cookie_is_secure_on_https_and_pages_forbid_framing(web_app, world):
