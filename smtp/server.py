@@ -66,6 +66,9 @@ POLICY_POLL_INTERVAL = 1.0
 SHUTDOWN_GRACE = 10.0
 #: Seconds a client may stay silent before the ingress hangs up (RFC 5321 4.5.3.2 suggests 5 minutes).
 CLIENT_TIMEOUT = 300
+#: Refused recipients recorded per connection: enough for a tenant to see why a partner's mail bounced; a dictionary
+#: attack (hundreds of guesses on one connection) then costs one log line, not hundreds of rows.
+RCPT_REFUSALS_RECORDED = 20
 #: Seconds a refusal's reply waits for its record in the tracking center; past that the reply goes and the write
 #: finishes (or fails, logged) on its own. A dead database must not hold every refused client.
 RECORD_TIMEOUT = 5.0
@@ -248,7 +251,8 @@ class IngressHandler:
             refusal = await self._envelope_checks(envelope, route.tenant_id, policy, address)
         if refusal is not None:
             if refusal.startswith("5"):  # a final no; a 4xx (greylisting, verification unavailable) comes again
-                await self._record([self._rcpt_refused(session, envelope, route.tenant_id, policy, address, refusal)])
+                await self._record_rcpt_refusal(session, self._rcpt_refused(
+                    session, envelope, route.tenant_id, policy, address, refusal))
             return refusal
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
@@ -267,8 +271,8 @@ class IngressHandler:
         sender = envelope.mail_from if envelope.mail_from and envelope.mail_from != "<>" else ""
         if await self.outbound.limiter.take(submitter.tenant_id, sender or "<>", policy) is not None:
             # A 4xx, but the one a tenant admin must see: a throttled sender may be a compromised account.
-            await self._record([self._rcpt_refused(session, envelope, submitter.tenant_id, policy, address,
-                                                   REPLY_LIMITED, direction="outbound")])
+            await self._record_rcpt_refusal(session, self._rcpt_refused(
+                session, envelope, submitter.tenant_id, policy, address, REPLY_LIMITED, direction="outbound"))
             return REPLY_LIMITED
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
@@ -282,6 +286,17 @@ class IngressHandler:
                        client_ip=_peer_ip(session), client_helo=session.host_name, direction=direction,
                        route="transport" if direction == "inbound" else "mx",
                        retention_days=policy.retention_days("spam"), explanation=REFUSED_AT_RCPT + reply)
+
+    async def _record_rcpt_refusal(self, session: Session, refused: Refused) -> None:
+        """Record a recipient refused at RCPT, up to :data:`RCPT_REFUSALS_RECORDED` per connection."""
+        if isinstance(session, IngressSession):  # always, from the ingress's own server classes
+            session.rcpt_refusals += 1
+        count = session.rcpt_refusals if isinstance(session, IngressSession) else 1
+        if count <= RCPT_REFUSALS_RECORDED:
+            await self._record([refused])
+        elif count == RCPT_REFUSALS_RECORDED + 1:
+            log.warning("%s refused more than %d recipients on one connection (a dictionary attack?); recording "
+                        "no more of them", _peer_ip(session), RCPT_REFUSALS_RECORDED)
 
     async def _record(self, refused: list[Refused]) -> None:
         """Record refusals before their reply goes, off the event loop. A refusal needs no durability: a failure is

@@ -38,6 +38,8 @@ class IngressSession(Session):
         self.relay_checked = False
         #: True while the relay networks could not be read: unknown recipient domains then get 451, not 550.
         self.relay_unknown = False
+        #: Recipients refused at RCPT on this connection so far (the first few are recorded for tracking).
+        self.rcpt_refusals = 0
 
     # aiosmtpd sets this legacy attribute on every AUTH and warns each time; we read ``auth_data`` instead.
     @property  # type: ignore[override]
