@@ -5,16 +5,19 @@ requests into its arguments and its results into pages (paging links, bulk summa
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode
 
-from flask import Flask, flash, request
+from flask import Flask, flash, render_template, request
+from flask_wtf import FlaskForm
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tenants import quarantine as q
 from tenants.blobs import blob_store
+from tenants.exceptions import ValidationError
 from tenants.models import Message
 from tenants.preview import Preview, parse_view
 from tenants.quarantine import BulkResult
@@ -26,6 +29,9 @@ MAX_PAGE_SIZE = 200
 MAX_BULK = MAX_PAGE_SIZE
 #: Most per-message failures a bulk summary names.
 MAX_FAILURES_SHOWN = 10
+
+#: The filter form of a list page (each audience has its own fields).
+FormT = TypeVar("FormT", bound=FlaskForm)
 
 
 def page_size() -> int:
@@ -48,6 +54,30 @@ def first_args() -> dict[str, str] | None:
     if not request.args.get("after"):
         return None
     return {k: v for k, v in request.args.items() if k != "after" and v}
+
+
+def list_page(session: Session, template: str, form_class: type[FormT],
+              filters: Callable[[FormT], Mapping[str, Any]], **context: Any) -> tuple[str, int]:
+    """A list page of either audience: the filter form from the query, one page of :func:`tenants.quarantine.search`
+    with ``filters(form)`` after the ``after`` cursor, then ``template`` with paging links and ``context``.
+
+    A bad form answers 422 and a refused search (a bad cursor, say) 400 with its message, both with the form kept.
+    """
+    form = form_class(formdata=request.args)
+    items: list[q.QuarantineItem] = []
+    cursor = None
+    status = 200
+    if form.validate():
+        try:
+            items, cursor = q.search(session, **filters(form), after=request.args.get("after") or None,
+                                     limit=page_size())
+        except ValidationError as exc:
+            flash(str(exc), "error")
+            status = 400
+    else:
+        status = 422
+    return render_template(template, form=form, items=items, next_args=page_args(cursor), first_args=first_args(),
+                           back=request.query_string.decode("latin-1"), **context), status
 
 
 def safe_query(raw: str) -> str:

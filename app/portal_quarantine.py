@@ -63,22 +63,7 @@ def _filters(form: QuarantineFilterForm) -> dict[str, Any]:
 @bp.route("/quarantine/")
 @allow(*TENANT_ROLES)
 def quarantine() -> ResponseReturnValue:
-    form = QuarantineFilterForm(formdata=request.args)
-    items: list[q.QuarantineItem] = []
-    cursor = None
-    status = 200
-    if form.validate():
-        try:
-            items, cursor = q.search(db.session, **_filters(form), after=request.args.get("after") or None,
-                                     limit=held.page_size())
-        except ValidationError as exc:
-            flash(str(exc), "error")
-            status = 400
-    else:
-        status = 422
-    return render_template("portal/quarantine.html", form=form, items=items, next_args=held.page_args(cursor),
-                           first_args=held.first_args(), can_act=_is_admin(),
-                           back=request.query_string.decode("latin-1")), status
+    return held.list_page(db.session, "portal/quarantine.html", QuarantineFilterForm, _filters, can_act=_is_admin())
 
 
 @bp.route("/quarantine/bulk", methods=["POST"])

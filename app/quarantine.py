@@ -13,6 +13,8 @@ an expired one a 410. The pages carry the tenant's branding (:mod:`tenants.brand
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from flask_login import current_user
@@ -106,27 +108,21 @@ def _own_message(message_id: str, rcpts: list[str]) -> Message:
     return msg
 
 
+def _my_filters(form: MyQuarantineFilterForm) -> dict[str, Any]:
+    """:func:`tenants.quarantine.search` arguments from a validated filter form: only the user's own spam."""
+    return {
+        "kind": USER_KINDS[0],
+        "rcpts": _mine(),
+        "sender": (form.sender.data or "").strip() or None,
+        "text": (form.subject.data or "").strip() or None,
+    }
+
+
 @bp.route("/")
 @allow(*OWNERS)
 def index() -> ResponseReturnValue:
-    form = MyQuarantineFilterForm(formdata=request.args)
-    items: list[q.QuarantineItem] = []
-    cursor = None
-    status = 200
-    if form.validate():
-        try:
-            items, cursor = q.search(db.session, kind=USER_KINDS[0], rcpts=_mine(),
-                                     sender=(form.sender.data or "").strip() or None,
-                                     text=(form.subject.data or "").strip() or None,
-                                     after=request.args.get("after") or None, limit=held.page_size())
-        except ValidationError as exc:
-            flash(str(exc), "error")
-            status = 400
-    else:
-        status = 422
-    return render_template("quarantine/index.html", form=form, items=items, next_args=held.page_args(cursor),
-                           first_args=held.first_args(), back=request.query_string.decode("latin-1"),
-                           addresses=_mine()), status
+    return held.list_page(db.session, "quarantine/index.html", MyQuarantineFilterForm, _my_filters,
+                          addresses=_mine())
 
 
 @bp.route("/bulk", methods=["POST"])

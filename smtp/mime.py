@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import email.policy
 import re
 from dataclasses import dataclass, field
 from email.header import decode_header, make_header
-from email.message import EmailMessage, Message
-from email.parser import BytesHeaderParser, BytesParser
+from email.message import EmailMessage
+from email.parser import BytesHeaderParser
 from email.policy import compat32
 from html import unescape as html_unescape
 from html.parser import HTMLParser
+
+from tenants.mimetext import one_line, parse_message, split_parts
 
 #: Header fields longer than this are cut when kept as metadata (the raw mail keeps them whole).
 MAX_HEADER_VALUE = 998
@@ -126,18 +127,9 @@ def html_to_text(html: str) -> str:
     return re.sub(r"[ \t\r\f\v]+", " ", "".join(parser.out)).strip()
 
 
-def _part_text(part: Message) -> str:
-    try:
-        content = part.get_content()  # type: ignore[attr-defined]
-        return content if isinstance(content, str) else ""
-    except Exception:
-        payload = part.get_payload(decode=True)
-        return payload.decode("latin-1", "replace") if isinstance(payload, bytes) else ""
-
-
 def _header_value(value: object) -> str:
     try:
-        return " ".join(str(value).split())
+        return one_line(value)
     except Exception:
         return ""
 
@@ -145,39 +137,22 @@ def _header_value(value: object) -> str:
 def parse_mail(raw: bytes) -> ParsedMail:
     """Parse once (``email.policy.default``); parse problems become ``defects``, never exceptions."""
     try:
-        msg = BytesParser(policy=email.policy.default).parsebytes(raw)
+        msg = parse_message(raw)
     except Exception as exc:
         return ParsedMail(raw, None, defects=[f"unparseable: {type(exc).__name__}"])
-    out = ParsedMail(raw, msg)  # type: ignore[arg-type]
+    out = ParsedMail(raw, msg)
     try:
         out.headers = [(name, _header_value(value)) for name, value in msg.items()]
     except Exception as exc:
         out.defects.append(f"bad header: {type(exc).__name__}")
-    texts: list[str] = []
-    htmls: list[str] = []
-    for n, part in enumerate(msg.walk()):
-        if n >= MAX_PARTS:
-            out.defects.append("MIME_TOO_MANY_PARTS")
-            break
-        out.defects.extend(type(d).__name__ for d in part.defects)
-        if part.is_multipart():
-            continue
-        ctype = part.get_content_type()
-        disposition = part.get_content_disposition()
-        try:
-            filename = part.get_filename()
-        except Exception:
-            filename = None
-        if disposition != "attachment" and not filename and ctype in ("text/plain", "text/html"):
-            (texts if ctype == "text/plain" else htmls).append(_part_text(part))
-            continue
-        if ctype == "message/rfc822" and part is not msg:
-            continue  # walk() descends into it
-        payload = part.get_payload(decode=True)
-        data = payload if isinstance(payload, bytes) else b""
-        out.attachments.append(Attachment(filename, ctype, data, inline=disposition == "inline"))
-    out.text = "\n".join(texts)[:MAX_TEXT]
-    out.html = "\n".join(htmls)[:MAX_TEXT]
+    parts = split_parts(msg, max_parts=MAX_PARTS)
+    out.defects.extend(parts.defects)
+    if parts.truncated:
+        out.defects.append("MIME_TOO_MANY_PARTS")
+    out.attachments = [Attachment(leaf.filename, leaf.content_type, leaf.data, inline=leaf.disposition == "inline")
+                       for leaf in parts.leaves]
+    out.text = "\n".join(parts.texts)[:MAX_TEXT]
+    out.html = "\n".join(parts.htmls)[:MAX_TEXT]
     out.html_text = html_to_text(out.html) if out.html else ""
     seen: dict[str, None] = {}
     for found in _URI_RE.findall(out.text + "\n" + out.html_text):

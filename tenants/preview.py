@@ -7,22 +7,22 @@ becomes a ``<span class="mw-link">`` whose ``title`` shows the target, so a pers
 without following it. Pages that show the result should still send a strict Content-Security-Policy
 (``default-src 'none'; style-src 'self'``) or put it in a sandboxed iframe: defence in depth.
 
-Parsing uses only the standard library (``tenants`` imports nothing of ``smtp``) and never raises on bad input.
+Parsing uses only the standard library (``tenants.mimetext``, shared with ``smtp.mime``; ``tenants`` imports nothing
+of ``smtp``) and never raises on bad input.
 """
 
 from __future__ import annotations
 
-import email.policy
 import html
 import re
 from dataclasses import dataclass, field
-from email.message import EmailMessage, Message
-from email.parser import BytesParser
 from html.parser import HTMLParser
 from urllib.parse import urlsplit
 
 import magic
 import nh3
+
+from tenants.mimetext import one_line, parse_message, split_parts
 
 #: Characters of text (or of sanitised HTML) a preview shows at most.
 MAX_PREVIEW_CHARS = 200_000
@@ -186,51 +186,26 @@ def real_type(data: bytes) -> str:
         return "application/octet-stream"
 
 
-def _part_text(part: Message) -> str:
-    try:
-        content = part.get_content()  # type: ignore[attr-defined]
-        return content if isinstance(content, str) else ""
-    except Exception:
-        payload = part.get_payload(decode=True)
-        return payload.decode("latin-1", "replace") if isinstance(payload, bytes) else ""
-
-
 def parse_view(raw: bytes) -> MailView:
     """Headers, body text and HTML, and attachments of a raw mail; problems become ``defects``, never exceptions."""
     view = MailView()
     try:
-        msg: EmailMessage = BytesParser(policy=email.policy.default).parsebytes(raw)  # type: ignore[assignment]
+        msg = parse_message(raw)
     except Exception as exc:
         view.defects.append(f"unparseable: {type(exc).__name__}")
         return view
     for name in msg.keys():
         try:
-            value = " ".join(str(msg[name]).split()) if msg[name] is not None else ""
+            value = one_line(msg[name]) if msg[name] is not None else ""
         except Exception:
             value = "(undecodable)"
         view.headers.append((name, value[:MAX_HEADER_VALUE]))
-    texts: list[str] = []
-    htmls: list[str] = []
-    for n, part in enumerate(msg.walk()):
-        if n >= MAX_PARTS:
-            view.defects.append(f"more than {MAX_PARTS} MIME parts: the rest is not listed")
-            break
-        view.defects.extend(type(d).__name__ for d in part.defects)
-        if part.is_multipart():
-            continue
-        ctype = part.get_content_type()
-        try:
-            filename = part.get_filename()
-        except Exception:
-            filename = None
-        if part.get_content_disposition() != "attachment" and not filename and ctype in ("text/plain", "text/html"):
-            (texts if ctype == "text/plain" else htmls).append(_part_text(part))
-            continue
-        if ctype == "message/rfc822" and part is not msg:
-            continue
-        payload = part.get_payload(decode=True)
-        data = payload if isinstance(payload, bytes) else b""
-        view.attachments.append(AttachmentInfo(filename, ctype, real_type(data), len(data)))
-    view.text = "\n".join(texts)
-    view.html = "\n".join(htmls)
+    parts = split_parts(msg, max_parts=MAX_PARTS)
+    view.defects.extend(parts.defects)
+    if parts.truncated:
+        view.defects.append(f"more than {MAX_PARTS} MIME parts: the rest is not listed")
+    view.attachments = [AttachmentInfo(leaf.filename, leaf.content_type, real_type(leaf.data), len(leaf.data))
+                        for leaf in parts.leaves]
+    view.text = "\n".join(parts.texts)
+    view.html = "\n".join(parts.htmls)
     return view

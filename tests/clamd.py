@@ -15,11 +15,10 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.servers import free_port
+from tests.servers import free_port, wait_started
 
 #: The standard antivirus test file (68 bytes). Built from two halves so this source file itself is no EICAR file.
 EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)" + b"7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
@@ -117,19 +116,7 @@ def start_clamd(*, body_signature: bool = True, timeout: float = START_TIMEOUT) 
     ]) + "\n")
     if os.geteuid() == 0:
         conf.write_text(conf.read_text() + "User root\n")
-    started = time.monotonic()
     proc = subprocess.Popen([CLAMD_BINARY, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     server = ClamdServer(proc, workdir, port, 0.0)
-    deadline = started + timeout
-    while time.monotonic() < deadline:
-        if ping(port):
-            server.startup_seconds = time.monotonic() - started
-            return server
-        if proc.poll() is not None:
-            log = server.log()
-            server.stop()
-            raise RuntimeError(f"clamd exited with status {proc.returncode} at start:\n{log[-4000:]}")
-        time.sleep(0.1)
-    log = server.log()
-    server.stop()
-    raise TimeoutError(f"clamd did not answer PING within {timeout:g}s:\n{log[-4000:]}")
+    server.startup_seconds = wait_started(server, lambda: ping(port), timeout=timeout, name="clamd")
+    return server

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import ldap3
 
-from tests.servers import free_port, port_open, wait_for
+from tests.servers import free_port, port_open, wait_started
 
 SLAPD = Path("/usr/sbin/slapd")
 SCHEMA_DIR = Path("/etc/ldap/schema")
@@ -24,6 +24,8 @@ MODULE_DIR = Path("/usr/lib/ldap")
 SUFFIX = "dc=acme,dc=test"
 ROOT_DN = f"cn=admin,{SUFFIX}"
 ROOT_PASSWORD = "secret"
+#: Seconds slapd may take to open its port.
+START_TIMEOUT = 20.0
 #: A made-up OID arc for the test schema (never used outside these tests).
 _TEST_SCHEMA = """
 attributetype ( 1.3.6.1.4.1.99999.1.1 NAME 'proxyAddresses'
@@ -65,7 +67,7 @@ class LdapServer:
 
 
 def start_slapd() -> LdapServer:
-    """Start slapd in the foreground (``-d 0``) and create the suffix entry; raises if it does not answer."""
+    """Start slapd in the foreground (``-d 0``) and create the suffix entry; raises with its log if it cannot."""
     if not SLAPD.exists():
         raise FileNotFoundError(f"{SLAPD} is not installed (apt-get install slapd ldap-utils)")
     workdir = Path(tempfile.mkdtemp(prefix="mw-slapd-"))
@@ -89,8 +91,9 @@ directory {workdir / "db"}
     proc = subprocess.Popen([str(SLAPD), "-f", str(workdir / "slapd.conf"), "-h", f"ldap://127.0.0.1:{port}/",
                              "-d", "0"], stdout=log, stderr=subprocess.STDOUT)
     server = LdapServer(proc, workdir, port)
+    wait_started(server, lambda: port_open(port), timeout=START_TIMEOUT, name="slapd", request="on its port",
+                 interval=0.05)
     try:
-        wait_for(lambda: _alive(proc, server) and port_open(port), 20, what="slapd")
         conn = server.admin()
         conn.add(SUFFIX, ["dcObject", "organization"], {"dc": "acme", "o": "Acme"})
         conn.unbind()
@@ -99,12 +102,6 @@ directory {workdir / "db"}
         server.stop()
         raise RuntimeError(f"slapd did not start: {text[-2000:]}") from None
     return server
-
-
-def _alive(proc: subprocess.Popen[bytes], server: LdapServer) -> bool:
-    if proc.poll() is not None:
-        raise RuntimeError(f"slapd exited with {proc.returncode}: {server.log()[-2000:]}")
-    return True
 
 
 def add_person(conn: ldap3.Connection, base: str, uid: str, mail: str, aliases: tuple[str, ...] = (),

@@ -19,11 +19,10 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.servers import free_port
+from tests.servers import free_port, wait_started
 
 #: Where Debian installs the daemons (packages ``spamd`` and ``rspamd``).
 SPAMD_BINARY = "/usr/sbin/spamd"
@@ -103,23 +102,11 @@ def start_spamd(*, timeout: float = SPAMD_START_TIMEOUT) -> SpamdServer:
     if os.geteuid() == 0:
         argv += ["-u", SPAMD_USER]
         shutil.chown(workdir, SPAMD_USER)
-    started = time.monotonic()
     with open(workdir / "spamd.log", "wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     server = SpamdServer(proc, workdir, port, 0.0)
-    deadline = started + timeout
-    while time.monotonic() < deadline:
-        if spamd_ping(port):
-            server.startup_seconds = time.monotonic() - started
-            return server
-        if proc.poll() is not None:
-            log_text = server.log()
-            server.stop()
-            raise RuntimeError(f"spamd exited with status {proc.returncode} at start:\n{log_text[-4000:]}")
-        time.sleep(0.1)
-    log_text = server.log()
-    server.stop()
-    raise TimeoutError(f"spamd did not answer PING within {timeout:g}s:\n{log_text[-4000:]}")
+    server.startup_seconds = wait_started(server, lambda: spamd_ping(port), timeout=timeout, name="spamd")
+    return server
 
 
 # --- rspamd -------------------------------------------------------------------------------------------------------
@@ -201,20 +188,9 @@ def start_rspamd(*, dns_port: int | None = None, cache_dir: Path | None = None,
             f"--var=RUNDIR={rundir}", f"--var=LOGDIR={logdir}"]
     if os.geteuid() == 0:  # rspamd refuses to run as root unless told whom to run its workers as
         argv += ["-u", "root", "-g", "root"]
-    started = time.monotonic()
     with open(workdir / "rspamd.log", "wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     server = RspamdServer(proc, workdir, port, 0.0)
-    deadline = started + timeout
-    while time.monotonic() < deadline:
-        if rspamd_ping(port):
-            server.startup_seconds = time.monotonic() - started
-            return server
-        if proc.poll() is not None:
-            log_text = server.log()
-            server.stop()
-            raise RuntimeError(f"rspamd exited with status {proc.returncode} at start:\n{log_text[-4000:]}")
-        time.sleep(0.2)
-    log_text = server.log()
-    server.stop()
-    raise TimeoutError(f"rspamd did not answer /ping within {timeout:g}s:\n{log_text[-4000:]}")
+    server.startup_seconds = wait_started(server, lambda: rspamd_ping(port), timeout=timeout, name="rspamd",
+                                          request="/ping", interval=0.2)
+    return server

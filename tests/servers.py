@@ -15,9 +15,10 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as AioSMTP
@@ -39,6 +40,42 @@ def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.05, what
             return value
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+#: Characters from the end of a daemon's log put into the error when it does not start.
+LOG_TAIL = 4000
+
+
+class ChildServer(Protocol):
+    """A test daemon run as a child process: what :func:`wait_started` needs to report and clean up a failed start."""
+
+    proc: subprocess.Popen[bytes]
+
+    def log(self) -> str: ...
+
+    def stop(self) -> None: ...
+
+
+def wait_started(server: ChildServer, ping: Callable[[], bool], *, timeout: float, name: str,
+                 request: str = "PING", interval: float = 0.1) -> float:
+    """Poll ``ping()`` until it is true and return the seconds that took; if the child exits first or ``timeout``
+    passes, stop the server and raise with the tail of its log (never skips: a test that needs it fails, in CI too).
+    """
+    started = time.monotonic()
+    deadline = started + timeout
+    try:
+        while True:
+            if ping():
+                return time.monotonic() - started
+            if server.proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with status {server.proc.returncode} at start:\n"
+                                   f"{server.log()[-LOG_TAIL:]}")
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{name} did not answer {request} within {timeout:g}s:\n{server.log()[-LOG_TAIL:]}")
+            time.sleep(interval)
+    except BaseException:
+        server.stop()  # after the log was read: stop() removes the server's folder
+        raise
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

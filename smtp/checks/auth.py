@@ -228,6 +228,22 @@ class KeyStore:
         return self.records.get(key)
 
 
+class KeyedCheck(Check):
+    """What DKIM and ARC share: inbound at DATA, and the keys their signatures name fetched ahead of dkimpy."""
+
+    stage = Stage.DATA
+    timeout = DNS_LIFETIME + VERIFY_MARGIN
+    directions = ("inbound",)
+
+    def __init__(self, cfg: Config, *, dns_timeout: float = DNS_LIFETIME) -> None:
+        super().__init__(cfg)
+        self.resolver = async_resolver(cfg, lifetime=dns_timeout)
+
+    async def fetch_keys(self, signatures: Iterable[dict[bytes, bytes]]) -> KeyStore:
+        """The key records the signatures' ``s=`` and ``d=`` name (an unnameable one is skipped), fetched at once."""
+        return await KeyStore.fetch(self.resolver, [k for k in map(_key_name, signatures) if k is not None])
+
+
 # --- results shared through ctx.facts -----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -305,18 +321,11 @@ _DKIM_SYMBOLS = {"pass": "DKIM_VALID", "fail": "DKIM_INVALID", "permerror": "DKI
                  "temperror": "DKIM_TEMPFAIL"}
 
 
-class DkimCheck(Check):
+class DkimCheck(KeyedCheck):
     """Verifies every DKIM signature; ``facts["dkim"]`` is the list of :class:`DkimResult`."""
 
     name = "dkim"
-    stage = Stage.DATA
-    timeout = DNS_LIFETIME + VERIFY_MARGIN
     symbols = ("DKIM_VALID", "DKIM_INVALID", "DKIM_NONE", "DKIM_TEMPFAIL")
-    directions = ("inbound",)
-
-    def __init__(self, cfg: Config, *, dns_timeout: float = DNS_LIFETIME) -> None:
-        super().__init__(cfg)
-        self.resolver = async_resolver(cfg, lifetime=dns_timeout)
 
     async def run(self, ctx: CheckContext) -> None:
         if ctx.mail is None:
@@ -327,7 +336,7 @@ class DkimCheck(Check):
             ctx.facts["dkim"] = []
             ctx.add("DKIM_NONE", "no DKIM signature")
             return
-        keys = await KeyStore.fetch(self.resolver, [k for k in map(_key_name, sigs) if k is not None])
+        keys = await self.fetch_keys(sigs)
         results = await asyncio.to_thread(_verify_dkim, raw, sigs, keys)
         ctx.facts["dkim"] = results
         by_symbol: dict[str, list[str]] = {}
@@ -351,18 +360,11 @@ def _verify_arc(raw: bytes, keys: KeyStore) -> tuple[bytes | None, list[dict[str
     return cv, list(data), str(reason)
 
 
-class ArcCheck(Check):
+class ArcCheck(KeyedCheck):
     """Verifies the ARC chain (RFC 8617); ``facts["arc"]`` is an :class:`ArcResult`."""
 
     name = "arc"
-    stage = Stage.DATA
-    timeout = DNS_LIFETIME + VERIFY_MARGIN
     symbols = ("ARC_PASS", "ARC_FAIL", "ARC_NONE", "ARC_TEMPFAIL")
-    directions = ("inbound",)
-
-    def __init__(self, cfg: Config, *, dns_timeout: float = DNS_LIFETIME) -> None:
-        super().__init__(cfg)
-        self.resolver = async_resolver(cfg, lifetime=dns_timeout)
 
     async def run(self, ctx: CheckContext) -> None:
         if ctx.mail is None:
@@ -374,7 +376,7 @@ class ArcCheck(Check):
             ctx.add("ARC_NONE", "no ARC headers")
             return
         signed = [_tags(v) for n, v in fields if n != "arc-authentication-results"]
-        keys = await KeyStore.fetch(self.resolver, [k for k in map(_key_name, signed) if k is not None])
+        keys = await self.fetch_keys(signed)
         cv, data, reason = await asyncio.to_thread(_verify_arc, raw, keys)
         sealer = _text(data[0].get("as-domain")).lower() if data else ""
         if cv == dkim.CV_Pass:
