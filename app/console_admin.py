@@ -103,13 +103,13 @@ def staff_unlock(user_id: int) -> ResponseReturnValue:
 @allow(*MSP_ROLES)
 def lists_page() -> ResponseReturnValue:
     """The MSP's own entries: every tenant inherits them (a tenant's or a user's entry decides first)."""
-    return lists_page_for("console/lists.html", None, current_user.role is Role.MSP_ADMIN)
+    return lists_page_for("lists_level.html", None, current_user.role is Role.MSP_ADMIN)
 
 
 @bp.route("/lists", methods=["POST"])
 @allow(Role.MSP_ADMIN)
 def add_list_entry() -> ResponseReturnValue:
-    return add_entry_for(None, "console/lists.html", "console.lists_page")
+    return add_entry_for(None, "lists_level.html", "console.lists_page")
 
 
 @bp.route("/lists/<int:entry_id>/delete", methods=["POST"])

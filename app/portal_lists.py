@@ -69,13 +69,13 @@ def remove_entry_for(entry_id: int, tenant_id: int | None, back: str) -> Respons
 @bp.route("/lists")
 @allow(*TENANT_ROLES)
 def lists_page() -> ResponseReturnValue:
-    return lists_page_for("portal/lists.html", current_user.tenant_id, current_user.role is Role.TENANT_ADMIN)
+    return lists_page_for("lists_level.html", current_user.tenant_id, current_user.role is Role.TENANT_ADMIN)
 
 
 @bp.route("/lists", methods=["POST"])
 @allow(Role.TENANT_ADMIN)
 def add_list_entry() -> ResponseReturnValue:
-    return add_entry_for(current_user.tenant_id, "portal/lists.html", "portal.lists_page")
+    return add_entry_for(current_user.tenant_id, "lists_level.html", "portal.lists_page")
 
 
 @bp.route("/lists/<int:entry_id>/delete", methods=["POST"])
