@@ -22,12 +22,13 @@ import signal
 import socket
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from sqlalchemy.orm import Session as DbSession
 
 from smtp import greylist
 from smtp.callahead import RecipientVerifier
@@ -93,6 +94,26 @@ def _valid_address(address: str) -> bool:
     if domain.startswith("["):
         return domain.endswith("]")
     return "." in domain and all(label for label in domain.split("."))
+
+
+T = TypeVar("T")
+
+
+def one_transaction(sessions: Callable[[], DbSession], work: Callable[[DbSession], T]) -> T:
+    """Run ``work`` in a fresh session and commit it (in the MSP scope: one transaction may hold several tenants'
+    rows, each written in its own tenant scope); roll back on any error or cancellation, and always close."""
+    session = sessions()
+    try:
+        result = work(session)
+        with msp_scope():
+            session.commit()
+        return result
+    except BaseException:
+        with msp_scope():
+            session.rollback()
+        raise
+    finally:
+        session.close()
 
 
 def _peer_ip(session: Session) -> str:
@@ -312,20 +333,13 @@ class IngressHandler:
 
     def _store_refused(self, refused: list[Refused]) -> None:
         """Store refusals (one message per tenant) in one transaction."""
-        session = self.sessions()
-        try:
+        def work(session: DbSession) -> None:
             for item in refused:
                 with tenant_scope(item.tenant_id):
                     store_refusal(session, item)
                     session.flush()
-            with msp_scope():
-                session.commit()
-        except BaseException:
-            with msp_scope():
-                session.rollback()
-            raise
-        finally:
-            session.close()
+
+        one_transaction(self.sessions, work)
 
     async def _policy(self, tenant_id: int) -> Policy:
         policy = self.cache.policies.get(tenant_id)
@@ -504,9 +518,8 @@ class IngressHandler:
 
     def _store_all(self, new: list[NewMessage]) -> list[tuple[int, str, list[Delivery], bytes]]:
         """Store one message per tenant in one transaction; (tenant, message id, delivery rows, bytes) of each."""
-        session = self.sessions()
-        out = []
-        try:
+        def work(session: DbSession) -> list[tuple[int, str, list[Delivery], bytes]]:
+            out = []
             for item in new:
                 with tenant_scope(item.tenant_id):
                     msg = store_message(session, item)
@@ -516,15 +529,9 @@ class IngressHandler:
                 # Only rows claimed for the fast path; quarantined rows wait for a release.
                 claimed = [d for d in msg.deliveries if d.status == DeliveryStatus.DELIVERING.value]
                 out.append((item.tenant_id, msg.id, claimed, item.data))
-            with msp_scope():
-                session.commit()
             return out
-        except BaseException:
-            with msp_scope():
-                session.rollback()
-            raise
-        finally:
-            session.close()
+
+        return one_transaction(self.sessions, work)
 
     def _received_header(
         self, session: Session, envelope: Envelope, queue_id: str, peer_ip: str, *, tls: bool
