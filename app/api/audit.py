@@ -37,8 +37,8 @@ class AuditArgs(sch.TenantPageArgs):
                           metadata={"description": "Part of the actor (an e-mail address or 'api key mw_...')"})
     action = fields.String(validate=validate.Length(1, 60),
                            metadata={"description": "The action starts with this, e.g. quarantine."})
-    since = sch._time(metadata={"description": "At or after"})
-    until = sch._time(metadata={"description": "Before"})
+    since = sch.query_time(metadata={"description": "At or after"})
+    until = sch.query_time(metadata={"description": "Before"})
 
 
 class AuditEntrySchema(Schema):
@@ -55,7 +55,7 @@ class AuditEntrySchema(Schema):
     ip = fields.String(required=True, allow_none=True)
 
 
-AuditPage = sch._page(AuditEntrySchema, "AuditPage")
+AuditPage = sch.page_schema(AuditEntrySchema, "AuditPage")
 
 
 @bp.route("/audit", methods=["GET"], endpoint="list_audit", tags=["audit"])

@@ -48,7 +48,7 @@ class DkimKeyCreateSchema(Schema):
     bits = fields.Integer(load_default=dkimkeys.DEFAULT_KEY_BITS, validate=validate.OneOf(dkimkeys.KEY_SIZES))
 
 
-DkimKeyPage = sch._page(DkimKeySchema, "DkimKeyPage")
+DkimKeyPage = sch.page_schema(DkimKeySchema, "DkimKeyPage")
 
 
 def _shown(key: DkimKey) -> dict[str, Any]:

@@ -80,7 +80,7 @@ class ValidRecipientCreateSchema(Schema):
     address = fields.String(required=True, validate=validate.Length(1, 320))
 
 
-ValidRecipientPage = sch._page(ValidRecipientSchema, "ValidRecipientPage")
+ValidRecipientPage = sch.page_schema(ValidRecipientSchema, "ValidRecipientPage")
 
 
 # --- views --------------------------------------------------------------------------------------------------------

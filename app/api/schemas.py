@@ -26,7 +26,7 @@ MAX_PAGE_SIZE = 500
 EARLIEST, LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(9000, 1, 1, tzinfo=UTC)
 
 
-def _time(**kwargs: Any) -> fields.AwareDateTime:
+def query_time(**kwargs: Any) -> fields.AwareDateTime:
     """A time in a query: ISO 8601; without a zone it is UTC."""
     return fields.AwareDateTime(default_timezone=UTC, validate=validate.Range(EARLIEST, LATEST), **kwargs)
 
@@ -55,7 +55,8 @@ class TenantPageArgs(PageArgs):
                        "Tenant keys: their own tenant only."})
 
 
-def _page(item: type[Schema], name: str) -> type[Schema]:
+def page_schema(item: type[Schema], name: str) -> type[Schema]:
+    """The schema of one page of ``item``: its items and the cursor of the next page (null on the last)."""
     return Schema.from_dict({
         "items": fields.List(fields.Nested(item), required=True),
         "next_cursor": fields.String(required=True, allow_none=True,
@@ -138,8 +139,8 @@ class QuarantineArgs(TenantPageArgs):
     rcpt = fields.String(metadata={"description": "Only mail held for this recipient"})
     sender = fields.String(metadata={"description": "Part of the envelope sender or the From header"})
     text = fields.String(metadata={"description": "Part of the subject"})
-    since = _time(metadata={"description": "Received at or after"})
-    until = _time(metadata={"description": "Received before"})
+    since = query_time(metadata={"description": "Received at or after"})
+    until = query_time(metadata={"description": "Received before"})
     min_score = fields.Float(allow_nan=False)
     max_score = fields.Float(allow_nan=False)
     held = fields.Boolean(load_default=True, metadata={"description": "false: include released and deleted mail"})
@@ -238,8 +239,8 @@ class MessageArgs(TenantPageArgs):
     rcpt = fields.String(metadata={"description": "One recipient, exactly"})
     subject = fields.String(metadata={"description": "Part of the subject"})
     queue_id = fields.String(metadata={"description": "The queue id the ingress answered with"})
-    since = _time(metadata={"description": "Received at or after"})
-    until = _time(metadata={"description": "Received before"})
+    since = query_time(metadata={"description": "Received at or after"})
+    until = query_time(metadata={"description": "Received before"})
     message_id_header = fields.String(metadata={"description": "The Message-ID header, with or without <>"})
     client_ip = fields.String(metadata={"description": "The connecting client's address, exactly"})
     verdict = fields.String(validate=validate.OneOf(tracking.VERDICTS))
@@ -317,10 +318,10 @@ class ApiKeyCreateSchema(Schema):
         "description": "MSP keys: a key for this tenant (omitted: another MSP-wide key). Tenant keys: their own"})
 
 
-TenantPage = _page(TenantSchema, "TenantPage")
-DomainPage = _page(DomainSchema, "DomainPage")
-UserPage = _page(UserSchema, "UserPage")
-ListEntryPage = _page(ListEntrySchema, "ListEntryPage")
-QuarantinePage = _page(QuarantineItemSchema, "QuarantinePage")
-MessagePage = _page(MessageSchema, "MessagePage")
-ApiKeyPage = _page(ApiKeySchema, "ApiKeyPage")
+TenantPage = page_schema(TenantSchema, "TenantPage")
+DomainPage = page_schema(DomainSchema, "DomainPage")
+UserPage = page_schema(UserSchema, "UserPage")
+ListEntryPage = page_schema(ListEntrySchema, "ListEntryPage")
+QuarantinePage = page_schema(QuarantineItemSchema, "QuarantinePage")
+MessagePage = page_schema(MessageSchema, "MessagePage")
+ApiKeyPage = page_schema(ApiKeySchema, "ApiKeyPage")
