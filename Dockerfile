@@ -2,9 +2,10 @@
 # from one image. Build: docker build -t mailward/mailward:0.1.0 .
 FROM python:3.11-slim-bookworm
 
-# libmagic for attachment types; tzdata for tenants' digest time zones.
+# libmagic for attachment types; tzdata for tenants' digest time zones; spamassassin for its rule files (evaluated
+# natively by the ingress) and sa-update.
 RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends libmagic1 tzdata \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends libmagic1 tzdata spamassassin \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/mailward

@@ -7,8 +7,9 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 
 # Debian packages the test suite starts for real (see ../shared/RECIPES.md).
 TEST_DEBS := redis-server postgresql clamav-daemon slapd ldap-utils chromium libmagic1 openssl spamd rspamd
-# Debian packages `make run` needs on a bare machine (the venv module).
-RUN_DEBS  := python3-venv
+# Debian packages `make run` needs on a bare machine (the venv module; SpamAssassin's rule files, which the ingress
+# evaluates natively, and its sa-update).
+RUN_DEBS  := python3-venv spamassassin
 
 # pytest's own flags; e.g. `make test PYTEST_ARGS="-k ingress -x"`.
 PYTEST_ARGS ?=
@@ -16,6 +17,7 @@ PYTEST_ARGS ?=
 .PHONY: run test lint typecheck test-sqlite test-postgres venv test-venv system-deps clean
 
 run: venv
+	@$(MAKE) --no-print-directory debs DEBS="$(RUN_DEBS)"
 	$(VENV)/bin/mailward run
 
 venv: $(VENV)/.installed

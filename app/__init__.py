@@ -23,6 +23,7 @@ from app.access import enforce
 from app.auth import enter_scope, leave_scope, load_principal
 from app.extensions import csrf, db, init_mailward, limiter, limiter_storage_uri, login_manager
 from tenants import db as tdb
+from tenants import sarules
 from tenants.config import Config, get_config
 from tenants.exceptions import NotFound
 
@@ -111,6 +112,8 @@ def create_app(cfg: Config | None = None, *, heartbeat: bool = False) -> Flask:
         warnings = []
         if cfg.clamd is None:
             warnings.append("Virus scanning is off: MAILWARD_CLAMD is not set, so no mail is scanned for viruses.")
+        if cfg.sa_rules_dir != sarules.OFF and (found := sarules.locate(cfg.sa_rules_dir)).rules_dir is None:
+            warnings.append(f"SpamAssassin rules are off: {found.reason}.")
         return {"platform_warnings": warnings}
 
     return app

@@ -6,6 +6,8 @@ an error in the log), an anonymous caller is sent to the login page, and a signe
 404 — the same answer as a missing object, so a page never tells who may see what (no existence oracle). A session
 opened by a digest's magic link reaches only the quarantine blueprint; anything else asks for the password. An admin
 who must enrol a second factor (the MSP requires one) is sent to the enrolment page from everywhere else.
+An MSP user viewing a tenant as it is admitted by the tenant role it is presented with, and also where a view names
+its MSP role in ``viewing_as`` (the helpdesk's quarantine actions: README, "read and quarantine actions").
 REST API views declare ``@allow_api(scope)`` instead: their caller is a bearer API key, never a session, and
 :func:`enforce` hands them to the API's key check (:mod:`app.api.auth`).
 ``tests/test_web_routes.py`` lists every route and fails on any view without a declaration.
@@ -14,7 +16,7 @@ REST API views declare ``@allow_api(scope)`` instead: their caller is a bearer A
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -41,6 +43,9 @@ LINK_ENDPOINTS = frozenset({"auth.logout", "auth.home"})
 #: What an admin reaches who must enrol a second factor first (the MSP requires one): enrolment, and signing out.
 ENROL_ENDPOINTS = frozenset({"account.totp", "account.totp_start", "account.totp_confirm", "auth.logout",
                              "auth.home"})
+#: MSP roles that act on a tenant's held mail while viewing the tenant as it (presented as its auditor: they read
+#: everything else); an msp_admin views as the tenant's admin and needs no mention.
+QUARANTINE_HELPDESK: tuple[Role, ...] = (Role.MSP_HELPDESK,)
 #: Key in ``app.extensions`` of the API's bearer-key check, ``check(scope) -> response or None`` (set by app.api).
 API_AUTH_EXT = "mailward_api_auth"
 
@@ -55,19 +60,26 @@ class Access:
     public: bool = False
     #: A REST API view: the API key scope it needs (the roles are then empty: no session may call it).
     api_scope: str | None = None
+    #: MSP roles admitted while they view a tenant as it, whatever tenant role they are presented with.
+    viewing_as: frozenset[Role] = frozenset()
 
-    def admits(self, role: Role) -> bool:
-        return self.public or role in self.roles
+    def admits(self, role: Role, viewing_as: Role | None = None) -> bool:
+        """Whether ``role`` may call the view; ``viewing_as``: the MSP role of a user viewing a tenant as it."""
+        return self.public or role in self.roles or (viewing_as is not None and viewing_as in self.viewing_as)
 
 
-def allow(*roles: Role | str) -> Callable[[V], V]:
-    """Declare the roles that may call a view; an unknown role name fails at import, not at request time."""
+def allow(*roles: Role | str, viewing_as: Iterable[Role | str] = ()) -> Callable[[V], V]:
+    """Declare the roles that may call a view, and the MSP roles that may while viewing a tenant as it; an unknown
+    role name fails at import, not at request time."""
     if not roles:
         raise ValueError("allow() needs at least one role; use @allow_public for public views")
     declared = frozenset(Role(r) for r in roles)
+    msp_viewing = frozenset(Role(r) for r in viewing_as)
+    if not all(r.is_msp for r in msp_viewing):
+        raise ValueError("allow(viewing_as=...) names MSP roles: only they view a tenant as it")
 
     def mark(view: V) -> V:
-        setattr(view, ACCESS_ATTR, Access(declared))
+        setattr(view, ACCESS_ATTR, Access(declared, viewing_as=msp_viewing))
         return view
 
     return mark
@@ -120,7 +132,8 @@ def enforce() -> ResponseReturnValue | None:
         return current_app.login_manager.unauthorized()  # type: ignore[attr-defined, no-any-return]
     if getattr(current_user, "must_enrol_totp", False) and endpoint not in ENROL_ENDPOINTS:
         return redirect(url_for("account.totp"))  # the MSP requires a second factor: enrol before anything else
-    if not access.admits(current_user.role):
+    if not access.admits(current_user.role, current_user.real_role if getattr(current_user, "acting_as", None)
+                         else None):
         abort(404)
     if session.get(LINK_SESSION) and request.blueprint not in LINK_BLUEPRINTS and endpoint not in LINK_ENDPOINTS:
         return current_app.login_manager.unauthorized()  # type: ignore[attr-defined, no-any-return]

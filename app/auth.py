@@ -6,6 +6,10 @@ MSP roles act across tenants, every other role inside its own tenant; :func:`lea
 
 Signing in is the password, then (when the user enrolled one) a TOTP code on its own page: the session is signed in
 only once the code passes. Failures count towards the account lockout and the per-IP limit (:mod:`app.security`).
+A session is a signed cookie, so it ends on the server's word: it carries the user's ``session_version`` (inside the
+token of :meth:`Principal.get_id`), which signing out bumps, ending every session of the user, a copied cookie
+included; and the time of the sign-in, after which it lasts at most ``MAILWARD_SESSION_MAX_AGE`` however active it
+is (the idle limit, ``PERMANENT_SESSION_LIFETIME``, ends it sooner).
 An admin whose MSP requires a second factor and who has none is signed in, but reaches nothing but the enrolment page
 (:func:`app.access.enforce`). An MSP user "viewing as" a tenant is presented as that tenant's admin (or auditor).
 """
@@ -35,6 +39,7 @@ from tenants.models import Msp, Role, Tenant, User, utcnow
 from tenants.passwords import hash_password, needs_rehash, verify_password
 from tenants.scope import MSP, Scope, msp_scope, reset_scope, set_scope
 from tenants.services import tenant_suspended
+from tenants.users import end_sessions
 
 bp = Blueprint("auth", __name__)
 
@@ -48,6 +53,10 @@ SUSPENDED_LOGIN = "Your organisation's account is suspended; ask your provider."
 PENDING_TOTP = "pending_totp"
 #: Seconds the TOTP step waits after the password before the password is asked again.
 PENDING_TOTP_TTL = 300
+#: Session key of the time (epoch seconds) the session was signed in: it ends ``session_max_age`` later.
+SIGNED_IN_AT = "signed_in_at"
+#: The notice when a session reached its absolute lifetime.
+SESSION_EXPIRED = "Your session has expired; sign in again."
 
 
 class Principal:
@@ -81,7 +90,8 @@ class Principal:
         self.acting_as = tenant.name
 
     def get_id(self) -> str:
-        """What the session cookie keeps: the id and a token that changes with the password (see :func:`_token`)."""
+        """What the session cookie keeps: the id and a token that changes with the password and the session version
+        (see :func:`_token`)."""
         return f"{self.user_id}:{self._token}"
 
     @property
@@ -97,8 +107,9 @@ class Principal:
 
 
 def _token(user: User) -> str:
-    # Bound to the password hash: changing or clearing a password ends every session signed in with the old one.
-    msg = f"{user.id}:{user.password_hash or ''}".encode()
+    # Bound to the password hash: changing or clearing a password ends every session signed in with the old one; and
+    # to the session version: signing out (or a deactivation) bumps it and ends every session signed in before.
+    msg = f"{user.id}:{user.password_hash or ''}:{user.session_version or 0}".encode()
     return hmac.new(current_app.secret_key.encode(), msg, hashlib.sha256).hexdigest()[:32]  # type: ignore[union-attr]
 
 
@@ -119,10 +130,23 @@ def _principal(session: Session, user: User) -> Principal:
                      must_enrol_totp=not user.totp_enabled and _totp_required(session, user))
 
 
+def _expired() -> bool:
+    """Whether the session is older than the absolute lifetime (or does not say when it was signed in)."""
+    started = session.get(SIGNED_IN_AT)
+    if not isinstance(started, int) or isinstance(started, bool):
+        return True
+    return not 0 <= time.time() - started <= config().session_max_age
+
+
 def load_principal(value: str) -> Principal | None:
-    """Flask-Login user loader: the session's user if it still exists, is active and its password is unchanged."""
+    """Flask-Login user loader: the session's user if it still exists, is active, its password and session version
+    are those the session was signed in with, and the session is within its absolute lifetime."""
     uid, _, token = value.partition(":")
     if not uid.isdigit():
+        return None
+    if _expired():
+        session.clear()
+        flash(SESSION_EXPIRED, "info")
         return None
     with db.new_session() as s, msp_scope():
         user = s.get(User, int(uid))
@@ -222,9 +246,7 @@ def start_session(session_db: Session, user: User, *, via_link: bool = False) ->
     """
     user.last_login_at = utcnow()
     principal = _principal(session_db, user)
-    session.clear()
-    login_user(principal)
-    session.permanent = True  # expires after PERMANENT_SESSION_LIFETIME, checked on the signed cookie
+    _sign_in(principal)
     if via_link:
         session[LINK_SESSION] = True
     return principal
@@ -267,16 +289,17 @@ def login() -> ResponseReturnValue:
                                      "next": safe_next(request.args.get("next"))}
             return redirect(url_for("auth.login_totp"))
         if principal is not None:
-            _sign_in(principal, safe_next(request.args.get("next")))
+            _sign_in(principal)
             return redirect(safe_next(request.args.get("next")) or home_url(principal))
         flash(outcome.error, "error")
     return render_template("auth/login.html", form=form, consent_banner=security.msp_settings()[1])
 
 
-def _sign_in(principal: Principal, next_url: str | None) -> None:
+def _sign_in(principal: Principal) -> None:
     session.clear()  # a fresh session (and CSRF token) for the signed-in user
     login_user(principal)
-    session.permanent = True  # expires after PERMANENT_SESSION_LIFETIME, checked on the signed cookie
+    session.permanent = True  # ends after PERMANENT_SESSION_LIFETIME without a request (the signed cookie's age)
+    session[SIGNED_IN_AT] = int(time.time())  # and session_max_age from now, however active (load_principal)
 
 
 @bp.route("/login/totp", methods=["GET", "POST"])
@@ -307,7 +330,7 @@ def login_totp() -> ResponseReturnValue:
                 principal = _principal(s, user)
                 s.commit()
                 next_url = pending.get("next")
-                _sign_in(principal, next_url)
+                _sign_in(principal)
                 return redirect(safe_next(next_url) or home_url(principal))
             if wait_td is None:
                 wait_td = security.fail_account(user)
@@ -326,6 +349,15 @@ def login_totp() -> ResponseReturnValue:
 @bp.route("/logout", methods=["POST"])
 @allow(*ANY_ROLE)
 def logout() -> ResponseReturnValue:
+    """Sign out: the user's session version moves on, so this session's cookie (and any copy of it, and the user's
+    sessions elsewhere) is refused from now on, not merely forgotten by this browser."""
+    s = db.session
+    with msp_scope():
+        user = s.get(User, current_user.user_id)
+        if user is not None:
+            end_sessions(user)
+            security.audit("logout", target=user.email, tenant_id=user.tenant_id, actor=user.email)
+            s.commit()
     logout_user()
     session.clear()
     flash("You are signed out.", "info")

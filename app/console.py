@@ -25,6 +25,7 @@ from app.exports import tenant_zip
 from app.extensions import config, db
 from app.forms import DomainForm, TenantForm
 from tenants import lifecycle, services
+from tenants.egress import EgressPolicy
 from tenants.exceptions import NotFound, ValidationError
 from tenants.models import Domain, Role, Tenant, User
 from tenants.redisconn import bump_policy_version
@@ -93,7 +94,8 @@ def add_domain() -> ResponseReturnValue:
         try:
             tenant = services.get_tenant(s, form.tenant.data)
             host, port = services.parse_transport(form.transport.data or "")
-            domain = services.add_domain(s, tenant, form.name.data or "", host, port, form.tls.data)
+            domain = services.add_domain(s, tenant, form.name.data or "", host, port, form.tls.data,
+                                         egress=EgressPolicy(config()))
             _audit("domain.create", f"domain {domain.name}",
                    f"transport {domain.transport}, TLS {domain.transport_tls}", tenant_id=tenant.id)
             s.commit()
@@ -105,7 +107,8 @@ def add_domain() -> ResponseReturnValue:
             flash(f"domain {(form.name.data or '').strip()} is already registered", "error")
         else:
             bump_policy_version(config())
-            flash(f"Domain {domain.name} added to {tenant.name}.", "success")
+            flash(f"Domain {domain.name} added to {tenant.name}; it receives mail at once (you vouch for it).",
+                  "success")
             return redirect(url_for("console.index"))
     return _page(domain_form=form, status=422)
 

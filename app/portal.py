@@ -14,7 +14,8 @@ from sqlalchemy.exc import IntegrityError
 from app.access import allow
 from app.extensions import config, db
 from app.forms import PortalDomainForm, TransportForm, transport_prefix
-from tenants import dnsreadiness, services, verification
+from tenants import claims, dnsreadiness, services, verification
+from tenants.egress import EgressPolicy
 from tenants.exceptions import ValidationError
 from tenants.models import Domain, Role
 from tenants.redisconn import bump_policy_version
@@ -70,7 +71,8 @@ def index() -> ResponseReturnValue:
 def add_domain() -> ResponseReturnValue:
     """Add a domain to the signed-in admin's tenant, then show its ownership record and DNS checklist.
 
-    Mail for it is accepted as soon as its MX points here; the ownership proof (a TXT record) is what the MSP sees.
+    A tenant's own domain receives mail only once verified (its TXT record published, then Verify); a name another
+    tenant has, or one inside another tenant's domain, is refused with the same words as any other taken name.
     """
     s = db.session
     form = PortalDomainForm(prefix="add")
@@ -78,7 +80,8 @@ def add_domain() -> ResponseReturnValue:
         try:
             tenant = services.get_tenant(s, current_user.tenant_id)
             host, port = services.parse_transport(form.transport.data or "")
-            d = services.add_domain(s, tenant, form.name.data or "", host, port, form.tls.data)
+            d = services.add_domain(s, tenant, form.name.data or "", host, port, form.tls.data,
+                                    egress=EgressPolicy(config()))
             _audit("domain.create", f"domain {d.name}", f"transport {d.transport}, TLS {d.transport_tls}")
             s.commit()
         except ValidationError as exc:
@@ -86,10 +89,11 @@ def add_domain() -> ResponseReturnValue:
             form.name.errors = [*form.name.errors, str(exc)]
         except IntegrityError:  # registered by someone else between the check and the commit
             s.rollback()
-            form.name.errors = [*form.name.errors, f"domain {(form.name.data or '').strip()} is already registered"]
+            form.name.errors = [*form.name.errors, str(claims.not_available((form.name.data or "").strip()))]
         else:
             bump_policy_version(config())
-            flash(f"Domain {d.name} added. Publish the records below, then check ownership.", "success")
+            flash(f"Domain {d.name} added. It receives mail once verified: publish the TXT record below, then "
+                  "Verify.", "success")
             return redirect(url_for("portal.domain", domain_id=d.id))
     return _index_page(form, status=422)
 
@@ -109,7 +113,8 @@ def update_transport(domain_id: int) -> ResponseReturnValue:
     form = TransportForm(prefix=transport_prefix(d.id))
     if form.validate_on_submit():
         try:
-            services.update_transport(d, form.host.data or "", form.port.data or "", form.tls.data)
+            services.update_transport(d, form.host.data or "", form.port.data or "", form.tls.data,
+                                      egress=EgressPolicy(config()))
             _audit("domain.transport", f"domain {d.name}", f"transport {d.transport}, TLS {d.transport_tls}")
             s.commit()
         except ValidationError as exc:
@@ -127,13 +132,15 @@ def update_transport(domain_id: int) -> ResponseReturnValue:
 @bp.route("/domains/<int:domain_id>/verify", methods=["POST"])
 @allow(Role.TENANT_ADMIN)
 def verify_domain(domain_id: int) -> ResponseReturnValue:
-    """Look the ownership record up now and set the domain's verified flag from the answer."""
+    """Look the ownership record up now; once it is there the domain is verified and receives mail at once."""
     s = db.session
     d = load(s, Domain, domain_id)
     was = d.verified
     result = verification.check(config(), d)
     if d.verified != was:
-        _audit("domain.verify", f"domain {d.name}", "verified" if d.verified else "no longer verified")
+        _audit("domain.verify", f"domain {d.name}", "verified")
     s.commit()
+    if d.verified != was:
+        bump_policy_version(config())  # the ingresses' sender-domain caches hold "nobody's" for it until then
     flash(result.message, "success" if result.verified else "error")
     return redirect(url_for("portal.domain", domain_id=d.id))

@@ -363,6 +363,7 @@ def _outbound_page(net_form: RelayNetworkForm | None = None, cred_form: SmtpCred
     return render_template("portal/outbound.html", networks=relay.list_relay_networks(s, tenant),
                            credentials=relay.list_smtp_credentials(s, tenant), net_form=net_form,
                            cred_form=cred_form, can_edit=can_edit, created=created, port=SUBMISSION_PORT,
+                           tenant_prefix=relay.TENANT_MIN_PREFIX,
                            hostname=config().hostname,
                            submission_on=config().submission_listen is not None), status
 

@@ -18,6 +18,7 @@ from app.portal import TENANT_ROLES, bp
 from app.security import audit
 from tenants import lists, services
 from tenants.branding import brand_of, set_branding
+from tenants.egress import EgressPolicy
 from tenants.exceptions import NotFound, ValidationError
 from tenants.models import Role
 
@@ -107,7 +108,7 @@ def save_branding() -> ResponseReturnValue:
         tenant = services.get_tenant(s, current_user.tenant_id)
         try:
             set_branding(tenant, name=form.name.data or "", color=form.color.data or "",
-                         logo_url=form.logo_url.data or "")
+                         logo_url=form.logo_url.data or "", egress=EgressPolicy(config()))
             audit("branding.update", f"tenant {tenant.name}", f"name {tenant.brand_name or ''!r}, "
                   f"colour {tenant.brand_color or ''}, logo {tenant.brand_logo_url or ''}")
             s.commit()

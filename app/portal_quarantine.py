@@ -1,4 +1,6 @@
-"""The tenant's quarantine in the portal: tenant_admin acts, tenant_auditor reads.
+"""The tenant's quarantine in the portal: tenant_admin acts, tenant_auditor reads, and msp_helpdesk viewing the tenant
+as it releases, deletes and reports (README: "read and quarantine actions") but neither edits the tenant's lists nor
+releases a virus or a copy to another address, nor downloads the raw mail: those stay with admins.
 
 Routes on the ``portal`` blueprint (``/portal/quarantine``): a filtered list paged by keyset cursor, bulk release
 and delete, one mail's detail (envelope, findings with their positive and negative sums, attachments, headers,
@@ -18,7 +20,7 @@ from flask.typing import ResponseReturnValue
 from flask_login import current_user
 
 from app import held
-from app.access import allow
+from app.access import QUARANTINE_HELPDESK, allow
 from app.csp import preview_response
 from app.extensions import config, db
 from app.forms import QuarantineFilterForm
@@ -35,6 +37,8 @@ log = logging.getLogger(__name__)
 ACTIONS = ("release", "release_to", "delete", "allow_release", "block_delete", "report_spam", "report_ham")
 #: Actions that deliver the mail (a virus needs a confirmation for them).
 RELEASES = ("release", "release_to")
+#: What the helpdesk may do to one held mail (the list actions administer the tenant; a copy elsewhere is an admin's).
+HELPDESK_ACTIONS = ("release", "delete", "report_spam", "report_ham")
 
 
 def _envelope(msg: Any) -> str:
@@ -44,6 +48,11 @@ def _envelope(msg: Any) -> str:
 
 def _is_admin() -> bool:
     return current_user.role is Role.TENANT_ADMIN
+
+
+def _can_act() -> bool:
+    """Admins, and the helpdesk viewing the tenant as it, act on held mail."""
+    return _is_admin() or (bool(current_user.acting_as) and current_user.real_role in QUARANTINE_HELPDESK)
 
 
 def _filters(form: QuarantineFilterForm) -> dict[str, Any]:
@@ -63,11 +72,11 @@ def _filters(form: QuarantineFilterForm) -> dict[str, Any]:
 @bp.route("/quarantine/")
 @allow(*TENANT_ROLES)
 def quarantine() -> ResponseReturnValue:
-    return held.list_page(db.session, "portal/quarantine.html", QuarantineFilterForm, _filters, can_act=_is_admin())
+    return held.list_page(db.session, "portal/quarantine.html", QuarantineFilterForm, _filters, can_act=_can_act())
 
 
 @bp.route("/quarantine/bulk", methods=["POST"])
-@allow(Role.TENANT_ADMIN)
+@allow(Role.TENANT_ADMIN, viewing_as=QUARANTINE_HELPDESK)
 def quarantine_bulk() -> ResponseReturnValue:
     s = db.session
     ids = held.selected_ids()
@@ -86,7 +95,7 @@ def quarantine_bulk() -> ResponseReturnValue:
         refused = {i: "a virus is released one at a time, from its own page, after a confirmation"
                    for i in ids if kinds.get(i) == "virus"}
         result = q.release_many(s, config(), [i for i in ids if i not in refused], actor=current_user.email,
-                                actor_is_admin=True)
+                                actor_is_admin=_is_admin())
         audit("quarantine.bulk_release", ", ".join(ids)[:500], f"{len(ids)} selected")
         s.commit()
         held.flash_bulk(result, "released", refused)
@@ -106,7 +115,8 @@ def quarantine_message(message_id: str) -> ResponseReturnValue:
     detail = q.detail(s, message_id)
     audit("quarantine.view", f"message {detail.message.id}", _envelope(detail.message))
     s.commit()
-    return render_template("portal/quarantine_message.html", d=detail, m=detail.message, can_act=_is_admin(),
+    return render_template("portal/quarantine_message.html", d=detail, m=detail.message, can_act=_can_act(),
+                           is_admin=_is_admin(),
                            held_rcpts=[r for r, status in detail.rcpts if status == "quarantined"])
 
 
@@ -139,14 +149,16 @@ def quarantine_raw(message_id: str) -> ResponseReturnValue:
 
 
 def _perform(message_id: str, action: str, to: str | None) -> str:
-    """Carry out one admin action in the request's session (the caller commits); what it did, in words."""
-    s, cfg, actor = db.session, config(), current_user.email
+    """Carry out one action in the request's session (the caller commits); what it did, in words."""
+    s, cfg, actor, admin = db.session, config(), current_user.email, _is_admin()
     if action == "release":
-        return f"Message {q.release(s, cfg, message_id, actor=actor, actor_is_admin=True)}."
+        return f"Message {q.release(s, cfg, message_id, actor=actor, actor_is_admin=admin)}."
     if action == "release_to":
         if not to:
             raise ValidationError("give the address to release the message to")
-        return f"Message {q.release(s, cfg, message_id, actor=actor, to=to, actor_is_admin=True)}."
+        # A tenant's admin may send a copy anywhere (it can download the raw mail as well).
+        copy = q.release(s, cfg, message_id, actor=actor, to=to, actor_is_admin=admin, outside_ok=admin)
+        return f"Message {copy}."
     if action == "delete":
         return f"Message deleted for {', '.join(q.delete(s, message_id, actor=actor))}."
     if action == "allow_release":
@@ -161,15 +173,20 @@ def _perform(message_id: str, action: str, to: str | None) -> str:
 
 
 @bp.route("/quarantine/<message_id>/act", methods=["POST"])
-@allow(Role.TENANT_ADMIN)
+@allow(Role.TENANT_ADMIN, viewing_as=QUARANTINE_HELPDESK)
 def quarantine_act(message_id: str) -> ResponseReturnValue:
     s = db.session
     action = request.form.get("action", "")
     if action not in ACTIONS:
         abort(400)
+    if not _is_admin() and action not in HELPDESK_ACTIONS:
+        abort(404)  # as for a view the role may not call: no oracle of what exists
     msg = q.get(s, message_id)
     mid, kind = msg.id, msg.quarantine_kind
     to = (request.form.get("to") or "").strip() or None
+    if kind == "virus" and action in RELEASES and not _is_admin():
+        flash("A virus can only be released by an administrator.", "error")
+        return redirect(url_for("portal.quarantine_message", message_id=mid))
     if kind == "virus" and action == "allow_release":
         flash("The sender of a virus is not put on the allow list; release the message on its own if you must.",
               "error")

@@ -7,8 +7,9 @@ tells whether an account exists. Per client IP: Flask-Limiter on Redis counts fa
 :data:`IP_LIMIT` in :data:`IP_WINDOW` seconds the sign-in forms answer 429. Redis being away opens the IP wall (the
 account lockout in the database still holds) rather than locking everyone out.
 
-"View as": an msp_admin (or msp_helpdesk, read-only) opens a tenant's portal as that tenant. The session keeps the
-tenant id; :func:`app.auth.load_principal` then presents the MSP user as the tenant's admin (helpdesk: auditor) in
+"View as": an msp_admin (or msp_helpdesk, who reads and acts on held mail only) opens a tenant's portal as that
+tenant. The session keeps the tenant id; :func:`app.auth.load_principal` then presents the MSP user as the tenant's
+admin (helpdesk: auditor, admitted besides to the quarantine actions, see :data:`app.access.QUARANTINE_HELPDESK`) in
 that tenant's scope, every page shows a banner to stop, and every audit entry names the tenant in ``acting_as``.
 """
 
@@ -67,7 +68,7 @@ IP_WINDOW = 300
 UNKNOWN_KEY = "mailward:login:unknown:{digest}"
 #: Session key holding the tenant id an MSP user is viewing as.
 VIEW_AS = "view_as"
-#: Who views a tenant as which tenant role: the helpdesk only reads.
+#: Who views a tenant as which tenant role: the helpdesk reads (and acts on held mail, where a view admits it).
 VIEW_AS_ROLE = {Role.MSP_ADMIN: Role.TENANT_ADMIN, Role.MSP_HELPDESK: Role.TENANT_AUDITOR}
 #: Entries per audit page.
 AUDIT_PAGE = 50
@@ -350,7 +351,8 @@ def save_settings() -> ResponseReturnValue:
 @console.bp.route("/view-as", methods=["POST"])
 @allow(*MSP_ROLES)
 def start_view_as() -> ResponseReturnValue:
-    """Open a tenant's portal as that tenant (msp_admin as its admin, msp_helpdesk as its auditor)."""
+    """Open a tenant's portal as that tenant (msp_admin as its admin, msp_helpdesk as its auditor that may also act
+    on held mail)."""
     raw = request.form.get("tenant_id", "")
     s = db.session
     try:

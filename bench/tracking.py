@@ -30,7 +30,7 @@ from tenants import stats, tracking  # noqa: E402
 from tenants.config import Config  # noqa: E402
 from tenants.db import dispose_engines, get_engine, migrate, session_scope  # noqa: E402
 from tenants.models import Delivery, Event, Finding, Message, Msp, Tenant  # noqa: E402
-from tenants.scope import msp_scope, tenant_scope  # noqa: E402
+from tenants.scope import RAW_SQL, msp_scope, tenant_scope  # noqa: E402
 from worker import rollup  # noqa: E402
 
 #: Rows per INSERT batch.
@@ -102,7 +102,7 @@ def fill_postgres(cfg: Config, n: int, tenants: int, days: int) -> dict[str, Any
     with msp_scope(), session_scope(cfg) as s:
         s.execute(insert(Msp).values(id=1, name="Bench MSP"))
         s.execute(insert(Tenant), [{"id": t + 1, "msp_id": 1, "name": f"T{t + 1}"} for t in range(tenants)])
-    engine = get_engine(cfg)
+    engine = get_engine(cfg).execution_options(**{RAW_SQL: "bench: SQL that fills every tenant's mail at once"})
     for lo in range(0, n, PG_CHUNK):
         hi = min(n, lo + PG_CHUNK) - 1
         with engine.begin() as conn:
@@ -210,7 +210,7 @@ def main() -> None:
                          ("message_id", tracking.Filters(message_id_header=probe["message_id"], tenant_id=tid))):
             stmt = tracking._statement(f).order_by(Message.received_at.desc(), Message.id.desc()).limit(51)
             sql = str(stmt.compile(dialect=s.get_bind().dialect, compile_kwargs={"literal_binds": True}))
-            plan = s.execute(text(explain + sql)).all()
+            plan = s.execute(text(explain + sql).execution_options(**{RAW_SQL: "bench: the search's query plan"})).all()
             print(f"plan {label}: " + " | ".join(str(row[-1]).strip() for row in plan))
     dispose_engines()
 

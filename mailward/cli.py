@@ -57,9 +57,11 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Apply every migration the database lacks."""
-    from tenants.db import migrate, schema_revisions
+    from tenants.db import migrate, schema_revisions, secure_data_dir
 
     cfg = get_config()
+    if not cfg.database_url or cfg.uses_private_redis:
+        secure_data_dir(cfg)  # it holds the SQLite database (all raw mail) or the private Valkey: owner only
     migrate(cfg)
     click.echo(f"database at revision {schema_revisions(cfg)[0]}")
 
@@ -205,14 +207,44 @@ def domain() -> None:
 @click.option("--tls", type=click.Choice(["none", "opportunistic", "required"]), default="opportunistic",
               show_default=True)
 def domain_add(tenant_ref: str, name: str, transport: str, tls: str) -> None:
+    """Add a domain to a tenant. The MSP on the command line may name any transport (no egress policy)."""
+    from tenants.egress import EgressPolicy
     from tenants.redisconn import bump_policy_version
     from tenants.services import add_domain, get_tenant, parse_transport
 
     cfg = get_config()
     host, port = parse_transport(transport)
     with _db(cfg) as session:
-        d = add_domain(session, get_tenant(session, tenant_ref), name, host, port, tls)
+        d = add_domain(session, get_tenant(session, tenant_ref), name, host, port, tls,
+                       egress=EgressPolicy.unchecked(cfg))
         click.echo(f"domain {d.name} added to tenant {tenant_ref}, transport {d.transport} (TLS {d.transport_tls})")
+    bump_policy_version(cfg)
+
+
+@domain.command("transport")
+@click.argument("name", metavar="DOMAIN")
+@click.argument("transport", metavar="HOST:PORT")
+@click.option("--tls", type=click.Choice(["none", "opportunistic", "required"]), default="opportunistic",
+              show_default=True)
+def domain_transport(name: str, transport: str, tls: str) -> None:
+    """Replace a domain's transport; as on `domain add`, any host (the tenant egress policy binds tenants and keys)."""
+    from sqlalchemy import select
+
+    from tenants.egress import EgressPolicy
+    from tenants.exceptions import NotFound
+    from tenants.models import Domain
+    from tenants.policy import normalize_domain
+    from tenants.redisconn import bump_policy_version
+    from tenants.services import parse_transport, update_transport
+
+    cfg = get_config()
+    host, port = parse_transport(transport)
+    with _db(cfg) as session:
+        d = session.scalar(select(Domain).where(Domain.name == normalize_domain(name)))
+        if d is None:
+            raise NotFound(f"no domain {name}")
+        update_transport(d, host, port, tls, egress=EgressPolicy.unchecked(cfg))
+        click.echo(f"domain {d.name}: transport {d.transport} (TLS {d.transport_tls})")
     bump_policy_version(cfg)
 
 
@@ -390,6 +422,10 @@ def policy_set(tenant_ref: str, assignments: tuple[str, ...]) -> None:
             changes.setdefault("scores", {})[key[len("scores."):]] = float(value)
         else:
             changes[key] = value
+    if "subject_prefix" in changes:  # checked as the policy pages check it (no line breaks: header injection)
+        from tenants.policyedit import check_subject_prefix
+
+        changes["subject_prefix"] = check_subject_prefix(str(changes["subject_prefix"]))
     cfg = get_config()
     with _db(cfg) as session:
         tenant_id = None if tenant_ref.lower() == "msp" else get_tenant(session, tenant_ref).id
@@ -475,6 +511,10 @@ from mailward.bayes_cli import bayes  # noqa: E402  (per-tenant Bayes training)
 
 cli.add_command(bayes)
 
+from mailward.model_cli import model  # noqa: E402  (the base content model)
+
+cli.add_command(model)
+
 from mailward import quarantine_cli  # noqa: E402  (quarantine, allow/block lists, digests)
 
 cli.add_command(quarantine_cli.quarantine)
@@ -489,6 +529,10 @@ cli.add_command(apikey)
 from mailward.stats_cli import stats  # noqa: E402  (statistics roll-up)
 
 cli.add_command(stats)
+
+from mailward.sarules_cli import sarules  # noqa: E402  (SpamAssassin's rules: load report, sa-update)
+
+cli.add_command(sarules)
 
 from mailward.domain_cli import verify as domain_verify  # noqa: E402  (domain ownership proof)
 
@@ -558,8 +602,10 @@ def recipients_remove(tenant_ref: str, addresses: tuple[str, ...]) -> None:
 @click.option("--attributes", default="", help="Comma-separated; default: mail,proxyAddresses.")
 def recipients_ldap(tenant_ref: str, url: str, base_dn: str, bind_dn: str, password_stdin: bool, search_filter: str,
                     attributes: str) -> None:
-    """Set a tenant's LDAP directory (without --password-stdin the stored password is kept)."""
+    """Set a tenant's LDAP directory (without --password-stdin the stored password is kept); any host, as the
+    MSP on the command line is not held to the tenant egress policy."""
     from tenants import recipients as rcpt
+    from tenants.egress import EgressPolicy
     from tenants.services import get_tenant
 
     password = sys.stdin.readline().rstrip("\r\n") if password_stdin else None
@@ -567,7 +613,7 @@ def recipients_ldap(tenant_ref: str, url: str, base_dn: str, bind_dn: str, passw
     with _db(cfg) as session:
         t = get_tenant(session, tenant_ref)
         rcpt.set_ldap(session, cfg, t.id, url=url, base_dn=base_dn, bind_dn=bind_dn, password=password,
-                      search_filter=search_filter, attributes=attributes)
+                      search_filter=search_filter, attributes=attributes, egress=EgressPolicy.unchecked(cfg))
         rcpt.reload_after_commit(session, cfg)
     click.echo(f"LDAP directory of {t.name}: {url} {base_dn}")
 

@@ -2,7 +2,8 @@
 
 Starts the private Valkey (when no Redis URL is set), migrates, creates the first MSP admin, then runs ingress,
 worker, scheduler and web as child processes with the same environment. Ctrl-C (or SIGTERM) stops all of them;
-if one dies, the rest are stopped too and the exit code says so.
+if one dies, the rest are stopped too and the exit code says so. Everything runs under a umask of 077, with the data
+directory made private first: raw mail, logs and Valkey's files are readable by their owner alone.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from sqlalchemy import select
 
 from mailward.localclamd import find_or_start
 from tenants.config import Config
-from tenants.db import migrate, session_scope
+from tenants.db import PRIVATE_UMASK, migrate, private_dir, secure_data_dir, session_scope
 from tenants.models import Role, User
 from tenants.redisconn import ensure_redis, stop_private_redis
 from tenants.scope import msp_scope
@@ -41,12 +42,12 @@ def ensure_admin(cfg: Config) -> str | None:
 
 
 def run_all(cfg: Config) -> int:
-    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    os.umask(PRIVATE_UMASK)  # inherited by Valkey, clamd and the four children: what they create is private
+    secure_data_dir(cfg)
     ensure_redis(cfg)
     migrate(cfg)
     password = ensure_admin(cfg)
-    logs = cfg.data_dir / "logs"
-    logs.mkdir(exist_ok=True)
+    logs = private_dir(cfg.data_dir / "logs")
 
     children: dict[str, subprocess.Popen[bytes]] = {}
     env = dict(os.environ)

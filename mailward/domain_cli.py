@@ -1,7 +1,8 @@
 """``mailward domain verify DOMAIN``: look the domain's ownership record up now and record the answer.
 
 Registered in :mod:`mailward.cli` as a subcommand of the ``domain`` group. Exit status 0 when verified, 1 when not
-(or when DNS could not be asked), so scripts can wait for a customer's record.
+(or when DNS could not be asked), so scripts can wait for a customer's record. A domain a tenant added itself
+receives mail from the moment it is verified; one the MSP added received it already (vouched for).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import click
 @click.command("verify")
 @click.argument("name", metavar="DOMAIN")
 def verify(name: str) -> None:
-    """Check DOMAIN's TXT record _mailward.DOMAIN and set its verified flag (prints the record to publish)."""
+    """Check DOMAIN's TXT record _mailward.DOMAIN and mark it verified when published (prints the record to publish)."""
     from sqlalchemy import select
 
     from tenants import verification
@@ -31,9 +32,16 @@ def verify(name: str) -> None:
         domain = session.scalar(select(Domain).where(Domain.name == normalize_domain(name)))
         if domain is None:
             raise NotFound(f"no tenant domain {name!r}")
+        was = domain.verified
         result = verification.check(cfg, domain)
         record = verification.zone_line(cfg, domain)
+        changed, state = domain.verified != was, verification.state(domain)
+    if changed:
+        from tenants.redisconn import bump_policy_version
+
+        bump_policy_version(cfg)  # the ingresses route it from now on
     click.echo(result.message)
+    click.echo(f"state: {state}")
     if not result.verified:
         click.echo(f"publish: {record}")
         sys.exit(1)

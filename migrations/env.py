@@ -5,6 +5,7 @@ from sqlalchemy import pool
 
 from tenants.db import make_engine
 from tenants.models import Base
+from tenants.scope import msp_scope
 
 config = context.config
 target_metadata = Base.metadata
@@ -21,7 +22,8 @@ def run_migrations_online() -> None:
     engine = make_engine(config.get_main_option("sqlalchemy.url"), poolclass=pool.NullPool)
     with engine.connect() as connection:
         context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
-        with context.begin_transaction():
+        # A migration changes every tenant's rows alike: the MSP scope (the isolation guard refuses Core otherwise).
+        with msp_scope(), context.begin_transaction():
             context.run_migrations()
     engine.dispose()
 

@@ -12,6 +12,10 @@ tenant is known. It caches each tenant's mode (dropped when the policy version m
   and the answer is cached in Redis per tenant and address (:data:`VALID_TTL`, :data:`INVALID_TTL`); concurrent RCPTs
   for one address in this process share one probe. 2xx → accept, 5xx → ``550 5.1.1``, 4xx → ``450 4.1.1``.
 
+The transport is held to the egress policy (:mod:`tenants.egress`) like delivery: resolved, checked, and the probe
+connects to the checked address; a refused one is never connected to (no answer: the recipient is accepted, and the
+mail then waits in the queue, refused the same way).
+
 Anything that is not a definite answer fails open: an unreachable or timed-out transport, a refused ``MAIL FROM:<>``,
 Redis or the database down → the recipient is accepted (and logged); the mail then queues or bounces like any other.
 Only a 5xx to RCPT itself, or an address missing from a list, is ever a 5xx here.
@@ -33,6 +37,7 @@ from sqlalchemy.orm import Session
 
 from tenants import recipients
 from tenants.config import Config
+from tenants.egress import SMTP, EgressError, EgressPolicy
 from tenants.models import TlsMode
 from tenants.policy import DomainRoute
 from tenants.scope import tenant_scope
@@ -83,10 +88,18 @@ def _tls_context() -> ssl.SSLContext:
     return ctx
 
 
-async def probe(route: DomainRoute, address: str, *, helo: str, timeout: float = PROBE_TIMEOUT) -> ProbeResult:
-    """Ask the domain's transport whether it takes mail for ``address``; never sends DATA."""
-    client = aiosmtplib.SMTP(hostname=route.transport_host, port=route.transport_port, timeout=timeout,
-                             local_hostname=helo, start_tls=False, tls_context=_tls_context())
+async def probe(route: DomainRoute, address: str, *, helo: str, egress: EgressPolicy,
+                timeout: float = PROBE_TIMEOUT) -> ProbeResult:
+    """Ask the domain's transport whether it takes mail for ``address``; never sends DATA. Unless the MSP's CLI set
+    the transport, the probe goes to an address ``egress`` checked just now."""
+    host = route.transport_host
+    if not route.transport_egress_exempt:
+        try:
+            host = (await egress.pin_async(SMTP, host, route.transport_port, label="transport"))[0]
+        except EgressError as exc:
+            return ProbeResult(0, f"refused by the egress policy: {exc}")
+    client = aiosmtplib.SMTP(hostname=host, port=route.transport_port, timeout=timeout, local_hostname=helo,
+                             start_tls=False, tls_context=_tls_context())
     try:
         async with asyncio.timeout(timeout):
             await client.connect()
@@ -137,6 +150,7 @@ class RecipientVerifier:
         self.sessions = sessions
         self.redis = redis
         self.prober = prober
+        self.egress = EgressPolicy(cfg)
         #: tenant id → (policy version, monotonic load time, settings)
         self._settings: dict[int, tuple[int | None, float, recipients.Settings]] = {}
         #: (tenant id, address) → the probe running for it, shared by concurrent RCPTs
@@ -196,7 +210,7 @@ class RecipientVerifier:
         flight = (route.tenant_id, address.lower())
         task = self._running.get(flight)
         if task is None:
-            task = asyncio.ensure_future(self.prober(route, address, helo=self.cfg.hostname))
+            task = asyncio.ensure_future(self.prober(route, address, helo=self.cfg.hostname, egress=self.egress))
             self._running[flight] = task
             task.add_done_callback(lambda _: self._running.pop(flight, None))
             result: ProbeResult = await asyncio.shield(task)

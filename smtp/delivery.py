@@ -92,7 +92,8 @@ def _load_transports(cfg: Config, domains: set[str]) -> dict[str, NextHop]:
     session = session_factory(cfg)()
     try:
         found = session.scalars(select(Domain).where(Domain.name.in_(domains)))
-        return {d.name: Router.transport(d.transport_host, d.transport_port, d.transport_tls) for d in found}
+        return {d.name: Router.transport(d.transport_host, d.transport_port, d.transport_tls,
+                                         egress_checked=not d.transport_egress_exempt) for d in found}
     finally:
         session.close()
 

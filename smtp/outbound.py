@@ -1,8 +1,10 @@
 """Outbound SMTP client: one conversation per (message, next hop), per-recipient replies, pooled connections.
 
 Used by the ingress fast path (inside its event loop) and by worker jobs (``asyncio.run``). Every step has the
-configured timeout. A reused connection that turns out dead before MAIL FROM is replaced once; nothing is retried
-after DATA started, so a retry can never duplicate a mail.
+configured timeout. A tenant's transport is held to the egress policy (:mod:`tenants.egress`) at every delivery: its
+host is resolved and checked, and the connection goes to the checked address; a refused one is never connected to.
+A reused connection that turns out dead before MAIL FROM is replaced once; nothing is retried after DATA started, so
+a retry can never duplicate a mail.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import dns.resolver
 
 from smtp.dns import async_resolver
 from tenants.config import Config, HostPort
+from tenants.egress import SMTP, EgressError, EgressPolicy, EgressRefused
 from tenants.models import TlsMode
+from tenants.policy import DomainRoute
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +38,8 @@ class NextHop:
     tls: TlsMode = TlsMode.OPPORTUNISTIC
     #: Why there is no host, as a reply (code, text); a 5xx bounces at once, a 4xx waits.
     failure: tuple[int, str] | None = None
+    #: A tenant's transport: each host is resolved and checked by the egress policy just before connecting.
+    egress_checked: bool = False
 
 
 @dataclass
@@ -71,6 +77,11 @@ def _tls_context() -> ssl.SSLContext:
     return ctx
 
 
+#: Enhanced status of a delivery the egress policy refused (a security policy status, RFC 3463), and of a transport
+#: whose name did not resolve at delivery time; both are temporary, so the tenant can fix the transport in time.
+EGRESS_REFUSED_STATUS = "4.7.0"
+EGRESS_UNRESOLVED_STATUS = "4.4.3"
+
 #: Most simultaneous connections to one next-hop host; more deliveries wait for a free one. The idle pool keeps as
 #: many, so a burst reuses its connections instead of closing and reopening them.
 MAX_CONNECTIONS_PER_HOST = 16
@@ -91,6 +102,7 @@ class SmtpPool:
         self.max_per_host = max_per_host
         self._idle: dict[tuple[str, int, str], list[_PooledConnection]] = {}
         self._slots: dict[tuple[str, int], asyncio.Semaphore] = {}
+        self.egress = EgressPolicy(cfg)
 
     def _host_slots(self, hp: HostPort) -> asyncio.Semaphore:
         key = (hp.host, hp.port)
@@ -146,14 +158,31 @@ class SmtpPool:
         """Try the hop's hosts in order until one gives a reply to DATA (or refuses every recipient)."""
         if not hop.hosts and hop.failure:
             return SendResult({r: RcptResult(*hop.failure) for r in rcpts})
+        hosts = hop.hosts
+        if hop.egress_checked:
+            try:
+                hosts = await self._checked_hosts(hop)
+            except EgressError as exc:
+                # Decided before any connection: the same words whether anything listens at the address or not.
+                status = EGRESS_REFUSED_STATUS if isinstance(exc, EgressRefused) else EGRESS_UNRESOLVED_STATUS
+                log.warning("delivery to %s refused by the egress policy: %s", hop.hosts[0], exc)
+                return SendResult({r: RcptResult(451, f"{status} {exc}") for r in rcpts})
         last_error = "no host to deliver to"
-        for hp in hop.hosts:
+        for hp in hosts:
             try:
                 return await self._send_via(hp, hop.tls, sender, rcpts, data)
             except _HostFailed as exc:
                 last_error = f"{hp}: {exc}"
                 log.info("delivery via %s failed: %s", hp, exc)
         return SendResult({r: RcptResult(451, f"4.4.1 {last_error}") for r in rcpts})
+
+    async def _checked_hosts(self, hop: NextHop) -> tuple[HostPort, ...]:
+        """The hop's hosts as the addresses the egress policy checked just now (the name is never handed on)."""
+        out: list[HostPort] = []
+        for hp in hop.hosts:
+            addresses = await self.egress.pin_async(SMTP, hp.host, hp.port, label="transport")
+            out.extend(HostPort(address, hp.port) for address in addresses)
+        return tuple(out)
 
     async def _send_via(self, hp: HostPort, tls: TlsMode, sender: str, rcpts: Sequence[str], data: bytes) -> SendResult:
         async with self._host_slots(hp):
@@ -247,8 +276,15 @@ class Router:
         self.resolver = async_resolver(cfg, lifetime=min(cfg.smtp_timeout, 30.0))
 
     @staticmethod
-    def transport(host: str, port: int, tls: str) -> NextHop:
-        return NextHop((HostPort(host, port),), TlsMode(tls))
+    def transport(host: str, port: int, tls: str, *, egress_checked: bool = True) -> NextHop:
+        """A tenant's transport; held to the egress policy unless the MSP's CLI set it (``egress_checked`` False)."""
+        return NextHop((HostPort(host, port),), TlsMode(tls), egress_checked=egress_checked)
+
+    @staticmethod
+    def for_route(route: DomainRoute) -> NextHop:
+        """The transport of a recipient domain the ingress looked up."""
+        return Router.transport(route.transport_host, route.transport_port, route.transport_tls,
+                                egress_checked=not route.transport_egress_exempt)
 
     async def mx(self, domain: str) -> NextHop:
         if self.cfg.relayhost is not None:

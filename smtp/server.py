@@ -35,17 +35,19 @@ from smtp.callahead import RecipientVerifier
 from smtp.checks import CheckContext, Stage, build_checks
 from smtp.checks.auth import strip_spoofed_authres
 from smtp.checks.lists import ListsCheck, findings_for_rcpt, rcpt_groups
+from smtp.conform import prepare_for_relay
 from smtp.delivery import Deliverer
 from smtp.delivery import Envelope as DeliveryEnvelope
 from smtp.dkimsign import header_from_domain
-from smtp.mime import parse_mail, prefix_subject, summarize_headers
+from smtp.limits import ConnectionLimits, QuietAcceptErrors
+from smtp.mime import OverLimits, check_limits, parse_mail, prefix_subject, summarize_headers
 from smtp.outbound import NextHop, Router
 from smtp.pipeline import run_stage
 from smtp.queue import NewMessage, Refused, add_rejected_rows, release_claim, store_message, store_refusal
 from smtp.ratelimit import REPLY_LIMITED
 from smtp.session import IngressSession, IngressSMTP, MailEnvelope, Submitter
 from smtp.submission import REPLY_AUTH_REQUIRED, REPLY_SENDER_NOT_ALLOWED, Outbound, SubmissionSMTP, decide_outbound
-from smtp.verdict import Action, Verdict, decide, header_block
+from smtp.verdict import Action, Verdict, decide, header_block, subject_tag
 from tenants import heartbeat
 from tenants.config import Config
 from tenants.db import require_current_schema, session_factory
@@ -65,8 +67,6 @@ MAX_CONCURRENT_DELIVERIES = 200
 POLICY_POLL_INTERVAL = 1.0
 #: Seconds a stopping ingress waits for its running deliveries before handing the rest back to the queue.
 SHUTDOWN_GRACE = 10.0
-#: Seconds a client may stay silent before the ingress hangs up (RFC 5321 4.5.3.2 suggests 5 minutes).
-CLIENT_TIMEOUT = 300
 #: Refused recipients recorded per connection: enough for a tenant to see why a partner's mail bounced; a dictionary
 #: attack (hundreds of guesses on one connection) then costs one log line, not hundreds of rows.
 RCPT_REFUSALS_RECORDED = 20
@@ -184,6 +184,12 @@ class IngressHandler:
             submitter: Submitter | None = session.auth_data
         else:
             submitter = await self._relay_submitter(session, peer_ip)
+            try:  # someone else's mail from a tenant's relay network is inbound, like any client's (see submission)
+                if submitter is not None and not await self.outbound.sends_out(submitter, address):
+                    submitter = None
+            except Exception:
+                log.exception("outbound sender lookup failed")
+                return REPLY_LOOKUP_FAILED
         policy = None
         if submitter is not None:
             try:
@@ -245,6 +251,13 @@ class IngressHandler:
             return "452 4.5.3 Too many recipients"
         if not _valid_address(address):
             return "501 5.1.3 Bad recipient address syntax"
+        if envelope.submitter is not None and envelope.mail_from == "<>" and not envelope.rcpt_tos:
+            try:
+                route = await asyncio.to_thread(self._lookup, normalize_domain(address.rpartition("@")[2]))
+            except Exception:
+                log.exception("recipient domain lookup failed")
+                return REPLY_LOOKUP_FAILED
+            self._inbound_bounce(envelope, route)
         if envelope.submitter is not None:
             return await self._outbound_rcpt(session, envelope, envelope.submitter, address, rcpt_options)
         domain = address.rpartition("@")[2]
@@ -279,6 +292,17 @@ class IngressHandler:
         envelope.rcpt_options.extend(rcpt_options)
         envelope.routes[address] = route
         return "250 2.1.5 Ok"
+
+    def _inbound_bounce(self, envelope: MailEnvelope, route: DomainRoute | None) -> None:
+        """Turn a relay network's null-sender transaction inbound when its first recipient's domain is one we receive
+        mail for (:meth:`smtp.submission.Outbound.bounce_is_inbound`): fresh inbound context, MAIL checks rerun."""
+        ctx = envelope.ctx
+        if envelope.submitter is None or ctx is None or not self.outbound.bounce_is_inbound(envelope.submitter, route):
+            return
+        envelope.submitter = None
+        envelope.ctx = CheckContext(cfg=self.cfg, client_ip=ctx.client_ip, helo=ctx.helo, mail_from="",
+                                    redis=self.redis)
+        envelope.early = asyncio.create_task(run_stage(self.checks, envelope.ctx, Stage.MAIL))
 
     async def _outbound_rcpt(
         self, session: Session, envelope: MailEnvelope, submitter: Submitter, address: str, rcpt_options: list[str]
@@ -407,6 +431,9 @@ class IngressHandler:
         by_tenant: dict[int, list[str]] = {}
         for rcpt in envelope.rcpt_tos:
             by_tenant.setdefault(envelope.routes[rcpt].tenant_id, []).append(rcpt)
+        over = await asyncio.to_thread(check_limits, raw)  # before anything parses the mail
+        if over is not None:
+            return await self._refuse_over_limits(session, envelope, raw, queue_id, by_tenant, over)
         try:
             verdicts, groups, ctx = await self._judge(envelope, raw, by_tenant)
         except Exception:
@@ -438,7 +465,7 @@ class IngressHandler:
             return reply
         token = secrets.token_hex(8)
         mail_from = ctx.mail_from
-        content = strip_spoofed_authres(raw, self.cfg.hostname)
+        content = prepare_for_relay(strip_spoofed_authres(raw, self.cfg.hostname), queue_id)
         try:
             stored = await asyncio.to_thread(
                 self._commit, queue_id, mail_from, groups, received, content, verdicts, ctx, peer_ip,
@@ -452,7 +479,7 @@ class IngressHandler:
             if not rows:
                 continue
             env = DeliveryEnvelope(message_id, tenant_id, mail_from)
-            hops = {normalize_domain(r.domain): Router.transport(r.transport_host, r.transport_port, r.transport_tls)
+            hops = {normalize_domain(r.domain): Router.for_route(r)
                     for r in envelope.routes.values() if r.tenant_id == tenant_id}
             task = asyncio.create_task(self._deliver(env, rows, data, token, hops))
             self._in_flight[task] = (token, rows)
@@ -460,6 +487,33 @@ class IngressHandler:
         log.info("accepted %s from %s <%s> for %d recipient(s), %d bytes: %s", queue_id, peer_ip, mail_from,
                  len(envelope.rcpt_tos), len(raw), "; ".join(v.explanation for v in verdicts.values()))
         return f"250 2.0.0 Ok: queued as {queue_id}"
+
+    async def _refuse_over_limits(self, session: Session, envelope: MailEnvelope, raw: bytes, queue_id: str,
+                                  by_tenant: dict[int, list[str]], over: OverLimits, *,
+                                  direction: str = "inbound") -> str:
+        """554 5.6.0 to a mail whose MIME structure is over the limits (nothing parsed it), recorded per tenant like
+        any refusal at DATA."""
+        peer_ip = _peer_ip(session)
+        log.warning("%s from %s refused: over the MIME limits (%s)", queue_id, peer_ip, over.why)
+        mail_from = "" if envelope.mail_from in (None, "<>") else str(envelope.mail_from)
+        refused = []
+        for tid, rcpts in by_tenant.items():
+            try:
+                policy = await self._policy(tid)
+            except Exception:
+                log.exception("policy lookup failed; the refusal of %s is not recorded for tenant %d", queue_id, tid)
+                continue
+            finding = over.finding(policy)
+            refused.append(Refused(
+                tenant_id=tid, rcpts=rcpts, reply=over.reply, stage="DATA", mail_from=mail_from, client_ip=peer_ip,
+                client_helo=session.host_name, queue_id=queue_id, direction=direction,
+                route="transport" if direction == "inbound" else "mx", size=len(raw),
+                header_from=over.headers.header_from, subject=over.headers.subject,
+                message_id_header=over.headers.message_id, score=finding[1], explanation=over.explanation,
+                findings=[finding], retention_days=policy.retention_days("attachment")))
+        if refused:
+            await self._record(refused)
+        return over.reply
 
     async def _judge(
         self, envelope: MailEnvelope, raw: bytes, by_tenant: dict[int, list[str]]
@@ -488,7 +542,7 @@ class IngressHandler:
         """What is stored (and later delivered) for one tenant: our trace and result headers on top, subject tagged."""
         data = received + header_block(verdict, self.cfg.hostname, ctx.add_headers) + content
         if verdict.action == Action.TAG and policy.subject_prefix:
-            data = prefix_subject(data, policy.subject_prefix)
+            data = prefix_subject(data, subject_tag(policy.subject_prefix))  # one line, RFC 2047: no injection
         return data
 
     def _commit(
@@ -571,6 +625,10 @@ class IngressHandler:
                 return REPLY_LOOKUP_FAILED
             if not allowed:
                 return REPLY_SENDER_NOT_ALLOWED.format(domain=from_domain or "(no From)")
+        over = await asyncio.to_thread(check_limits, raw)  # before anything parses the mail
+        if over is not None:
+            return await self._refuse_over_limits(session, envelope, raw, queue_id,
+                                                  {tenant_id: list(envelope.rcpt_tos)}, over, direction="outbound")
         try:
             verdict, ctx = await self._judge_outbound(envelope, raw, tenant_id)
         except Exception:
@@ -598,7 +656,7 @@ class IngressHandler:
             return reply
         received = self._received_header(session, envelope, queue_id, peer_ip, tls=server._tls_protocol is not None)
         try:
-            data, signed = await self.outbound.sign(tenant_id, received + raw, mail_from)
+            data, signed = await self.outbound.sign(tenant_id, received + prepare_for_relay(raw, queue_id), mail_from)
         except Exception:
             log.exception("DKIM signing of outbound %s (tenant %d) failed; answering 451", queue_id, tenant_id)
             return REPLY_SIGNING_FAILED
@@ -722,11 +780,13 @@ async def serve(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
     tls = tls_context(cfg)
     if cfg.submission_listen is not None and tls is None:
         raise ConfigError("MAILWARD_SUBMISSION_LISTEN needs MAILWARD_TLS_CERT and MAILWARD_TLS_KEY")
+    limits = ConnectionLimits.from_config(cfg)  # shared by both listeners
     deliverer = Deliverer(cfg)
     handler = IngressHandler(cfg, deliverer)
     loop = asyncio.get_running_loop()
+    QuietAcceptErrors(loop).install(loop)
     common: dict[str, Any] = dict(data_size_limit=cfg.max_message_size, enable_SMTPUTF8=True, hostname=cfg.hostname,
-                                  ident="Mailward ESMTP", tls_context=tls, timeout=CLIENT_TIMEOUT, loop=loop)
+                                  ident="Mailward ESMTP", tls_context=tls, limits=limits, loop=loop)
 
     def factory() -> IngressSMTP:
         return IngressSMTP(handler, **common)
@@ -749,7 +809,7 @@ async def serve(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
     poller = asyncio.create_task(handler.poll_policy_version())
     me = heartbeat.Identity.here("ingress")
     beats = asyncio.create_task(_heartbeat(cfg, me, handler))
-    log.info("SMTP ingress listening on %s as %s", addrs, cfg.hostname)
+    log.info("SMTP ingress listening on %s as %s (%s)", addrs, cfg.hostname, limits)
     print(f"mailward smtp: listening on {addrs}", flush=True)
     if ready is not None:
         ready.set()

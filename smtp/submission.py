@@ -5,6 +5,10 @@ Port 25 treats a client inside a tenant's relay network as that tenant's server.
 MAIL. Either way the connection belongs to one tenant (:class:`~smtp.session.Submitter`), whose domains are the only
 envelope senders it may use; its mail is checked (``direction="outbound"``), rate-limited, DKIM-signed and delivered
 to the recipient domain's MX.
+
+A network is weaker proof than a login: other hosts may share it. So a relay-network client sends out only with an
+envelope sender of the tenant's own (:meth:`Outbound.sends_out`); anything else it sends is inbound mail, judged like
+any stranger's, and never refused on that tenant's account: a network claim cannot block other tenants' mail.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from smtp.session import IngressSMTP, Submitter
 from smtp.verdict import Verdict, decide
 from tenants.config import Config
 from tenants.dkimkeys import SigningKey, find_signing_key
-from tenants.policy import Policy, normalize_domain
+from tenants.policy import DomainRoute, Policy, normalize_domain
 from tenants.relay import RelayNet, load_relay_networks, match_relay_network, sender_domain_owner, verify_smtp_login
 from tenants.scope import tenant_scope
 
@@ -49,6 +53,13 @@ MAX_CACHED = 10_000
 
 #: The coroutine the submission listener checks a login with: a :class:`Submitter`, or the reply refusing it.
 LoginCheck = Callable[[bytes, bytes, str], Awaitable[Submitter | str]]
+#: How a relay-network :class:`Submitter` says where it comes from (``via``), followed by the network.
+VIA_NETWORK = "network"
+
+
+def by_network(submitter: Submitter) -> bool:
+    """Whether the sending tenant is known from the client's network (port 25), not from a login."""
+    return submitter.via.startswith(VIA_NETWORK + " ")
 
 
 def decide_outbound(findings: Iterable[Finding], tenant_id: int, policy: Policy) -> Verdict:
@@ -92,7 +103,7 @@ class Outbound:
             loaded: list[RelayNet] = await asyncio.to_thread(self._in_session, load_relay_networks)
             networks = self.cache.networks = loaded
         net = match_relay_network(networks, peer_ip)
-        return Submitter(net.tenant_id, f"network {net.network}") if net is not None else None
+        return Submitter(net.tenant_id, f"{VIA_NETWORK} {net.network}") if net is not None else None
 
     async def login(self, username: bytes, password: bytes, peer_ip: str) -> Submitter | str:
         """Check an SMTP AUTH login: the tenant's :class:`Submitter`, or the reply refusing it."""
@@ -125,6 +136,20 @@ class Outbound:
         return Submitter(found.tenant_id, f"login {found.username}")
 
     # --- as whom --------------------------------------------------------------------------------------------------
+
+    async def sends_out(self, submitter: Submitter, address: str) -> bool:
+        """Whether a transaction with envelope sender ``address`` is the submitter's outbound mail. A login's always
+        is (a foreign sender is refused then); a relay network's only with the tenant's own sender domain, or the
+        null sender (its bounces; see :meth:`bounce_is_inbound`). Raises on lookup failure."""
+        if not by_network(submitter) or address == "<>":
+            return True
+        return await self.may_send_as(submitter, address.rpartition("@")[2])
+
+    @staticmethod
+    def bounce_is_inbound(submitter: Submitter, route: DomainRoute | None) -> bool:
+        """Whether a relay network's null-sender mail whose first recipient has ``route`` is inbound mail: a bounce
+        to a domain Mailward receives mail for goes to that domain's tenant, never refused as the network's."""
+        return by_network(submitter) and route is not None
 
     async def may_send_as(self, submitter: Submitter, domain: str) -> bool:
         """Whether the sending tenant owns ``domain`` (or its closest registered parent). Raises on lookup failure."""

@@ -7,12 +7,14 @@ required check could not run) answers 451 unless the policy says to accept. Then
 
 from __future__ import annotations
 
+import base64
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from smtp.checks.base import Finding
 from tenants.policy import Policy
+from tenants.policyedit import MAX_SUBJECT_PREFIX
 from tenants.symbols import lookup
 
 
@@ -119,6 +121,32 @@ def header_block(verdict: Verdict, hostname: str, extra: Iterable[str] = ()) -> 
     lines.append(f"X-Mailward-Status: {verdict.status}, score={verdict.score:g}")
     lines.append(f"X-Mailward-Score: {verdict.score:g}" + (f" ({symbols})" if symbols else ""))
     return "".join(_fold(line) + "\r\n" for line in lines).encode("utf-8", "replace")
+
+
+#: Longest RFC 2047 encoded word (section 2: 75 characters, the charset and encoding markers included).
+MAX_ENCODED_WORD = 75
+
+
+def subject_tag(prefix: str) -> str:
+    """The policy's subject prefix as it may go into the Subject: one line, whatever was stored (a line break or other
+    control character saved before they were refused becomes a space, so it cannot start a header field), at most
+    ``MAX_SUBJECT_PREFIX`` characters, and non-ASCII text as RFC 2047 encoded words (UTF-8, base64)."""
+    text = " ".join("".join(ch if ch.isprintable() else " " for ch in prefix).split())[:MAX_SUBJECT_PREFIX]
+    if text.isascii():
+        return text
+    words: list[str] = []
+    chunk = ""
+    for ch in text:  # whole characters per word: a word never splits a character's UTF-8 bytes (RFC 2047 5)
+        if chunk and len(_encoded_word(chunk + ch)) > MAX_ENCODED_WORD:
+            words.append(_encoded_word(chunk))
+            chunk = ""
+        chunk += ch
+    words.append(_encoded_word(chunk))
+    return " ".join(words)  # the space between two encoded words is not part of the text (RFC 2047 6.2)
+
+
+def _encoded_word(text: str) -> str:
+    return "=?utf-8?b?" + base64.b64encode(text.encode("utf-8")).decode("ascii") + "?="
 
 
 def _fold(line: str, width: int = 78) -> str:

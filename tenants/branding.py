@@ -4,6 +4,9 @@ The values are set by tenant admins and shown to their users, so they are valida
 (:func:`set_branding`) and again on the way out (:func:`brand_of`: a bad value stored by older code or by hand is
 dropped, never rendered). The colour is ``#rrggbb``; the logo is an ``https://`` URL on a plain host name, because the
 pages that show it name its origin in their Content-Security-Policy (``img-src``) and load nothing else remotely.
+People's browsers load it, so its host must be public (:mod:`tenants.egress`): a tenant must not point its users'
+browsers at the MSP's internal addresses or a cloud metadata service. The saved host is resolved and checked; on the
+way out a host that is itself a refused address is dropped (no DNS while a page renders).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from tenants.egress import WEB, EgressPolicy, literal_address, refused_reason
 from tenants.exceptions import ValidationError
 from tenants.models import Tenant
 
@@ -61,27 +65,32 @@ def logo_origin(url: str) -> str | None:
     host = (parts.hostname or "").lower()
     if parts.scheme != "https" or parts.username or parts.password or not _HOST_RE.match(host):
         return None
+    literal = literal_address(host)
+    if literal is not None and refused_reason(literal) is not None:
+        return None
     return f"https://{host}" + (f":{port}" if port else "")
 
 
-def validate_logo_url(value: str) -> str | None:
+def validate_logo_url(value: str, egress: EgressPolicy) -> str | None:
+    """The logo URL, checked: https, a plain host, and (``egress``) a host on public addresses only."""
     v = value.strip()
     if not v:
         return None
     if logo_origin(v) is None:
         raise ValidationError(f"logo URL {value[:100]!r}: use an https:// address of an image on a named host "
-                              f"(at most {MAX_LOGO_URL} characters)")
+                              f"(at most {MAX_LOGO_URL} characters) on a public address")
+    egress.vet(WEB, (urlsplit(v).hostname or "").lower(), None, label="logo host")
     return v
 
 
-def set_branding(tenant: Tenant, *, name: str, color: str, logo_url: str) -> None:
+def set_branding(tenant: Tenant, *, name: str, color: str, logo_url: str, egress: EgressPolicy) -> None:
     """Validate and store a tenant's branding; an empty value clears it (the tenant's name, the default colour).
-    The caller commits."""
+    ``egress`` checks the logo's host. The caller commits."""
     clean_name = " ".join(name.split())
     if len(clean_name) > MAX_NAME:
         raise ValidationError(f"brand name too long: at most {MAX_NAME} characters")
     tenant.brand_color = validate_color(color)
-    tenant.brand_logo_url = validate_logo_url(logo_url)
+    tenant.brand_logo_url = validate_logo_url(logo_url, egress)
     tenant.brand_name = clean_name or None
 
 

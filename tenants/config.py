@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from tenants.exceptions import ConfigError
 
@@ -71,6 +72,13 @@ def _positive_int(value: str) -> int:
     return n
 
 
+def _non_negative_int(value: str) -> int:
+    n = int(value)
+    if n < 0:
+        raise ValueError(f"{value!r} must be a whole number, 0 or more")
+    return n
+
+
 def _count(value: str) -> int:
     n = int(value)
     if not 0 <= n <= MAX_PROXY_HOPS:
@@ -108,6 +116,44 @@ def _duration_list(value: str) -> tuple[int, ...]:
     return items
 
 
+#: Ports a tenant's transport (and the call-ahead to it) may use unless MAILWARD_TENANT_SMTP_PORTS says otherwise:
+#: SMTP, submissions, submission and the common alternative.
+DEFAULT_TENANT_SMTP_PORTS = frozenset({25, 465, 587, 2525})
+#: Ports a tenant's LDAP directory may use unless MAILWARD_TENANT_LDAP_PORTS says otherwise: LDAP and LDAPS.
+DEFAULT_TENANT_LDAP_PORTS = frozenset({389, 636})
+
+
+def _networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Comma-separated CIDR networks (a bare address is a one-address network)."""
+    out = []
+    for item in (x.strip() for x in value.split(",")):
+        if not item:
+            continue
+        try:
+            out.append(ipaddress.ip_network(item, strict=True))
+        except ValueError as exc:
+            raise ValueError(f"{item!r} is not a CIDR network (e.g. 10.20.0.0/16,fd12:3456::/48): {exc}") from None
+    return tuple(out)
+
+
+def _ports(value: str) -> frozenset[int]:
+    """Comma-separated ports and ranges, e.g. ``25,587,2500-2599``."""
+    ports: set[int] = set()
+    for item in (x.strip() for x in value.split(",")):
+        if not item:
+            continue
+        low, _, high = item.partition("-")
+        if not low.isdigit() or (high and not high.isdigit()):
+            raise ValueError(f"{item!r} is not a port or a range of ports (write e.g. 25,587,2500-2599)")
+        first, last = int(low), int(high or low)
+        if not 1 <= first <= last <= 65535:
+            raise ValueError(f"{item!r}: ports are 1 to 65535, a range low-high")
+        ports.update(range(first, last + 1))
+    if not ports:
+        raise ValueError(f"{value!r} names no port")
+    return frozenset(ports)
+
+
 @dataclass(frozen=True)
 class Config:
     """Every setting a Mailward process reads. Build with :meth:`from_env`."""
@@ -126,6 +172,15 @@ class Config:
     max_message_size: int = 50 * 1024 * 1024
     #: Most recipients in one SMTP transaction.
     max_recipients: int = 500
+    #: Most SMTP connections one client (an IPv4 address, an IPv6 /64) may hold open at once; more get 421.
+    smtp_max_connections_per_ip: int = 20
+    #: Most SMTP connections the ingress holds open at once (port 25 and submission together); more get 421.
+    #: 0: derived from the open-file limit, keeping room for what the ingress opens itself (see smtp/limits.py).
+    smtp_max_connections: int = 0
+    #: Seconds a new client has for its first command (its HELO/EHLO); then the idle timeout applies.
+    smtp_greeting_timeout: float = 30.0
+    #: Seconds a client may stay silent (between commands, or while it sends DATA) before the ingress hangs up.
+    smtp_idle_timeout: float = 60.0
     #: Seconds a claim on a delivery row lasts before the sweeper may take it over (a crashed process's rows).
     delivery_lease: int = 300
     #: Retry schedule in seconds after the first failed attempt; the last step repeats until the queue lifetime ends.
@@ -164,6 +219,21 @@ class Config:
     #: to the number of proxy hops (1 behind one ingress controller) so that the per-IP sign-in limit, the audit log
     #: and Secure cookies see the client rather than the proxy; never higher than the real number of hops.
     trusted_proxies: int = 0
+    #: Seconds a web sign-in lasts at most, however active it is (the idle limit of 8 hours ends it sooner).
+    session_max_age: int = 12 * 3600
+    #: Password of the Redis in MAILWARD_REDIS_URL when the URL carries none (MAILWARD_REDIS_PASSWORD_FILE for a
+    #: mounted Secret); every process, the rate limiter included, uses it through :attr:`effective_redis_url`.
+    redis_password: str = ""
+    #: Networks that tenant-supplied endpoints (transport, call-ahead, LDAP directory) may reach although the egress
+    #: policy refuses them (:mod:`tenants.egress`), e.g. the MSP's network where tenants' servers live. Empty: none.
+    tenant_egress_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    #: Ports a tenant's transport and call-ahead may use.
+    tenant_smtp_ports: frozenset[int] = DEFAULT_TENANT_SMTP_PORTS
+    #: Ports a tenant's LDAP directory may use.
+    tenant_ldap_ports: frozenset[int] = DEFAULT_TENANT_LDAP_PORTS
+    #: SpamAssassin's rule directory evaluated by the native rule engine (smtp/sarules); unset: found automatically
+    #: (the newest sa-update directory, else Debian's /usr/share/spamassassin); ``none``: SpamAssassin's rules off.
+    sa_rules_dir: str | None = None
 
     @property
     def sqlite_path(self) -> Path:
@@ -183,7 +253,14 @@ class Config:
 
     @property
     def effective_redis_url(self) -> str:
-        return self.redis_url or f"unix://{self.private_redis_socket.resolve()}"
+        """The Redis URL every client uses, with MAILWARD_REDIS_PASSWORD put into it (URL-quoted) when set."""
+        url = self.redis_url or f"unix://{self.private_redis_socket.resolve()}"
+        if not self.redis_password:
+            return url
+        scheme, _, rest = url.partition("://")
+        user = rest.partition("@")[0] if "@" in rest.partition("/")[0] else ""
+        host_part = rest[len(user) + 1:] if user else rest
+        return f"{scheme}://{user}:{quote(self.redis_password, safe='')}@{host_part}"
 
     @property
     def web_url(self) -> str:
@@ -227,6 +304,10 @@ class Config:
         read("TLS_KEY", _existing_file)
         read("MAX_MESSAGE_SIZE", _positive_int)
         read("MAX_RECIPIENTS", _positive_int)
+        read("SMTP_MAX_CONNECTIONS_PER_IP", _positive_int)
+        read("SMTP_MAX_CONNECTIONS", _non_negative_int)
+        read("SMTP_GREETING_TIMEOUT", _positive_float)
+        read("SMTP_IDLE_TIMEOUT", _positive_float)
         read("DELIVERY_LEASE", _positive_int)
         read("RETRY_SCHEDULE", _duration_list)
         read("QUEUE_LIFETIME", _positive_int)
@@ -245,11 +326,29 @@ class Config:
         read("SUBMISSION_LISTEN", parse_hostport)
         read("DKIM_KEY_SECRET", str)
         read("TRUSTED_PROXIES", _count)
+        read("SESSION_MAX_AGE", _positive_int)
+        read("REDIS_PASSWORD", str)
+        read("TENANT_EGRESS_ALLOW", _networks)
+        read("TENANT_SMTP_PORTS", _ports)
+        read("TENANT_LDAP_PORTS", _ports)
+        read("SA_RULES_DIR", _sa_rules_dir)
         cfg = cls(**values)
         if bool(cfg.tls_cert) != bool(cfg.tls_key):
             raise ConfigError("MAILWARD_TLS_CERT and MAILWARD_TLS_KEY: set both or neither")
         cfg.check_submission()
+        cfg.check_redis_password()
         return cfg
+
+    def check_redis_password(self) -> None:
+        """A password goes with a configured Redis, and in one place only (the URL or MAILWARD_REDIS_PASSWORD)."""
+        if not self.redis_password:
+            return
+        if not self.redis_url:
+            raise ConfigError("MAILWARD_REDIS_PASSWORD needs MAILWARD_REDIS_URL (the private Valkey has no password)")
+        userinfo, at, _ = self.redis_url.partition("://")[2].partition("/")[0].rpartition("@")
+        if at and ":" in userinfo:
+            raise ConfigError("MAILWARD_REDIS_PASSWORD: MAILWARD_REDIS_URL already carries a password; "
+                              "set it in one place")
 
     def check_submission(self) -> None:
         """The submission listener needs a certificate (AUTH only after STARTTLS) and an address of its own."""
@@ -268,7 +367,7 @@ class Config:
             return self.secret_key
         path = self.data_dir / "secret_key"
         if not path.exists():
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # the owner's alone, as tenants.db keeps it
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as fh:
                 fh.write(os.urandom(32).hex())
@@ -292,6 +391,15 @@ def _email(value: str) -> str:
 def _ip_hostport(hp: HostPort) -> HostPort:
     ipaddress.ip_address(hp.host)
     return hp
+
+
+def _sa_rules_dir(value: str) -> str:
+    """``none`` (off) or a directory; a path that exists but is a file is a mistake worth stopping for."""
+    if value.strip().lower() == "none":
+        return "none"
+    if Path(value).exists() and not Path(value).is_dir():
+        raise ValueError(f"{value!r} is a file, not a directory of SpamAssassin rule files (or 'none')")
+    return value
 
 
 def _log_level(value: str) -> str:

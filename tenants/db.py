@@ -1,7 +1,14 @@
-"""Engine and sessions on the configured database, and the schema-revision check every process runs at start."""
+"""Engine and sessions on the configured database, and the schema-revision check every process runs at start.
+
+The data directory holds every mail as raw bytes (the SQLite database) and the installation's secrets, so what
+Mailward makes there is its owner's alone: directories 0700, files 0600 (:func:`secure_data_dir`); the SQLite file is
+created 0600, and SQLite gives its ``-wal`` and ``-shm`` files the database file's mode.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,8 +19,22 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tenants.config import Config, get_config
 from tenants.exceptions import SchemaNotCurrent
+from tenants.scope import guard_engine
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+#: Mode of the data directory and the directories Mailward makes in it: only the owner may enter.
+PRIVATE_DIR_MODE = 0o700
+#: Mode of the files there (the SQLite database and its -wal/-shm, logs, the generated secret key).
+PRIVATE_FILE_MODE = 0o600
+#: The umask of ``mailward run`` and its children: whatever they create is the owner's alone.
+PRIVATE_UMASK = 0o077
+#: What the data directory holds besides the database: directories and files made private at start.
+DATA_SUBDIRS = ("logs", "valkey", "clamav")
+DATA_FILES = ("secret_key",)
+#: Suffixes of the files SQLite keeps next to a database.
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
 #: Seconds SQLite waits for a lock held by another process before it gives up.
 SQLITE_BUSY_TIMEOUT = 30
 
@@ -21,11 +42,57 @@ _engines: dict[str, Engine] = {}
 _factories: dict[str, sessionmaker[Session]] = {}
 
 
+def _tighten(path: Path, mode: int) -> None:
+    """Take away from ``path`` any permission beyond ``mode`` (a missing path is fine; another owner's is logged)."""
+    try:
+        current = path.stat().st_mode & 0o777
+        if current & ~mode:
+            path.chmod(current & mode)
+    except FileNotFoundError:
+        pass
+    except PermissionError as exc:
+        log.warning("cannot make %s private (%s): other local users may read it", path, exc.strerror)
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` as a directory only its owner may enter: created 0700 (parents too) if missing, tightened if not."""
+    path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    _tighten(path, PRIVATE_DIR_MODE)
+    return path
+
+
+def private_sqlite_file(path: Path) -> None:
+    """Create the SQLite database file 0600 if it does not exist, and tighten it and its side files if they do
+    (SQLite creates ``-wal`` and ``-shm`` with the database file's mode)."""
+    if not path.parent.exists():
+        private_dir(path.parent)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, PRIVATE_FILE_MODE))
+    except OSError as exc:
+        log.warning("cannot create %s as a private file (%s)", path, exc.strerror)
+    for name in ("", *SQLITE_SIDE_FILES):
+        _tighten(path.with_name(path.name + name), PRIVATE_FILE_MODE)
+
+
+def secure_data_dir(cfg: Config) -> None:
+    """Make the data directory and what Mailward keeps in it (database, logs, private Valkey, clamd's files, the
+    secret key) its owner's alone; an installation made before this keeps working, with tighter modes."""
+    private_dir(cfg.data_dir)
+    for sub in DATA_SUBDIRS:
+        if (cfg.data_dir / sub).is_dir():
+            private_dir(cfg.data_dir / sub)
+    for name in DATA_FILES:
+        _tighten(cfg.data_dir / name, PRIVATE_FILE_MODE)
+    if not cfg.database_url:
+        private_sqlite_file(cfg.sqlite_path)
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine on ``url`` with the isolation guard on its connections (:func:`tenants.scope.guard_engine`)."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if path and path != ":memory:" and "mode=memory" not in path:
+            private_sqlite_file(Path(path.split("?", 1)[0]))
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT}, **kwargs)
 
         # The driver's own transaction handling stays on: it opens a transaction just before the first write, so
@@ -40,14 +107,14 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT * 1000}")
             cur.close()
 
-        return engine
+        return guard_engine(engine)
     if url.startswith("postgres://"):
         url = "postgresql://" + url[len("postgres://"):]
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
     if "poolclass" not in kwargs:
         kwargs.update(pool_size=10, max_overflow=20)
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    return guard_engine(create_engine(url, pool_pre_ping=True, **kwargs))
 
 
 def get_engine(cfg: Config | None = None) -> Engine:

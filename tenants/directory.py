@@ -7,6 +7,10 @@ in one transaction. A failed sync changes no row; it records what went wrong on 
 flowing with the last good copy. Addresses are taken from the configured attributes (``smtp:``/``SMTP:`` prefixes of
 ``proxyAddresses`` stripped, other prefixes such as ``x500:`` skipped) and kept only in the tenant's own domains.
 
+Every connection (test, lookup, the worker's periodic sync) goes through the egress policy (:mod:`tenants.egress`):
+the host is resolved and checked, and ldap3 is handed the checked address, never the name; a directory on a refused
+address or port is never connected to, so the error reads the same whether anything listens there.
+
 The filter's ``{address}`` is replaced by the LDAP-escaped address for a lookup (so ``*)(mail=*`` matches nothing),
 and by ``*`` for a sync (every entry with such an attribute).
 """
@@ -25,6 +29,7 @@ from sqlalchemy.orm import Session
 from tenants.addresses import normalize_address
 from tenants.config import Config
 from tenants.dkimkeys import decrypt_private_key
+from tenants.egress import LDAP, EgressPolicy, literal_address
 from tenants.exceptions import ValidationError
 from tenants.models import Domain, RecipientVerification, utcnow
 from tenants.recipients import (
@@ -32,6 +37,7 @@ from tenants.recipients import (
     Settings,
     find_row,
     get_settings,
+    ldap_endpoint,
     replace_directory_rows,
     settings_row,
 )
@@ -71,12 +77,28 @@ def _password(cfg: Config, row: RecipientVerification | None) -> str | None:
     return decrypt_private_key(cfg, row.ldap_password_enc).decode()
 
 
-def _connect(settings: Settings, password: str | None) -> ldap3.Connection:
+def _server(cfg: Config, settings: Settings) -> ldap3.Server:
+    """The directory's server at an address the egress policy checked just now (the MSP's CLI-set directories
+    excepted); raises :class:`DirectoryError` for a refused one, before any connection."""
+    if settings.ldap_egress_exempt:
+        return ldap3.Server(settings.ldap_url, get_info=ldap3.NONE, connect_timeout=CONNECT_TIMEOUT)
+    try:
+        endpoint = ldap_endpoint(settings.ldap_url)
+        address = EgressPolicy(cfg).pin(LDAP, endpoint.host, endpoint.port, label="LDAP server")[0]
+    except ValidationError as exc:  # a refused endpoint (EgressError), or a stored URL that is not one
+        raise DirectoryError(str(exc)) from None
+    named = literal_address(endpoint.host) is None
+    tls = ldap3.Tls(sni=endpoint.host) if endpoint.use_ssl and named else None
+    return ldap3.Server(address, port=endpoint.port, use_ssl=endpoint.use_ssl, tls=tls, get_info=ldap3.NONE,
+                        connect_timeout=CONNECT_TIMEOUT)
+
+
+def _connect(cfg: Config, settings: Settings, password: str | None) -> ldap3.Connection:
     """A bound connection (simple bind with the bind DN, anonymous without one)."""
     if not settings.ldap_url or not settings.ldap_base_dn:
         raise DirectoryError("no directory is configured (URL and base DN)")
+    server = _server(cfg, settings)
     try:
-        server = ldap3.Server(settings.ldap_url, get_info=ldap3.NONE, connect_timeout=CONNECT_TIMEOUT)
         conn = ldap3.Connection(server, user=settings.ldap_bind_dn or None, password=password or None,
                                 receive_timeout=RECEIVE_TIMEOUT, read_only=True, raise_exceptions=False)
         if not conn.bind():
@@ -143,7 +165,7 @@ def _search(conn: ldap3.Connection, settings: Settings, search_filter: str) -> l
 def lookup(session: Session, cfg: Config, tenant_id: int, address: str) -> bool:
     """Whether the directory holds ``address`` right now (one escaped search). Raises :class:`DirectoryError`."""
     settings = get_settings(session, tenant_id)
-    conn = _connect(settings, _password(cfg, find_row(session, tenant_id)))
+    conn = _connect(cfg, settings, _password(cfg, find_row(session, tenant_id)))
     try:
         return normalize_address(address) in _search(conn, settings, address_filter(settings, address))
     finally:
@@ -156,7 +178,7 @@ def test_connection(session: Session, cfg: Config, tenant_id: int, address: str 
     settings = get_settings(session, tenant_id)
     if address and "@" not in address:
         raise ValidationError(f"{address!r} is not an e-mail address")
-    conn = _connect(settings, _password(cfg, find_row(session, tenant_id)))
+    conn = _connect(cfg, settings, _password(cfg, find_row(session, tenant_id)))
     try:
         said = f"connected to {settings.ldap_url} and bound as {settings.ldap_bind_dn or 'anonymous'}"
         if address:
@@ -171,7 +193,7 @@ def test_connection(session: Session, cfg: Config, tenant_id: int, address: str 
 def fetch(session: Session, cfg: Config, tenant_id: int) -> list[str]:
     """Every address the directory holds in the tenant's domains. Raises :class:`DirectoryError`."""
     settings = get_settings(session, tenant_id)
-    conn = _connect(settings, _password(cfg, find_row(session, tenant_id)))
+    conn = _connect(cfg, settings, _password(cfg, find_row(session, tenant_id)))
     try:
         found = _search(conn, settings, sync_filter(settings))
     finally:

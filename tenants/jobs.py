@@ -7,6 +7,9 @@ find again, since the rows it would act on are due in the database.
 Services stage their writes and ask for follow-up work with :func:`after_commit`; the work runs only once the
 caller's transaction has committed (a worker that picked the job up earlier would find nothing to do), and is
 dropped if it rolls back.
+
+Jobs are stored as JSON (:data:`SERIALIZER`), never pickled: a pickled job is code, so anyone who can write to Redis
+could run anything in the worker. Job arguments and results are therefore plain JSON values (ids, strings, numbers).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rq import Queue
+from rq.serializers import JSONSerializer
 from sqlalchemy import event
 from sqlalchemy.orm import Session, SessionTransaction
 
@@ -33,6 +37,9 @@ DELIVER_JOB = "worker.jobs.deliver"
 DELIVERY_JOB_TIMEOUT = 900
 #: Seconds a failed job is kept for inspection.
 FAILURE_TTL = 86400
+#: How every queue, worker and reader of Mailward's jobs (de)serializes them: JSON, so that a job written into Redis
+#: by someone else is data to the worker, never code (RQ's default is pickle).
+SERIALIZER = JSONSerializer
 
 _PENDING = "mailward_after_commit"
 
@@ -41,7 +48,12 @@ def enqueue_job(cfg: Config, name: str, *args: Any, queue: str = DEFAULT_QUEUE, 
                 **options: Any) -> None:
     """Put the job ``name`` (a dotted path in ``worker``) on a queue; ``options`` go to RQ's ``enqueue_call``."""
     options.setdefault("failure_ttl", FAILURE_TTL)
-    Queue(queue, connection=connection or redis_client(cfg)).enqueue_call(name, args=args, **options)
+    job_queue(cfg, queue, connection).enqueue_call(name, args=args, **options)
+
+
+def job_queue(cfg: Config, name: str = DEFAULT_QUEUE, connection: Any = None) -> Queue:
+    """One of Mailward's RQ queues, with its JSON serializer (the only way to build one: never pickle)."""
+    return Queue(name, connection=connection or redis_client(cfg), serializer=SERIALIZER)
 
 
 def enqueue_delivery(cfg: Config, tenant_id: int, message_id: str, connection: Any = None) -> bool:

@@ -131,10 +131,15 @@ class Domain(TenantScoped, Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(253), unique=True)
+    #: Ownership proven by the TXT record (:mod:`tenants.verification`); kept once proven.
     verified: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: Added by the MSP (CLI, console, MSP API key), who vouches for the tenant's ownership: routes without proof.
+    vouched: Mapped[bool] = mapped_column(Boolean, default=False)
     transport_host: Mapped[str] = mapped_column(String(253))
     transport_port: Mapped[int] = mapped_column(Integer, default=25)
     transport_tls: Mapped[str] = mapped_column(String(20), default=TlsMode.OPPORTUNISTIC.value)
+    #: Set by the MSP on the command line: the transport is not held to the tenant egress policy (tenants.egress).
+    transport_egress_exempt: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     tenant: Mapped[Tenant] = relationship()
@@ -143,6 +148,11 @@ class Domain(TenantScoped, Base):
     def transport(self) -> str:
         host = f"[{self.transport_host}]" if ":" in self.transport_host else self.transport_host
         return f"{host}:{self.transport_port}"
+
+    @property
+    def routes(self) -> bool:
+        """Whether mail for the domain is accepted: the MSP vouched for it, or its owner proved it."""
+        return bool(self.vouched or self.verified)
 
 
 class User(TenantScoped, Base):
@@ -164,6 +174,8 @@ class User(TenantScoped, Base):
     #: Failed sign-ins in a row, and until when the account is locked after too many.
     failed_logins: Mapped[int] = mapped_column(Integer, default=0)
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: Stamped into every session at sign-in; bumping it (sign-out, deactivation) ends every session signed in before.
+    session_version: Mapped[int] = mapped_column(Integer, default=0)
 
     @property
     def role_enum(self) -> Role:
@@ -430,6 +442,8 @@ class RecipientVerification(TenantScoped, Base):
     ldap_filter: Mapped[str] = mapped_column(String(500), default="")
     #: Comma-separated attributes that hold addresses (``smtp:`` prefixes are stripped).
     ldap_attributes: Mapped[str] = mapped_column(String(500), default="")
+    #: Set by the MSP on the command line: the directory is not held to the tenant egress policy (tenants.egress).
+    ldap_egress_exempt: Mapped[bool] = mapped_column(Boolean, default=False)
     #: The last directory sync: when, whether it worked, what it said, how many addresses it left.
     last_sync_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_sync_ok: Mapped[bool | None] = mapped_column(Boolean)

@@ -1,8 +1,8 @@
 """Policy the ingress consumes: which tenant owns a recipient domain, and its transport.
 
 Lookups are one indexed query; the ingress caches positive answers and drops the cache when the policy version
-in Redis changes (see :data:`POLICY_VERSION_KEY`), so a domain added or removed elsewhere takes effect at once
-for new domains and within one poll interval for removals.
+in Redis changes (see :data:`POLICY_VERSION_KEY`), so a domain added (or verified) elsewhere takes effect at once
+and a removal within one poll interval. Only routing domains count: an unproven claim is as good as unknown.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import Session
 
 from tenants.exceptions import ValidationError
@@ -32,6 +32,13 @@ class DomainRoute:
     transport_host: str
     transport_port: int
     transport_tls: str
+    #: The MSP's CLI set the transport: connections to it skip the tenant egress policy (tenants.egress).
+    transport_egress_exempt: bool = False
+
+
+def routing_domain() -> ColumnElement[bool]:
+    """The SQL condition of a domain that receives mail (and may be sent as): vouched for or verified."""
+    return or_(Domain.vouched.is_(True), Domain.verified.is_(True))
 
 
 def normalize_domain(domain: str) -> str:
@@ -42,17 +49,29 @@ def normalize_domain(domain: str) -> str:
         return d
 
 
+def parent_domains(domain: str) -> list[str]:
+    """``a.b.example`` → ``[a.b.example, b.example]``: the name and its parents down to two labels."""
+    labels = normalize_domain(domain).split(".")
+    return [".".join(labels[i:]) for i in range(max(len(labels) - 1, 1))]
+
+
 def find_domain_route(session: Session, domain: str) -> DomainRoute | None:
-    """The tenant and transport for a recipient domain, or None if no (active) tenant owns it."""
+    """The tenant and transport for a recipient domain, or None if no (active) tenant owns it.
+
+    A domain routes only once the MSP vouched for it or its owner proved it (:attr:`Domain.routes`); until then it
+    answers like an unknown domain, so a claim nobody proved neither receives mail nor tells that it exists.
+    """
     name = normalize_domain(domain)
     with msp_scope():
         row = session.execute(
-            select(Domain, Tenant.suspended).join(Tenant, Tenant.id == Domain.tenant_id).where(Domain.name == name)
+            select(Domain, Tenant.suspended).join(Tenant, Tenant.id == Domain.tenant_id)
+            .where(Domain.name == name, routing_domain())
         ).first()
     if row is None or row[1]:
         return None
     d = row[0]
-    return DomainRoute(d.name, d.id, d.tenant_id, d.transport_host, d.transport_port, d.transport_tls)
+    return DomainRoute(d.name, d.id, d.tenant_id, d.transport_host, d.transport_port, d.transport_tls,
+                       d.transport_egress_exempt)
 
 
 # --- filtering policy ---------------------------------------------------------------------------------------------

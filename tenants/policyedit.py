@@ -30,7 +30,7 @@ from tenants.policy import (
     stored_settings,
 )
 from tenants.scope import msp_scope
-from tenants.symbols import symbol_table
+from tenants.symbols import all_symbols, symbol_table
 
 #: The settings the web pages edit, in the order shown, with their labels.
 EDITABLE: dict[str, str] = {
@@ -64,6 +64,8 @@ SCORES = "scores"
 LOCKABLE = frozenset(EDITABLE) | {SCORES}
 #: Largest score override either way (the virus symbol ships at +100; beyond this is a typo, not a policy).
 MAX_SCORE = 1000.0
+#: Longest subject prefix: a tag like "[SPAM]", not a sentence (it goes in front of every tagged mail's Subject).
+MAX_SUBJECT_PREFIX = 64
 #: What a tenant sees as the source of a value.
 DEFAULT, BASELINE, TENANT = "default", "baseline", "tenant"
 
@@ -119,6 +121,18 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def check_subject_prefix(value: str) -> str:
+    """``value`` if it may go in front of a Subject: one line of printable characters, at most
+    :data:`MAX_SUBJECT_PREFIX`; a CR or LF would end the Subject and start a header field of the editor's choosing
+    in every tagged mail (header injection), so line breaks and other control characters are refused."""
+    label = EDITABLE["subject_prefix"]
+    if len(value) > MAX_SUBJECT_PREFIX:
+        raise ValidationError(f"{label}: at most {MAX_SUBJECT_PREFIX} characters")
+    if not value.isprintable():
+        raise ValidationError(f"{label}: one line of text, without line breaks, tabs or control characters")
+    return value
+
+
 def parse(key: str, raw: str) -> Any:
     """The typed value of a form's text for a key; :class:`ValidationError` with the label when it is not one."""
     label = EDITABLE.get(key, key)
@@ -145,6 +159,8 @@ def parse(key: str, raw: str) -> Any:
         if not math.isfinite(value):
             raise ValidationError(f"{label}: {raw!r} is not a number")
         return value
+    if key == "subject_prefix":
+        return check_subject_prefix(raw)
     return raw
 
 
@@ -179,13 +195,15 @@ def _scores(settings: Mapping[str, Any]) -> dict[str, float]:
 
 
 def scores_view(session: Session, tenant_id: int | None) -> list[ScoreRow]:
-    """Every shipped symbol (and any other with an override), by name, for the baseline (None) or a tenant."""
-    table = symbol_table()
+    """Every shipped symbol (and any other with an override, SpamAssassin's rules included), by name, for the
+    baseline (None) or a tenant."""
     baseline = _scores(stored_settings(session, None))
     own = baseline if tenant_id is None else _scores(stored_settings(session, tenant_id))
+    shipped_names = set(symbol_table())
+    table = all_symbols()
     tenant_counts = tenant_id is not None and SCORES not in locked_keys(session)
     rows = []
-    for name in sorted(set(table) | set(baseline) | set(own)):
+    for name in sorted(shipped_names | set(baseline) | set(own)):
         shipped = table[name].score if name in table else 0.0
         effective = own[name] if tenant_counts and name in own else baseline.get(name, shipped)
         rows.append(ScoreRow(name, table[name].description if name in table else "", _text(shipped),
@@ -195,7 +213,7 @@ def scores_view(session: Session, tenant_id: int | None) -> list[ScoreRow]:
 
 def _score_changes(form: Mapping[str, str], own: dict[str, float]) -> tuple[dict[str, float], list[str]]:
     """The score overrides a form sets and the ones it clears (fields ``s_<SYMBOL>``; a symbol not sent is kept)."""
-    known = set(symbol_table()) | set(own)
+    known = set(all_symbols()) | set(own)
     changes: dict[str, float] = {}
     cleared: list[str] = []
     for name, raw in form.items():

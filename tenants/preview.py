@@ -8,7 +8,9 @@ without following it. Pages that show the result should still send a strict Cont
 (``default-src 'none'; style-src 'self'``) or put it in a sandboxed iframe: defence in depth.
 
 Parsing uses only the standard library (``tenants.mimetext``, shared with ``smtp.mime``; ``tenants`` imports nothing
-of ``smtp``) and never raises on bad input.
+of ``smtp``) and never raises on bad input. A mail over the MIME limits (:mod:`tenants.mimescan`, the same the ingress
+applies: only mail stored before them, or by a path that skips DATA, can be) is not parsed at all, and one whose parse
+runs out of its budget is not shown either: the view says "not rendered" and why.
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ from urllib.parse import urlsplit
 import magic
 import nh3
 
-from tenants.mimetext import one_line, parse_message, split_parts
+from tenants.mimescan import LIMITS, Budget, MimeLimitExceeded, scan
+from tenants.mimetext import header_items, one_line, parse_message, split_parts
 
 #: Characters of text (or of sanitised HTML) a preview shows at most.
 MAX_PREVIEW_CHARS = 200_000
-#: MIME parts looked at; the rest of a mail with more is not listed.
-MAX_PARTS = 500
+#: MIME parts looked at (a mail with more is over the limits and not rendered at all).
+MAX_PARTS = LIMITS.max_parts
+#: What the preview says instead of the content of a mail over the MIME limits.
+NOT_RENDERED = "Not rendered: the MIME structure of this message is over the limits ({why})."
 #: Bytes given to libmagic to find an attachment's real type.
 SNIFF_BYTES = 1024 * 1024
 #: Longest header value shown.
@@ -146,7 +151,8 @@ class AttachmentInfo:
 
 @dataclass(frozen=True)
 class Preview:
-    """``kind`` says what to show by default: ``text`` (the text part), ``html`` (only HTML was sent) or ``empty``.
+    """``kind`` says what to show by default: ``text`` (the text part), ``html`` (only HTML was sent), ``empty``, or
+    ``not_rendered`` (over the MIME limits: ``text`` says why).
 
     ``text`` is plain text (escape it when rendering); ``html`` is already sanitised (mark it safe), "" if none.
     """
@@ -163,9 +169,13 @@ class MailView:
     html: str = ""
     attachments: list[AttachmentInfo] = field(default_factory=list)
     defects: list[str] = field(default_factory=list)
+    #: Which MIME limit the mail passes; then nothing of it is shown.
+    over_limits: str | None = None
 
     @property
     def preview(self) -> Preview:
+        if self.over_limits is not None:
+            return Preview("not_rendered", NOT_RENDERED.format(why=self.over_limits), "")
         safe_html = sanitize_html(self.html) if self.html else ""
         if self.text.strip():
             return Preview("text", self.text[:MAX_PREVIEW_CHARS], safe_html)
@@ -186,21 +196,35 @@ def real_type(data: bytes) -> str:
         return "application/octet-stream"
 
 
+def _not_rendered(why: str) -> MailView:
+    return MailView(defects=[f"not rendered: over the MIME limits ({why})"], over_limits=why)
+
+
 def parse_view(raw: bytes) -> MailView:
-    """Headers, body text and HTML, and attachments of a raw mail; problems become ``defects``, never exceptions."""
+    """Headers, body text and HTML, and attachments of a raw mail; problems become ``defects``, never exceptions.
+    A mail over the MIME limits is not parsed (or, should its parse run out of budget, not shown): see the module."""
+    over = scan(raw).over
+    if over is not None:
+        return _not_rendered(over)
     view = MailView()
+    budget = Budget(LIMITS)
     try:
-        msg = parse_message(raw)
+        msg = parse_message(raw, budget)
+        fields = header_items(msg, budget)
+    except MimeLimitExceeded as exc:
+        return _not_rendered(str(exc))
     except Exception as exc:
         view.defects.append(f"unparseable: {type(exc).__name__}")
         return view
-    for name in msg.keys():
+    for name, parsed in fields:
         try:
-            value = one_line(msg[name]) if msg[name] is not None else ""
+            value = one_line(parsed) if parsed is not None else "(undecodable)"
         except Exception:
             value = "(undecodable)"
         view.headers.append((name, value[:MAX_HEADER_VALUE]))
-    parts = split_parts(msg, max_parts=MAX_PARTS)
+    parts = split_parts(msg, max_parts=MAX_PARTS, budget=budget)
+    if parts.over_limits is not None:
+        return _not_rendered(parts.over_limits)
     view.defects.extend(parts.defects)
     if parts.truncated:
         view.defects.append(f"more than {MAX_PARTS} MIME parts: the rest is not listed")

@@ -11,6 +11,8 @@ Who may do what is the caller's decision, passed in explicitly:
   with no row for them is :class:`NotFound` (as another tenant's is), and actions touch only their rows. ``None``
   means every recipient (admins, helpdesk, the CLI).
 - ``actor_is_admin``: virus releases and releases to another address need it (raise :class:`PermissionDenied`).
+- ``outside_ok``: a release to an address outside the tenant's own domains needs it too (a tenant's admin in the
+  portal, an API key with the ``write`` scope besides ``quarantine``); without it a copy stays inside the tenant.
 - ``actor``: who did it (an e-mail address, "cli", "api key mw_1234"), written to the message's timeline.
 
 A held mail is a :class:`~tenants.models.Message` with a ``quarantine_kind`` and delivery rows in status
@@ -309,10 +311,11 @@ def _route_for(session: Session, tenant_id: int, address: str) -> str:
 
 
 def release(session: Session, cfg: Config, message_id: str, *, actor: str, rcpts: Sequence[str] | None = None,
-            to: str | None = None, actor_is_admin: bool = False) -> ReleaseResult:
+            to: str | None = None, actor_is_admin: bool = False, outside_ok: bool = False) -> ReleaseResult:
     """Deliver a held mail after all: its held rows (or those of ``rcpts``) go back to the queue, due now.
 
-    ``to`` (admins only) delivers a copy to another address instead, leaving the held rows as they are. A virus
+    ``to`` (admins only) delivers a copy to another address instead, leaving the held rows as they are; an address
+    outside the tenant's own domains needs ``outside_ok`` as well (a copy never leaves the tenant unasked). A virus
     is released by admins only. Delivery is queued after the caller commits (the sweeper is the fallback).
     Raises :class:`NotFound`, :class:`PermissionDenied`, or :class:`ValidationError` when nothing is held any more.
     """
@@ -324,9 +327,13 @@ def release(session: Session, cfg: Config, message_id: str, *, actor: str, rcpts
             raise PermissionDenied("only an administrator may release to another address")
         address = normalize_address(to)
         lists.validate_value(address, "address")
+        route = _route_for(session, msg.tenant_id, address)
+        if route != "transport" and not outside_ok:
+            raise PermissionDenied(f"{address} is not in one of the tenant's domains: a copy may be released only "
+                                   "to the tenant's own addresses")
         now = utcnow()
         session.add(Delivery(tenant_id=msg.tenant_id, message_id=msg.id, rcpt=address,
-                             route=_route_for(session, msg.tenant_id, address), status=DeliveryStatus.QUEUED.value,
+                             route=route, status=DeliveryStatus.QUEUED.value,
                              next_attempt_at=now, created_at=now, updated_at=now))
         _event(session, msg, "released", f"by {actor} to another address: {address}")
         request_delivery_after_commit(session, cfg, msg.tenant_id, msg.id)

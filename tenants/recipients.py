@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
@@ -25,6 +26,7 @@ from sqlalchemy.orm import Session
 from tenants.addresses import normalize_address
 from tenants.config import Config
 from tenants.dkimkeys import encrypt_private_key
+from tenants.egress import LDAP, EgressPolicy
 from tenants.exceptions import NotFound, ValidationError
 from tenants.jobs import after_commit
 from tenants.models import Domain, RecipientVerification, ValidRecipient, utcnow
@@ -44,6 +46,8 @@ MAX_STATIC_LINES = 10000
 RECIPIENT_DELIMITER = "+"
 #: Longest LDAP URL, DN, filter or attribute list (the columns' width).
 MAX_SETTING = 500
+#: The port of each LDAP URL scheme when the URL names none.
+LDAP_DEFAULT_PORTS = {"ldap": 389, "ldaps": 636}
 
 _LOCAL_RE = re.compile(r"^[^@\s<>()\[\],;:\"\\]{1,64}$")
 _ATTRIBUTE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]*$")
@@ -63,6 +67,8 @@ class Settings:
     password_set: bool = False
     #: Whether a directory sync has worked at least once (LDAP mode accepts everyone until then).
     synced: bool = False
+    #: The MSP's CLI set the directory: connections to it skip the tenant egress policy.
+    ldap_egress_exempt: bool = False
 
     @property
     def attribute_list(self) -> list[str]:
@@ -93,7 +99,7 @@ def get_settings(session: Session, tenant_id: int) -> Settings:
         return Settings(tenant_id)
     return Settings(tenant_id, row.mode, row.ldap_url, row.ldap_bind_dn, row.ldap_base_dn,
                     row.ldap_filter or DEFAULT_LDAP_FILTER, row.ldap_attributes or DEFAULT_LDAP_ATTRIBUTES,
-                    row.ldap_password_enc is not None, row.synced_at is not None)
+                    row.ldap_password_enc is not None, row.synced_at is not None, row.ldap_egress_exempt)
 
 
 def set_mode(session: Session, tenant_id: int, mode: str) -> RecipientVerification:
@@ -146,13 +152,39 @@ def validate_attributes(value: str) -> str:
     return joined
 
 
+@dataclass(frozen=True)
+class LdapEndpoint:
+    """Where an LDAP URL points: its scheme (``ldap`` or ``ldaps``), host and port."""
+
+    scheme: str
+    host: str
+    port: int
+
+    @property
+    def use_ssl(self) -> bool:
+        return self.scheme == "ldaps"
+
+
+def ldap_endpoint(url: str) -> LdapEndpoint:
+    """The scheme, host and port of an LDAP URL (the scheme's port when it names none); :class:`ValidationError`
+    for anything else."""
+    bad = ValidationError(f"{url[:100]!r} is not an LDAP URL (write ldap://host:389 or ldaps://host:636)")
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        raise bad from None
+    scheme = parts.scheme.lower()
+    if scheme not in LDAP_DEFAULT_PORTS or not parts.hostname or parts.username or parts.password:
+        raise bad
+    return LdapEndpoint(scheme, parts.hostname, port or LDAP_DEFAULT_PORTS[scheme])
+
+
 def validate_ldap_url(value: str) -> str:
     url = value.strip()
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() not in ("ldap", "ldaps") or not rest.strip("/"):
-        raise ValidationError(f"{value!r} is not an LDAP URL (write ldap://host:389 or ldaps://host:636)")
     if len(url) > MAX_SETTING or any(c.isspace() for c in url):
         raise ValidationError(f"{value!r} is not an LDAP URL (no spaces, at most {MAX_SETTING} characters)")
+    ldap_endpoint(url)
     return url
 
 
@@ -160,17 +192,24 @@ def _dn(value: str, what: str, *, required: bool) -> str:
     dn = value.strip()
     if required and not dn:
         raise ValidationError(f"the {what} is required, e.g. dc=example,dc=com")
-    if dn and ("=" not in dn or len(dn) > MAX_SETTING or "\n" in dn or "\x00" in dn):
+    if dn and ("=" not in dn or len(dn) > MAX_SETTING or any(c in dn for c in "\r\n\x00")):
         raise ValidationError(f"{value!r} is not a DN (write e.g. ou=people,dc=example,dc=com)")
     return dn
 
 
 def set_ldap(session: Session, cfg: Config, tenant_id: int, *, url: str, base_dn: str, bind_dn: str = "",
-             password: str | None = None, search_filter: str = "", attributes: str = "") -> RecipientVerification:
+             password: str | None = None, search_filter: str = "", attributes: str = "",
+             egress: EgressPolicy | None = None) -> RecipientVerification:
     """Save the tenant's directory settings; ``password`` None keeps the stored one, "" removes it (anonymous
-    bind). The password is stored encrypted with the DKIM key secret."""
+    bind). The password is stored encrypted with the DKIM key secret. The URL must pass ``egress``, the policy of
+    whoever sets it (the tenant egress policy unless given: only the MSP's CLI passes an unchecked one)."""
+    policy = egress or EgressPolicy(cfg)
+    clean_url = validate_ldap_url(url)
+    endpoint = ldap_endpoint(clean_url)
+    policy.vet(LDAP, endpoint.host, endpoint.port, label="LDAP server")
     row = settings_row(session, tenant_id)
-    row.ldap_url = validate_ldap_url(url)
+    row.ldap_url = clean_url
+    row.ldap_egress_exempt = not policy.enforced
     row.ldap_base_dn = _dn(base_dn, "base DN", required=True)
     row.ldap_bind_dn = _dn(bind_dn, "bind DN", required=False)
     row.ldap_filter = validate_ldap_filter(search_filter)

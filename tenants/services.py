@@ -11,7 +11,9 @@ import re
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from tenants import claims
 from tenants.apikeys import SCOPES as API_KEY_SCOPES  # noqa: F401  (API keys live in tenants.apikeys)
+from tenants.egress import SMTP, EgressPolicy
 from tenants.exceptions import NotFound, ValidationError
 from tenants.models import Domain, Msp, Role, Tenant, TlsMode, User
 from tenants.passwords import hash_password
@@ -112,20 +114,36 @@ def parse_transport(value: str) -> tuple[str, int]:
     return h, p
 
 
-def add_domain(session: Session, tenant: Tenant, name: str, host: str, port: int, tls: str = "opportunistic") -> Domain:
+def add_domain(session: Session, tenant: Tenant, name: str, host: str, port: int, tls: str = "opportunistic", *,
+               egress: EgressPolicy) -> Domain:
+    """Add a domain to a tenant. The MSP vouches for what it adds (it routes at once); a tenant's own addition is a
+    claim that routes once its ownership record is verified. :mod:`tenants.claims` decides who may claim what."""
     d = validate_domain_name(name)
     host, port, tls = validate_transport(host, port, tls)
-    with msp_scope():  # a domain name is unique across all tenants; say so without telling whose it is
-        if session.scalar(select(Domain.id).where(Domain.name == d)) is not None:
-            raise ValidationError(f"domain {d} is already registered")
-    domain = Domain(tenant_id=tenant.id, name=d, transport_host=host, transport_port=port, transport_tls=tls)
+    exempt = vet_transport(egress, host, port)
+    operator = current_scope().is_msp
+    claims.make_room(session, tenant, d, operator=operator)
+    domain = Domain(tenant_id=tenant.id, name=d, transport_host=host, transport_port=port, transport_tls=tls,
+                    vouched=operator)
+    domain.transport_egress_exempt = exempt
     session.add(domain)
     session.flush()
     return domain
 
 
-def update_transport(domain: Domain, host: str, port: int | str, tls: str) -> None:
-    domain.transport_host, domain.transport_port, domain.transport_tls = validate_transport(host, port, tls)
+def update_transport(domain: Domain, host: str, port: int | str, tls: str, *, egress: EgressPolicy) -> None:
+    """Replace a domain's transport; ``egress`` is the policy of whoever sets it (unchecked only for the MSP's CLI)."""
+    host_, port_, tls_ = validate_transport(host, port, tls)
+    exempt = vet_transport(egress, host_, port_)
+    domain.transport_host, domain.transport_port, domain.transport_tls = host_, port_, tls_
+    domain.transport_egress_exempt = exempt
+
+
+def vet_transport(egress: EgressPolicy, host: str, port: int) -> bool:
+    """Check a transport against the egress policy as it is saved (:class:`~tenants.egress.EgressRefused`, a
+    :class:`ValidationError`, if refused); whether the transport is exempt from the policy from now on."""
+    egress.vet(SMTP, host, port, label="transport")
+    return not egress.enforced
 
 
 def list_domains(session: Session, tenant: Tenant | None = None) -> list[Domain]:

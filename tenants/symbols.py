@@ -7,6 +7,7 @@ each tenant override scores through :class:`tenants.policy.Policy`. A symbol tha
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -42,7 +43,22 @@ def symbol_table() -> dict[str, Symbol]:
     return table
 
 
+def rule_symbols() -> Mapping[str, Symbol]:
+    """SpamAssassin's rules as symbols (score and ``describe`` from the installed rule files, see tenants.sarules)."""
+    from tenants.sarules import sa_symbols  # late: tenants.sarules builds on this module
+
+    return sa_symbols()
+
+
+def all_symbols() -> dict[str, Symbol]:
+    """The shipped symbols and SpamAssassin's rules; a shipped symbol wins over a rule of the same name."""
+    return {**rule_symbols(), **symbol_table()}
+
+
 def lookup(name: str) -> Symbol:
-    """The shipped definition of a symbol; ``*_TEMPFAIL`` symbols not named in a file score 0 with no effect."""
+    """The definition of a symbol: shipped, else a SpamAssassin rule; ``*_TEMPFAIL`` symbols not named in a file
+    score 0 with no effect."""
     found = symbol_table().get(name)
+    if found is None:
+        found = rule_symbols().get(name)
     return found if found is not None else Symbol(name, 0.0)

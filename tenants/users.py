@@ -3,7 +3,8 @@
 Creation goes through :func:`tenants.services.create_user`; this module adds what the web and the API need on top:
 the roles each level may hand out, a tenant user's login address in one of the tenant's own domains (no tenant can
 claim, or probe for, another tenant's addresses), role changes and (de)activation that never let an admin lock
-themselves out, and lifting a sign-in lockout. The caller owns the session and the scope, and commits.
+themselves out, lifting a sign-in lockout, and ending a user's web sessions. The caller owns the session and the
+scope, and commits.
 """
 
 from __future__ import annotations
@@ -107,8 +108,15 @@ def set_active(user: User, active: bool, *, actor_id: int | None) -> bool:
         raise ValidationError("you cannot deactivate your own account; ask another admin")
     if not active:
         _keep_an_admin(user)
+        end_sessions(user)
     user.active = active
     return True
+
+
+def end_sessions(user: User) -> None:
+    """End every web session ``user`` signed in before now (sign-out, deactivation): sessions carry the session
+    version they were signed in with, and a session whose version is not the user's current one is refused."""
+    user.session_version = (user.session_version or 0) + 1
 
 
 def is_locked(user: User, now: datetime | None = None) -> bool:

@@ -2,9 +2,12 @@
 
 Each domain's token is an HMAC-SHA256 of the installation's secret key and the domain's id (no stored state), so it
 never changes while the secret key stays. The record goes at ``_mailward.<domain>`` rather than the apex: the apex's
-TXT records stay uncluttered (SPF lives there), and an MSP may delegate the name with a CNAME. "Check now" sets
-``Domain.verified`` from what DNS answers: the record present → verified, absent or wrong → not verified; when DNS
-cannot be asked, the flag stays as it was. Verification is informational: unverified domains still receive mail.
+TXT records stay uncluttered (SPF lives there), and an MSP may delegate the name with a CNAME.
+
+A domain a tenant added itself receives mail only once verified (or vouched for by the MSP, who added it): see
+:func:`tenants.policy.find_domain_route`. "Verify" (and the scheduled :func:`recheck_pending`) sets
+``Domain.verified`` when the record is there. The proof is kept: a record removed later is reported, but does not
+stop the mail of a domain that proved itself once (a zone clean-up must not bounce a customer's mail).
 """
 
 from __future__ import annotations
@@ -12,10 +15,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from tenants.config import Config
 from tenants.dnslookup import LookupFailed, txt
-from tenants.models import Domain
+from tenants.models import Domain, utcnow
+from tenants.scope import msp_scope
 
 #: The label in front of the domain where the verification TXT record is published.
 RECORD_LABEL = "_mailward"
@@ -25,6 +33,11 @@ VALUE_PREFIX = "mailward-verification="
 HMAC_CONTEXT = b"mailward domain verification v1:"
 #: Hex characters of the token (128 bits).
 TOKEN_LENGTH = 32
+#: Days a pending domain (neither vouched for nor verified) is looked up by the scheduled re-check; after that only
+#: "Check now" verifies it (a claim nobody completes must not cost DNS queries forever).
+RECHECK_DAYS = 14
+#: Most pending domains one scheduled re-check looks up, newest first (the customer who just added one is waiting).
+RECHECK_BATCH = 200
 
 
 def token(cfg: Config, domain_id: int) -> str:
@@ -70,8 +83,28 @@ def lookup(cfg: Config, domain: Domain) -> VerificationResult:
 
 
 def check(cfg: Config, domain: Domain) -> VerificationResult:
-    """Look the record up and set ``domain.verified`` from a definite answer (the caller commits)."""
+    """Look the record up and mark ``domain`` verified when it is there (the caller commits). A verified domain
+    stays verified when its record is gone: the answer then says so, and that mail keeps flowing."""
     result = lookup(cfg, domain)
-    if result.verified is not None:
-        domain.verified = result.verified
+    if result.verified:
+        domain.verified = True
+    elif domain.verified and result.verified is False:
+        return VerificationResult(False, f"{result.message}; {domain.name} stays verified (it was proved before), "
+                                         "but publish the record again", other_token=result.other_token)
     return result
+
+
+def state(domain: Domain) -> str:
+    """``verified`` (its owner proved it), ``vouched`` (the MSP added it, unproven) or ``pending`` (no mail yet)."""
+    return "verified" if domain.verified else "vouched" if domain.vouched else "pending"
+
+
+def recheck_pending(session: Session, cfg: Config) -> list[str]:
+    """Look up the records of recently added pending domains, of every tenant, and mark those now published as
+    verified; the names verified (the caller commits, then bumps the policy version when there are any)."""
+    since = utcnow() - timedelta(days=RECHECK_DAYS)
+    with msp_scope():
+        pending = list(session.scalars(
+            select(Domain).where(Domain.vouched.is_(False), Domain.verified.is_(False), Domain.created_at >= since)
+            .order_by(Domain.id.desc()).limit(RECHECK_BATCH)))
+        return [d.name for d in pending if check(cfg, d).verified]

@@ -29,6 +29,9 @@ pytest_plugins = ["tests.fixtures_dns", "tests.fixtures_av", "tests.fixtures_pee
                   "tests.fixtures_api", "tests.fixtures_ldap"]
 
 TEST_DB = os.environ.get("MAILWARD_TEST_DB", "sqlite")
+#: The tenant egress allowance of the test installations: loopback on any port (where the test servers listen).
+LOOPBACK_EGRESS = {"MAILWARD_TENANT_EGRESS_ALLOW": "127.0.0.0/8,::1/128", "MAILWARD_TENANT_SMTP_PORTS": "1-65535",
+                   "MAILWARD_TENANT_LDAP_PORTS": "1-65535"}
 _counter = itertools.count()
 
 
@@ -105,6 +108,11 @@ def env(tmp_path: Path, redis_server: Any, pg_server: Any, db_template: str, dns
         "MAILWARD_SMTP_TIMEOUT": "10",
         "MAILWARD_LOG_LEVEL": "INFO",
         "MAILWARD_DNS": f"127.0.0.1:{dns.port}",
+        # SpamAssassin's stock rules take seconds to compile: only the tests of the rule engine load rules.
+        "MAILWARD_SA_RULES_DIR": "none",
+        # The sink, slapd and the other test servers listen on loopback at random ports: tenants may reach them here.
+        # Security tests of the egress policy use ``strict_egress`` (none of this allowance).
+        **LOOPBACK_EGRESS,
     })
     if database_url:
         e["MAILWARD_DATABASE_URL"] = database_url
@@ -144,12 +152,13 @@ class Factory:
 
     def tenant(self, name: str, domains: tuple[str, ...] = (), transport_port: int = 25,
                tls: str = "none") -> Any:
+        from tenants.egress import EgressPolicy
         from tenants.services import add_domain, create_tenant
 
         with msp_scope(), tdb.session_scope(self.cfg) as s:
             t = create_tenant(s, name)
             for d in domains:
-                add_domain(s, t, d, "127.0.0.1", transport_port, tls)
+                add_domain(s, t, d, "127.0.0.1", transport_port, tls, egress=EgressPolicy(self.cfg))
             s.flush()
             s.expunge_all()
         return t

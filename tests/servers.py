@@ -93,10 +93,24 @@ class RedisServer:
     proc: subprocess.Popen[bytes]
     sock: Path
     workdir: Path
+    #: The loopback TCP port it also listens on (0: none) and the password it requires ("" none).
+    port: int = 0
+    password: str = ""
 
     @property
     def url(self) -> str:
-        return f"unix://{self.sock}"
+        auth = f":{self.password}@" if self.password else ""
+        return f"unix://{auth}{self.sock}"
+
+    @property
+    def tcp_url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def client(self) -> Any:
+        import redis
+
+        return redis.Redis(unix_socket_path=str(self.sock), password=self.password or None)
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -104,7 +118,8 @@ class RedisServer:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def start_redis() -> RedisServer:
+def start_redis(*, tcp: bool = False, password: str = "") -> RedisServer:
+    """A Redis on a unix socket; ``tcp`` also on a free loopback port, ``password`` with ``requirepass``."""
     binary = shutil.which("redis-server")
     if binary is None:
         from tenants.redisconn import server_binary
@@ -112,15 +127,17 @@ def start_redis() -> RedisServer:
         binary = server_binary()
     workdir = Path(tempfile.mkdtemp(prefix="mw-redis-"))
     sock = workdir / "redis.sock"
+    port = free_port() if tcp else 0
+    extra = ["--bind", "127.0.0.1"] if tcp else []
+    extra += ["--requirepass", password] if password else []
     proc = subprocess.Popen(
-        [binary, "--port", "0", "--unixsocket", str(sock), "--dir", str(workdir), "--save", "",
-         "--appendonly", "no", "--daemonize", "no"],
+        [binary, "--port", str(port), "--unixsocket", str(sock), "--dir", str(workdir), "--save", "",
+         "--appendonly", "no", "--daemonize", "no", *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    import redis
-
-    wait_for(lambda: sock.exists() and redis.Redis(unix_socket_path=str(sock)).ping(), what="redis")
-    return RedisServer(proc, sock, workdir)
+    server = RedisServer(proc, sock, workdir, port, password)
+    wait_for(lambda: sock.exists() and server.client().ping(), what="redis")
+    return server
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------------------------------

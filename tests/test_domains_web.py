@@ -32,13 +32,13 @@ def _row(page: str, item: str) -> str:
     return f"{m.group(1)} {m.group(2)}"
 
 
-def test_domain_page_shows_the_record_and_check_now_verifies(web_app, world, cfg, dns):
+def test_domain_page_shows_the_record_and_verify_verifies(web_app, world, cfg, dns):
     domain_id = domain_row(cfg, "acme.test")[0]
     client = sign_in(web_app, "admin@acme.test")
     page = text(client.get(f"/portal/domains/{domain_id}"))
     value = _record_value(page)
     assert value == "mailward-verification=" + verification.token(cfg, domain_id)
-    assert "unverified" in page
+    assert 'data-state="vouched"' in page, "the MSP added acme.test: it receives mail, vouched for"
 
     dns.add("_mailward.acme.test", "TXT", value)
     resp = post_form(client, f"/portal/domains/{domain_id}", f"/portal/domains/{domain_id}/verify", {})
@@ -70,11 +70,24 @@ def test_another_tenants_token_does_not_verify_this_domain(web_app, world, cfg, 
     assert not _verified(cfg, "acme.test")
 
 
+def test_a_verified_domain_stays_verified_when_its_record_is_gone(web_app, world, cfg, dns):
+    """A zone clean-up that drops the TXT record must not stop a customer's mail: the proof, once given, is kept."""
+    domain_id = domain_row(cfg, "acme.test")[0]
+    dns.add("_mailward.acme.test", "TXT", "mailward-verification=" + verification.token(cfg, domain_id))
+    client = sign_in(web_app, "admin@acme.test")
+    post_form(client, f"/portal/domains/{domain_id}", f"/portal/domains/{domain_id}/verify", {})
+    assert _verified(cfg, "acme.test")
+    dns.clear()
+    post_form(client, f"/portal/domains/{domain_id}", f"/portal/domains/{domain_id}/verify", {})
+    page = text(client.get(f"/portal/domains/{domain_id}"))
+    assert _verified(cfg, "acme.test") and "stays verified" in page
+
+
 def test_auditor_sees_the_record_but_cannot_check(web_app, world, cfg, dns):
     domain_id = domain_row(cfg, "acme.test")[0]
     client = sign_in(web_app, "auditor@acme.test")
     page = text(client.get(f"/portal/domains/{domain_id}"))
-    assert "_mailward.acme.test." in page and "Check now" not in page
+    assert "_mailward.acme.test." in page and ">Verify</button>" not in page
     resp = post_form(client, f"/portal/domains/{domain_id}", f"/portal/domains/{domain_id}/verify", {})
     assert resp.status_code == 404
 
@@ -90,9 +103,18 @@ def test_checking_another_tenants_domain_is_a_404(web_app, world, cfg, dns):
     assert not _verified(cfg, "beta.test")
 
 
-def test_console_shows_unverified_domains(web_app, world, cfg, dns):
-    client = sign_in(web_app, "admin@msp.test")
-    assert text(client.get("/console/")).count("unverified") == 3
+def test_console_shows_each_domains_ownership_state(web_app, world, cfg, dns):
+    acme_id = domain_row(cfg, "acme.test")[0]
+    dns.add("_mailward.acme.test", "TXT", "mailward-verification=" + verification.token(cfg, acme_id))
+    admin = sign_in(web_app, "admin@acme.test")
+    post_form(admin, f"/portal/domains/{acme_id}", f"/portal/domains/{acme_id}/verify", {})
+    post_form(admin, "/portal/", "/portal/domains", {"add-name": "claim.test", "add-transport": "127.0.0.1:25",
+                                                     "add-tls": "none"})
+    page = text(sign_in(web_app, "admin@msp.test").get("/console/"))
+    states = re.findall(r'<td>([a-z0-9.]+)</td>\s*<td><code>[^<]*</code></td>\s*<td>\w+</td>\s*<td><span class="badge '
+                        r'\w+ domain-state" data-state="(\w+)"', page)
+    assert sorted(states) == [("acme.test", "verified"), ("acme2.test", "vouched"), ("beta.test", "vouched"),
+                              ("claim.test", "pending")]
 
 
 def test_cli_verify(world, cfg, env, dns):
@@ -103,7 +125,7 @@ def test_cli_verify(world, cfg, env, dns):
     dns.add("_mailward.acme.test", "TXT", "mailward-verification=" + verification.token(cfg, domain_id))
     result = run_cli(["domain", "verify", "ACME.test"], env)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert _verified(cfg, "acme.test")
+    assert _verified(cfg, "acme.test") and "state: verified" in result.stdout
     result = run_cli(["domain", "verify", "nowhere.test"], env)
     assert result.returncode == 1 and "no tenant domain" in result.stderr
 
@@ -174,11 +196,12 @@ def test_tenant_admin_adds_a_domain_and_lands_on_its_checklist(web_app, world, c
                      {"add-name": "New-Acme.test", "add-transport": "mail.acme.test:2525", "add-tls": "required"})
     assert resp.status_code == 302
     row = read(cfg, lambda s: s.scalars(select(Domain).where(Domain.name == "new-acme.test")).one())
-    assert (row.tenant_id, row.transport_host, row.transport_port, row.transport_tls, row.verified) == \
-        (world["acme"].id, "mail.acme.test", 2525, "required", False)
+    assert (row.tenant_id, row.transport_host, row.transport_port, row.transport_tls, row.verified, row.vouched) == \
+        (world["acme"].id, "mail.acme.test", 2525, "required", False, False)
     assert resp.headers["Location"].endswith(f"/portal/domains/{row.id}")
     page = text(client.get(resp.headers["Location"]))
     assert "_mailward.new-acme.test." in page and _row(page, "MX").startswith("missing")
+    assert 'data-state="pending"' in page and "Awaiting verification: new-acme.test receives no mail yet" in page
     actions = read(cfg, lambda s: s.scalars(
         select(AuditEntry.action).where(AuditEntry.target == "domain new-acme.test")).all())
     assert actions == ["domain.create"]
@@ -189,7 +212,8 @@ def test_adding_a_domain_another_tenant_has_is_refused_without_saying_whose(web_
     resp = post_form(client, "/portal/", "/portal/domains",
                      {"add-name": "beta.test", "add-transport": "mail.acme.test", "add-tls": "none"})
     page = text(resp)
-    assert resp.status_code == 422 and "beta.test is already registered" in page and "Beta" not in page
+    assert resp.status_code == 422 and "beta.test is not available" in page and "Beta" not in page
+    assert "registered" not in page
     owner = read(cfg, lambda s: s.scalars(select(Domain.tenant_id).where(Domain.name == "beta.test")).one())
     assert owner == world["beta"].id
     bad = post_form(client, "/portal/", "/portal/domains",

@@ -151,6 +151,7 @@ def test_the_expected_objects_are_rendered(docs: list[dict[str, Any]]) -> None:
         f"Secret/{FULLNAME}", f"Secret/{FULLNAME}-migrate",
         f"HorizontalPodAutoscaler/{FULLNAME}-ingress", f"HorizontalPodAutoscaler/{FULLNAME}-worker",
         *(f"PodDisruptionBudget/{FULLNAME}-{c}" for c in ("ingress", "web", "worker")),
+        f"NetworkPolicy/{FULLNAME}-egress",
     ])
 
 
@@ -409,6 +410,133 @@ def test_a_changed_setting_restarts_the_pods(docs: list[dict[str, Any]]) -> None
 
     assert checksum(docs) == checksum(render())
     assert checksum(docs) != checksum(render({"redis": {"url": "redis://other:6379/0"}}))
+
+
+# --- Redis password and the egress policy ----------------------------------------------------------------------
+
+def test_redis_password_comes_from_a_secret() -> None:
+    """Never a plain value in the pod spec: an existing Secret's key, or the chart's own Secret."""
+    for component in COMPONENTS:
+        assert "MAILWARD_REDIS_PASSWORD" not in env_of(deployment(render(), component)["spec"]["template"]["spec"]
+                                                       ["containers"][0])
+    existing = render({"redis": {"passwordSecret": "redis", "passwordSecretKey": "redis-password"}})
+    given = render({"redis": {"password": "s3cret"}})
+    for component in COMPONENTS:
+        env = env_of(deployment(existing, component)["spec"]["template"]["spec"]["containers"][0])
+        assert env["MAILWARD_REDIS_PASSWORD"] == {"name": "MAILWARD_REDIS_PASSWORD", "valueFrom": {
+            "secretKeyRef": {"name": "redis", "key": "redis-password"}}}
+        env = env_of(deployment(given, component)["spec"]["template"]["spec"]["containers"][0])
+        ref = env["MAILWARD_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+        assert secret_data(given, ref["name"])[ref["key"]] == "s3cret"
+    assert "redis-password" not in secret_data(existing, FULLNAME)
+    for doc in given + existing:
+        kubernetes_validate.validate(doc, KUBE_VERSIONS[-1], strict=True)
+
+
+def test_worker_probe_authenticates_to_a_redis_with_a_password(tmp_path: Path) -> None:
+    """The rendered readiness probe against a real Redis with requirepass, with the environment the chart gives the
+    pod (URL and MAILWARD_REDIS_PASSWORD): ready with the password, not ready with a wrong one."""
+    from tests.servers import start_redis
+
+    server = start_redis(tcp=True, password="pw-from-secret")
+    try:
+        docs = render({"redis": {"url": f"redis://127.0.0.1:{server.port}/0", "password": "pw-from-secret"}})
+        (container,) = deployment(docs, "worker")["spec"]["template"]["spec"]["containers"]
+        env = env_of(container)
+        ref = env["MAILWARD_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+        base = {k: v for k, v in os.environ.items() if not k.startswith("MAILWARD_")}
+        base.update(MAILWARD_DATA_DIR=str(tmp_path), MAILWARD_REDIS_URL=env["MAILWARD_REDIS_URL"]["value"])
+        probe = [sys.executable, *container["readinessProbe"]["exec"]["command"][1:]]
+
+        def run(password: str) -> int:
+            return subprocess.run(probe, env={**base, "MAILWARD_REDIS_PASSWORD": password}, capture_output=True,
+                                  timeout=60).returncode
+
+        assert run(secret_data(docs, ref["name"])[ref["key"]]) == 0
+        assert run("wrong") != 0
+    finally:
+        server.stop()
+
+
+def test_egress_settings_reach_every_container() -> None:
+    docs = render({"egress": {"tenantAllow": ["10.20.0.0/16", "fd12:3456::/48"], "smtpPorts": [25, 2526]}})
+    for component in COMPONENTS:
+        env = env_of(deployment(docs, component)["spec"]["template"]["spec"]["containers"][0])
+        assert env["MAILWARD_TENANT_EGRESS_ALLOW"]["value"] == "10.20.0.0/16,fd12:3456::/48"
+        assert env["MAILWARD_TENANT_SMTP_PORTS"]["value"] == "25,2526"
+        assert env["MAILWARD_TENANT_LDAP_PORTS"]["value"] == "389,636"
+        default = env_of(deployment(render(), component)["spec"]["template"]["spec"]["containers"][0])
+        assert "MAILWARD_TENANT_EGRESS_ALLOW" not in default  # nothing private is allowed by default
+        assert default["MAILWARD_TENANT_SMTP_PORTS"]["value"] == "25,465,587,2525"
+    from tenants.config import Config
+
+    parsed = Config.from_env({name: e["value"] for name, e in env.items() if name.startswith("MAILWARD_TENANT_")})
+    assert parsed.tenant_smtp_ports == {25, 2526} and len(parsed.tenant_egress_allow) == 2
+
+
+def _rules(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    policy = one(docs, "NetworkPolicy", f"{FULLNAME}-egress")["spec"]
+    assert policy["policyTypes"] == ["Egress"]
+    return policy["egress"]  # type: ignore[no-any-return]
+
+
+def _reachable(rules: list[dict[str, Any]], address: str, port: int) -> bool:
+    """Whether a NetworkPolicy's egress rules let a pod reach ``address:port`` (ipBlock peers; a rule without ``to``
+    reaches every address on its ports)."""
+    import ipaddress
+
+    ip = ipaddress.ip_address(address)
+    for rule in rules:
+        if not any(p["port"] == port for p in rule.get("ports", [])):
+            continue
+        if "to" not in rule:
+            return True
+        for peer in rule["to"]:
+            block = peer.get("ipBlock")
+            if block is None:
+                continue
+            inside = [ipaddress.ip_network(block["cidr"])]
+            left_out = [ipaddress.ip_network(x) for x in block.get("except", [])]
+            if any(ip.version == n.version and ip in n for n in inside) and not any(
+                    ip.version == n.version and ip in n for n in left_out):
+                return True
+    return False
+
+
+def test_network_policy_keeps_every_pod_off_metadata_and_private_networks(docs: list[dict[str, Any]]) -> None:
+    """The second wall: tenants' SMTP and LDAP ports reach the internet only; the metadata service and the cluster's
+    private ranges (where Redis lives) are not reachable on them, nor on the metadata service's port 80."""
+    selector = one(docs, "NetworkPolicy", f"{FULLNAME}-egress")["spec"]["podSelector"]["matchLabels"]
+    for d in docs:
+        if d["kind"] not in ("Deployment", "Job"):
+            continue
+        what, labels = _id(d), d["spec"]["template"]["metadata"]["labels"]
+        assert selector.items() <= labels.items(), f"{what} is not under the egress policy"
+    rules = _rules(docs)
+    for port in (25, 465, 587, 2525, 389, 636):
+        assert _reachable(rules, "93.184.216.34", port) and _reachable(rules, "2606:2800:220:1::1", port)
+        for internal in ("169.254.169.254", "10.0.0.5", "172.20.1.1", "192.168.1.1", "127.0.0.1", "100.64.0.1",
+                         "fd00:ec2::254", "::1", "fe80::1", "168.63.129.16"):
+            assert not _reachable(rules, internal, port), (internal, port)
+    for port in (80, 443, 8080):
+        assert not _reachable(rules, "169.254.169.254", port) and not _reachable(rules, "93.184.216.34", port)
+    assert _reachable(rules, "10.96.0.10", 53) and _reachable(rules, "10.1.2.3", 6379)  # DNS and the stores
+
+
+def test_network_policy_follows_the_egress_values_and_can_be_turned_off() -> None:
+    docs = render({"egress": {"tenantAllow": ["10.20.0.0/16"], "ldapPorts": [3269]},
+                   "networkPolicy": {"redis": {"to": [{"podSelector": {"matchLabels": {"app": "redis"}}}]},
+                                     "extraEgress": [{"to": [{"ipBlock": {"cidr": "10.0.5.25/32"}}],
+                                                      "ports": [{"port": 25, "protocol": "TCP"}]}]}})
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBE_VERSIONS[0], strict=True)
+    rules = _rules(docs)
+    assert _reachable(rules, "10.20.9.9", 25) and _reachable(rules, "10.20.9.9", 3269)
+    assert not _reachable(rules, "10.20.9.9", 389) and not _reachable(rules, "10.21.0.1", 25)
+    assert _reachable(rules, "10.0.5.25", 25)  # the extra rule (a relay host on a private address)
+    (redis_rule,) = [r for r in rules if r["ports"] == [{"port": 6379, "protocol": "TCP"}]]
+    assert redis_rule["to"] == [{"podSelector": {"matchLabels": {"app": "redis"}}}]
+    assert not [d for d in render({"networkPolicy": {"enabled": False}}) if d["kind"] == "NetworkPolicy"]
 
 
 @pytest.mark.parametrize(("values", "message"), [

@@ -4,12 +4,18 @@ validation, audit and the policy version the ingress reloads on."""
 from __future__ import annotations
 
 import re
+from email import message_from_bytes
+from email import policy as email_policy
 
+import pytest
 from sqlalchemy import select
 
 from tenants.models import AuditEntry
 from tenants.policy import load_policy, save_settings, stored_settings
+from tenants.policyedit import MAX_SUBJECT_PREFIX
 from tenants.scope import msp_scope
+from tests.servers import run_cli
+from tests.test_verdicts import BROKEN, send
 from tests.web import policy_version, post_form, read, sign_in, text
 
 
@@ -232,3 +238,62 @@ def test_user_role_reaches_no_policy_page(web_app, world):
     client = sign_in(web_app, "user@acme.test")
     assert client.get("/portal/policy").status_code == 404
     assert client.get("/console/policy").status_code == 404
+
+
+# --- the subject prefix -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("prefix", ["[SPAM]\r\nBcc: everyone@victim.example", "[SPAM]\nX-Evil: 1", "[SP\rAM]",
+                                    "[SPAM]\x00", "[SP\tAM]", "[SPAM]\u2028Bcc: x@y.example"])
+def test_a_subject_prefix_with_a_line_break_is_refused(web_app, world, cfg, prefix):
+    """Header injection: a CR or LF in the prefix would end the Subject and add a header field of the editor's
+    choosing to every tagged mail; the form refuses it (422, saying why) and stores nothing."""
+    client = sign_in(web_app, "admin@acme.test")
+    resp = post_form(client, "/portal/policy", "/portal/policy", {"v_subject_prefix": prefix})
+    assert resp.status_code == 422
+    assert "Subject prefix of tagged mail: one line of text, without line breaks" in text(resp)
+    assert _own(cfg, world["acme"].id) == {}
+
+
+def test_a_subject_prefix_is_bounded_and_may_be_non_ascii(web_app, world, cfg):
+    client = sign_in(web_app, "admin@msp.test")
+    resp = post_form(client, "/console/policy", "/console/policy", {"v_subject_prefix": "x" * (MAX_SUBJECT_PREFIX + 1)})
+    assert resp.status_code == 422 and f"at most {MAX_SUBJECT_PREFIX} characters" in text(resp)
+    resp = post_form(client, "/console/policy", "/console/policy", {"v_subject_prefix": "[Spämverdacht ★]"})
+    assert resp.status_code == 302
+    assert _baseline(cfg) == {"subject_prefix": "[Spämverdacht ★]"}
+
+
+def test_the_cli_refuses_a_subject_prefix_with_a_line_break(env, world, cfg):
+    result = run_cli(["policy", "set", "Acme", 'subject_prefix="[SPAM]\\r\\nBcc: x@evil.example"'], env)
+    assert result.returncode == 1 and "without line breaks" in result.stderr
+    assert _own(cfg, world["acme"].id) == {}
+
+
+def _delivered(sink) -> tuple[list[str], object]:
+    """The header names of the one delivered mail, and the mail parsed as a client would."""
+    raw = sink.wait_count(1)[0].data
+    names = [name.lower() for name in message_from_bytes(raw).keys()]
+    return names, message_from_bytes(raw, policy=email_policy.default)
+
+
+def test_a_stored_prefix_with_a_line_break_cannot_inject_a_header_at_delivery(env, cfg, ingress, acme, sink):
+    """A prefix saved before the check existed (or written to the database by hand) still cannot add a header field:
+    the ingress puts it on the Subject as one line."""
+    read(cfg, lambda s: save_settings(s, acme.id, {"scores": {"MIME_DEFECT": 6.0},
+                                                    "subject_prefix": "[SPAM]\r\nBcc: everyone@victim.example"}))
+    send(env, BROKEN)
+    names, mail = _delivered(sink)
+    assert "bcc" not in names
+    assert names.count("subject") == 1
+    assert mail["Subject"] == "[SPAM] Bcc: everyone@victim.example Broken report"
+
+
+def test_a_non_ascii_prefix_is_rfc2047_encoded_at_delivery(env, cfg, ingress, acme, sink):
+    """An 8-bit header breaks mail servers and clients that expect RFC 5322: the prefix goes as encoded words."""
+    read(cfg, lambda s: save_settings(s, acme.id, {"scores": {"MIME_DEFECT": 6.0},
+                                                    "subject_prefix": "[Spämverdacht ★]"}))
+    send(env, BROKEN)
+    raw = sink.wait_count(1)[0].data
+    subject_line = next(line for line in raw.split(b"\r\n") if line.lower().startswith(b"subject:"))
+    assert subject_line.isascii() and b"=?utf-8?b?" in subject_line
+    assert message_from_bytes(raw, policy=email_policy.default)["Subject"] == "[Spämverdacht ★] Broken report"

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from tenants import apikeys, directory, recipients
 from tenants import db as tdb
 from tenants.exceptions import NotFound, ValidationError
+from tenants.jobs import SERIALIZER
 from tenants.models import AuditEntry, RecipientVerification, ValidRecipient
 from tenants.redisconn import bump_policy_version
 from tenants.scope import msp_scope, tenant_scope
@@ -262,8 +263,8 @@ def test_cli_sync_and_the_scheduled_job(env, cfg, acme_two, ldap_dir, factory):
     conn = redis.Redis.from_url(cfg.effective_redis_url)
     assert enqueue_directory_syncs(cfg) == 1
     assert enqueue_directory_syncs(cfg) == 0  # already queued within the interval
-    jobs = Queue("default", connection=conn).jobs
-    assert [(j.func_name, j.args) for j in jobs] == [(DIRECTORY_SYNC_JOB, (tid,))]
+    jobs = Queue("default", connection=conn, serializer=SERIALIZER).jobs
+    assert [(j.func_name, list(j.args)) for j in jobs] == [(DIRECTORY_SYNC_JOB, [tid])]
 
     out = run_cli(["recipients", "add", "Acme", "sales@acme.test", "@acme2.test"], env)
     assert out.returncode == 0, out.stderr

@@ -5,16 +5,26 @@ Flask's test client against ``create_app`` on a real database and Redis, CSRF on
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pyotp
 from sqlalchemy import select
+from sqlalchemy import text as sa_text
 
-from tenants.models import AuditEntry, Msp, User, utcnow
+from tenants import db as tdb
+from tenants.models import AuditEntry, Delivery, ListEntry, Msp, User, utcnow
+from tenants.policy import stored_settings
+from tests.fixtures_api import Client as ApiClient
+from tests.fixtures_api import error as api_error
+from tests.fixtures_api import make_key
+from tests.held import hold
+from tests.servers import run_cli
 from tests.web import PASSWORD, csrf_token, post_form, read, sign_in, text
 
 
@@ -328,6 +338,184 @@ def test_tenant_admin_cannot_view_as_another_tenant(web_app, world, cfg):
         sess["view_as"] = world["beta"].id
     page = text(client.get("/portal/"))
     assert "acme.test" in page and "beta.test" not in page and "Viewing as" not in page
+
+
+# --- the helpdesk's quarantine actions (README: "read and quarantine actions across tenants") -------------------
+
+def _helpdesk_in(web_app: Any, tenant_id: int) -> Any:
+    client = sign_in(web_app, "helpdesk@msp.test")
+    assert _view_as(client, tenant_id).status_code == 302
+    return client
+
+
+def _rows(cfg: Any, message_id: str) -> list[tuple[str, str]]:
+    return read(cfg, lambda s: [(d.rcpt, d.status) for d in s.scalars(
+        select(Delivery).where(Delivery.message_id == message_id).order_by(Delivery.id))])
+
+
+def test_helpdesk_viewing_as_a_tenant_releases_deletes_and_reports_held_mail(web_app, world, cfg):
+    """The documented role: msp_helpdesk acts on a tenant's quarantine (as the tenant sees it, audited as itself)."""
+    acme = world["acme"].id
+    released, deleted, reported = hold(cfg, acme), hold(cfg, acme), hold(cfg, acme)
+    client = _helpdesk_in(web_app, acme)
+    listing = text(client.get("/portal/quarantine/"))
+    assert 'action="/portal/quarantine/bulk"' in listing, "the helpdesk gets the bulk actions"
+    page = f"/portal/quarantine/{released}"
+    detail = text(client.get(page))
+    assert 'value="release"' in detail and 'value="report_spam"' in detail
+    assert 'value="allow_release"' not in detail and 'name="to"' not in detail and "Download .eml" not in detail
+
+    assert post_form(client, page, page + "/act", {"action": "release"}).status_code == 302
+    assert _rows(cfg, released) == [("bob@acme.test", "queued")]
+    page = f"/portal/quarantine/{deleted}"
+    assert post_form(client, page, page + "/act", {"action": "delete"}).status_code == 302
+    assert _rows(cfg, deleted) == [("bob@acme.test", "discarded")]
+    page = f"/portal/quarantine/{reported}"
+    assert post_form(client, page, page + "/act", {"action": "report_spam"}).status_code == 302
+    assert "Reported as spam" in text(client.get(page))
+
+    entry = read(cfg, lambda s: s.scalars(select(AuditEntry).where(AuditEntry.action == "quarantine.release")).one())
+    assert (entry.actor, entry.acting_as, entry.tenant_id) == ("helpdesk@msp.test", "Acme", acme)
+
+
+def test_helpdesk_bulk_release_and_delete(web_app, world, cfg):
+    acme = world["acme"].id
+    first, second = hold(cfg, acme), hold(cfg, acme)
+    client = _helpdesk_in(web_app, acme)
+    resp = post_form(client, "/portal/quarantine/", "/portal/quarantine/bulk", {"action": "release", "ids": first})
+    assert resp.status_code == 302
+    resp = post_form(client, "/portal/quarantine/", "/portal/quarantine/bulk", {"action": "delete", "ids": second})
+    assert resp.status_code == 302
+    assert _rows(cfg, first) == [("bob@acme.test", "queued")] and _rows(cfg, second) == [("bob@acme.test",
+                                                                                         "discarded")]
+
+
+def test_helpdesk_cannot_administer_the_tenant_through_the_quarantine(web_app, world, cfg):
+    """Privilege escalation: quarantine actions, not administration: no list edits, no copy sent elsewhere, no virus
+    release, no raw mail, however the request is made."""
+    acme = world["acme"].id
+    spam, virus = hold(cfg, acme), hold(cfg, acme, kind="virus", score=100)
+    client = _helpdesk_in(web_app, acme)
+    page = f"/portal/quarantine/{spam}"
+    for data in ({"action": "allow_release"}, {"action": "block_delete"},
+                 {"action": "release_to", "to": "security@acme.test"}):
+        assert post_form(client, page, page + "/act", data).status_code == 404, data
+    assert client.get(page + "/raw").status_code == 404
+    assert _rows(cfg, spam) == [("bob@acme.test", "quarantined")]
+    assert read(cfg, lambda s: s.scalars(select(ListEntry)).all()) == []
+    page = f"/portal/quarantine/{virus}"
+    resp = post_form(client, page, page + "/act", {"action": "release", "confirm": "1"})
+    assert resp.status_code == 302
+    assert "A virus can only be released by an administrator" in text(client.get(page))
+    assert _rows(cfg, virus) == [("bob@acme.test", "quarantined")]
+
+
+def test_helpdesk_cannot_change_policy_as_a_tenant_or_as_the_msp(web_app, world, cfg):
+    """Acting on the quarantine gives the helpdesk nothing else: the tenant's and the MSP's policy stay read-only."""
+    acme = world["acme"].id
+    client = _helpdesk_in(web_app, acme)
+    assert client.get("/portal/policy").status_code == 200
+    assert post_form(client, "/portal/policy", "/portal/policy", {"v_tag_threshold": "1"}).status_code == 404
+    post_form(client, "/portal/", "/console/view-as/stop", {})
+    assert post_form(client, "/console/policy", "/console/policy", {"v_tag_threshold": "1"}).status_code == 404
+    assert read(cfg, lambda s: (stored_settings(s, None), stored_settings(s, acme))) == ({}, {})
+
+
+def test_helpdesk_acts_on_a_tenants_quarantine_only_while_viewing_as_it(web_app, world, cfg):
+    """Without "view as" the helpdesk is in the MSP scope: the portal's quarantine actions are not its to call."""
+    spam = hold(cfg, world["acme"].id)
+    client = sign_in(web_app, "helpdesk@msp.test")
+    token = csrf_token(text(client.get("/console/")))
+    resp = client.post(f"/portal/quarantine/{spam}/act", data={"action": "release", "csrf_token": token})
+    assert resp.status_code == 404
+    assert _rows(cfg, spam) == [("bob@acme.test", "quarantined")]
+
+
+def test_a_tenant_auditor_still_cannot_act_on_held_mail(web_app, world, cfg):
+    """The helpdesk is presented as the tenant's auditor; the auditor's own role stays read-only."""
+    spam = hold(cfg, world["acme"].id)
+    client = sign_in(web_app, "auditor@acme.test")
+    page = f"/portal/quarantine/{spam}"
+    assert post_form(client, page, page + "/act", {"action": "release"}).status_code == 404
+    assert _rows(cfg, spam) == [("bob@acme.test", "quarantined")]
+
+
+# --- releasing a copy elsewhere ---------------------------------------------------------------------------------
+
+def test_a_quarantine_scoped_key_cannot_release_a_copy_out_of_the_tenant(web_app, world, cfg):
+    """Exfiltration: a key made for quarantine work (read, quarantine) must not deliver held mail to an address of
+    its holder's choosing outside the tenant; a copy to the tenant's own addresses is fine."""
+    acme = world["acme"].id
+    spam = hold(cfg, acme)
+    api = ApiClient(web_app, make_key(cfg, acme, "read,quarantine"))
+    body = api_error(api.post(f"/quarantine/{spam}/release", {"to": "collector@evil.example"}), 403, "forbidden")
+    assert "not in one of the tenant's domains" in body["message"]
+    assert _rows(cfg, spam) == [("bob@acme.test", "quarantined")], "no copy was queued"
+    ok = api.post(f"/quarantine/{spam}/release", {"to": "security@acme2.test"})
+    assert ok.status_code == 200 and ok.get_json()["to"] == "security@acme2.test"
+
+    msp = ApiClient(web_app, make_key(cfg, None, "read,quarantine"))
+    api_error(msp.post(f"/quarantine/{spam}/release", {"to": "security@beta.test"}), 403, "forbidden")
+
+
+def test_a_key_with_the_write_scope_may_release_a_copy_anywhere(web_app, world, cfg):
+    spam = hold(cfg, world["acme"].id)
+    api = ApiClient(web_app, make_key(cfg, world["acme"].id, "read,write,quarantine"))
+    resp = api.post(f"/quarantine/{spam}/release", {"to": "analyst@partner.example"})
+    assert resp.status_code == 200 and resp.get_json()["to"] == "analyst@partner.example"
+    assert ("analyst@partner.example", "queued") in _rows(cfg, spam)
+
+
+def test_a_tenant_admin_may_release_a_copy_outside_the_tenant_in_the_portal(web_app, world, cfg):
+    """The portal's admin can download the raw mail anyway; a copy elsewhere is its decision (audited)."""
+    spam = hold(cfg, world["acme"].id)
+    client = sign_in(web_app, "admin@acme.test")
+    page = f"/portal/quarantine/{spam}"
+    resp = post_form(client, page, page + "/act", {"action": "release_to", "to": "analyst@partner.example"})
+    assert resp.status_code == 302
+    assert ("analyst@partner.example", "queued") in _rows(cfg, spam)
+
+
+# --- the data directory -----------------------------------------------------------------------------------------
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_a_new_data_dir_keeps_the_raw_mail_to_its_owner(env, tmp_path):
+    """Local disclosure: the SQLite database holds every mail; another local user must not read it (0600 in a 0700
+    directory), nor the -wal/-shm files SQLite writes next to it."""
+    data_dir = tmp_path / "fresh" / "var"
+    fresh = {k: v for k, v in env.items() if k != "MAILWARD_DATABASE_URL"}
+    fresh["MAILWARD_DATA_DIR"] = str(data_dir)
+    result = run_cli(["db", "upgrade"], fresh)
+    assert result.returncode == 0, result.stderr
+    assert _mode(data_dir) == 0o700
+    assert _mode(data_dir / "mailward.db") == 0o600
+
+    engine = tdb.make_engine(f"sqlite:///{data_dir / 'mailward.db'}")
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa_text("CREATE TABLE probe (x INTEGER)"))
+            for suffix in ("-wal", "-shm"):
+                side = data_dir / f"mailward.db{suffix}"
+                assert side.exists() and _mode(side) == 0o600, suffix
+    finally:
+        engine.dispose()
+
+
+def test_an_existing_loose_data_dir_is_made_private_at_start(cfg, tmp_path):
+    """An installation made before (0755 directories, 0644 files) is tightened by what `mailward run` calls first."""
+    data_dir = tmp_path / "old"
+    for sub in ("", "logs", "valkey"):
+        (data_dir / sub).mkdir(mode=0o755, exist_ok=True)
+        (data_dir / sub).chmod(0o755)
+    for name in ("mailward.db", "mailward.db-wal", "secret_key", "logs/web.log"):
+        (data_dir / name).write_bytes(b"")
+        (data_dir / name).chmod(0o644)
+    tdb.secure_data_dir(dataclasses.replace(cfg, data_dir=data_dir, database_url=""))
+    assert [_mode(data_dir / d) for d in ("", "logs", "valkey")] == [0o700] * 3
+    assert [_mode(data_dir / f) for f in ("mailward.db", "mailward.db-wal", "secret_key")] == [0o600] * 3
 
 
 # --- behind a reverse proxy -------------------------------------------------------------------------------------

@@ -146,9 +146,9 @@ def delete(cfg: Any, tenant_id: int) -> dict[str, int]:
 
 @pytest.fixture
 def data(cfg, world) -> dict[str, Populated]:
-    return {"acme": populate(cfg, world["acme"].id, domain="acme.test", net="10.1.0.0/16", tag="a",
+    return {"acme": populate(cfg, world["acme"].id, domain="acme.test", net="198.51.100.0/24", tag="a",
                              user_email="user@acme.test"),
-            "beta": populate(cfg, world["beta"].id, domain="beta.test", net="10.2.0.0/16", tag="b",
+            "beta": populate(cfg, world["beta"].id, domain="beta.test", net="203.0.113.0/24", tag="b",
                              user_email="admin@beta.test")}
 
 
@@ -195,7 +195,7 @@ def test_export_holds_every_row_and_raw_mail_and_no_secret(cfg, data):
     assert {u["email"] for u in settings["users"]} == {"admin@acme.test", "auditor@acme.test", "user@acme.test"}
     assert settings["policy_settings"][0]["settings"] == {"digest_hour": 0}
     assert [k["name"] for k in settings["api_keys"]] == ["key a"] and settings["dkim_keys"][0]["public_key"]
-    assert [n["cidr"] for n in settings["relay_networks"]] == ["10.1.0.0/16"]
+    assert [n["cidr"] for n in settings["relay_networks"]] == ["198.51.100.0/24"]
     assert [c["username"] for c in settings["smtp_credentials"]] == ["relay-a@acme.test"]
     assert manifest["counts"]["users"] == 3
 

@@ -16,6 +16,7 @@ from tenants.db import session_scope
 from tenants.jobs import enqueue_job
 from tenants.models import RecipientVerification, Tenant
 from tenants.redisconn import redis_client
+from tenants.sarules import update as sarules_update
 from tenants.scope import msp_scope, tenant_scope
 
 log = logging.getLogger(__name__)
@@ -72,3 +73,26 @@ def enqueue_directory_syncs(cfg: Config) -> int:
                     result_ttl=86400, description=f"sync the directory of tenant {tenant_id}")
         queued += 1
     return queued
+
+
+#: The RQ job that runs sa-update and, when it installed new rules, makes every process reload them.
+SA_UPDATE_JOB = "worker.jobs.update_sa_rules"
+
+
+def update_sa_rules() -> str:
+    """Refresh SpamAssassin's rules with sa-update (see :mod:`tenants.sarules.update`); a failure is logged."""
+    return sarules_update.update_rules(get_config()).message
+
+
+def enqueue_sa_update(cfg: Config) -> bool:
+    """Queue the daily sa-update run (once per interval across restarts of the scheduler)."""
+    conn = redis_client(cfg)
+    if not conn.set(_SA_UPDATE_QUEUED_KEY, 1, nx=True, ex=max(1, sarules_update.SA_UPDATE_INTERVAL - 60)):
+        return False
+    enqueue_job(cfg, SA_UPDATE_JOB, connection=conn, timeout=sarules_update.SA_UPDATE_TIMEOUT + 60,
+                result_ttl=86400, description="refresh SpamAssassin's rules (sa-update)")
+    return True
+
+
+#: Redis key that keeps the sa-update job from being queued twice within one interval.
+_SA_UPDATE_QUEUED_KEY = "mailward:sa-update-queued"

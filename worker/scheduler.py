@@ -22,11 +22,13 @@ from tenants import heartbeat
 from tenants.config import Config
 from tenants.db import require_current_schema
 from tenants.redisconn import redis_client
+from tenants.sarules.update import SA_UPDATE_INTERVAL
 from worker.digest import DIGEST_CHECK_INTERVAL, schedule_digests
-from worker.jobs import DIRECTORY_SYNC_INTERVAL, enqueue_directory_syncs
+from worker.jobs import DIRECTORY_SYNC_INTERVAL, enqueue_directory_syncs, enqueue_sa_update
 from worker.retention import PURGE_INTERVAL, enqueue_purge
 from worker.rollup import ROLLUP_INTERVAL, enqueue_rollup
 from worker.sweeper import sweep
+from worker.verification import RECHECK_INTERVAL, enqueue_recheck
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,8 @@ def periodic_jobs() -> list[PeriodicJob]:
         PeriodicJob("digests", lambda cfg: DIGEST_CHECK_INTERVAL, schedule_digests),
         PeriodicJob("rollup", lambda cfg: ROLLUP_INTERVAL, enqueue_rollup),
         PeriodicJob("directory", lambda cfg: DIRECTORY_SYNC_INTERVAL, enqueue_directory_syncs),
+        PeriodicJob("domain-verification", lambda cfg: RECHECK_INTERVAL, enqueue_recheck),
+        PeriodicJob("sa-update", lambda cfg: SA_UPDATE_INTERVAL, enqueue_sa_update),
     ]
 
 

@@ -1,7 +1,9 @@
 """``/api/v1/quarantine``: find held mail, look into it, release, delete, report; through :mod:`tenants.quarantine`.
 
 A key acts as an administrator of its scope (every recipient's rows); a virus is released only with
-``"confirm_virus": true``, as the portal asks its admins to confirm. Actions are written to the mail's timeline as
+``"confirm_virus": true``, as the portal asks its admins to confirm. A copy released ``to`` another address stays
+inside the mail's tenant (an address in one of its domains) unless the key also holds the ``write`` scope: a key
+made for quarantine work cannot send the tenant's mail out of it. Actions are written to the mail's timeline as
 ``api key mw_...``.
 """
 
@@ -22,6 +24,9 @@ from tenants import lists, tracking
 from tenants import quarantine as q
 from tenants.addresses import normalize_address
 from tenants.exceptions import ValidationError
+
+#: The scope a key needs, besides ``quarantine``, to release a copy to an address outside the mail's tenant.
+RELEASE_OUTSIDE_SCOPE = "write"
 
 
 @bp.route("/quarantine", methods=["GET"], endpoint="list_quarantine", tags=["quarantine"])
@@ -73,7 +78,8 @@ def _conflict(exc: ValidationError) -> ApiError:
 @bp.arguments(sch.ReleaseSchema, required=False)
 @bp.response(200, sch.ReleaseResultSchema)
 def release_quarantined(body: dict[str, Any], message_id: str) -> dict[str, Any]:
-    """Deliver a held mail to its held recipients (or a copy ``to`` another address). 409 if nothing is held."""
+    """Deliver a held mail to its held recipients (or a copy ``to`` another address: one in the tenant's domains, or
+    anywhere with the ``write`` scope too, else 403). 409 if nothing is held."""
     session, cfg = db.session, config()
     to = body.get("to")
     if to is not None:
@@ -81,7 +87,8 @@ def release_quarantined(body: dict[str, Any], message_id: str) -> dict[str, Any]
     if q.get(session, message_id).quarantine_kind == "virus" and not body.get("confirm_virus"):
         raise ApiError(409, "confirmation_required", "this mail carries a virus: send confirm_virus=true to release it")
     try:
-        result = q.release(session, cfg, message_id, actor=caller().actor, to=to, actor_is_admin=True)
+        result = q.release(session, cfg, message_id, actor=caller().actor, to=to, actor_is_admin=True,
+                           outside_ok=RELEASE_OUTSIDE_SCOPE in caller().scopes)
     except ValidationError as exc:
         raise _conflict(exc) from None
     session.commit()

@@ -11,9 +11,9 @@ from typing import Any
 
 from marshmallow import Schema, fields, validate
 
-from tenants import lists, quarantine, tracking
+from tenants import lists, quarantine, tracking, verification
 from tenants.apikeys import MAX_NAME, SCOPES
-from tenants.models import TlsMode
+from tenants.models import Domain, TlsMode
 
 #: The largest row id (PostgreSQL ``integer``): a larger number in a URL or a query is refused before any query.
 MAX_ID = 2**31 - 1
@@ -73,11 +73,27 @@ class TenantSchema(Schema):
     created_at = fields.DateTime(required=True)
 
 
+def _verification_record(domain: Domain) -> str:
+    from app.extensions import config  # the application's configuration, at serialisation time
+
+    return verification.zone_line(config(), domain)
+
+
 class DomainSchema(Schema):
     id = fields.Integer(required=True)
     tenant_id = fields.Integer(required=True)
     name = fields.String(required=True)
-    verified = fields.Boolean(required=True)
+    verified = fields.Boolean(required=True, metadata={"description": "Ownership proven by the TXT record"})
+    vouched = fields.Boolean(required=True, metadata={
+        "description": "Added by the MSP, who vouches for it: receives mail without the TXT record"})
+    state = fields.Function(verification.state, required=True, metadata={
+        "type": "string", "enum": ["vouched", "verified", "pending"],
+        "description": "pending: awaiting verification, receives no mail until the TXT record is published and "
+                       "verified (in the portal, or by the scheduled re-check)"})
+    receives_mail = fields.Boolean(required=True, attribute="routes", metadata={
+        "description": "Mail for the domain is accepted (vouched or verified)"})
+    verification_record = fields.Function(_verification_record, required=True, metadata={
+        "type": "string", "description": "The TXT record that proves ownership, as a zone-file line"})
     transport_host = fields.String(required=True)
     transport_port = fields.Integer(required=True)
     transport_tls = fields.String(required=True)
@@ -206,7 +222,8 @@ class QuarantineDetailSchema(QuarantineItemSchema):
 
 class ReleaseSchema(Schema):
     to = fields.String(validate=validate.Length(1, 320),
-                       metadata={"description": "Deliver a copy to this address instead of the recipients"})
+                       metadata={"description": "Deliver a copy to this address instead of the recipients: one in "
+                                                "the tenant's domains, or anywhere with the write scope too"})
     confirm_virus = fields.Boolean(load_default=False,
                                    metadata={"description": "Must be true to release a virus"})
 

@@ -22,6 +22,7 @@ from app.api.errors import ApiError
 from app.exports import tenant_zip
 from app.extensions import config, db
 from tenants import lifecycle, services
+from tenants.egress import EgressPolicy
 from tenants.exceptions import NotFound, ValidationError
 from tenants.models import Domain, Tenant, User
 from tenants.redisconn import bump_policy_version
@@ -173,7 +174,10 @@ def list_domains(cursor: str | None = None, limit: int = sch.PAGE_SIZE,
 @bp.arguments(sch.DomainCreateSchema)
 @bp.response(201, sch.DomainSchema)
 def create_domain(body: dict[str, Any]) -> Domain:
-    """Add a domain and its transport (the tenant's own mail server); the ingresses accept mail for it at once."""
+    """Add a domain and its transport (the tenant's own mail server). An MSP key vouches for it: the ingresses
+    accept its mail at once. A tenant key makes a claim (``state`` pending): mail is accepted once the TXT record
+    in ``verification_record`` is published and verified. A name that is taken, or inside another tenant's domain,
+    is refused as not available (422), whoever has it."""
     tid = resolve_tenant(body.get("tenant_id"))
     if tid is None:
         raise ApiError(422, "validation", "an MSP key must say which tenant the domain is for",
@@ -181,7 +185,7 @@ def create_domain(body: dict[str, Any]) -> Domain:
     session, cfg = db.session, config()
     tenant = services.get_tenant(session, tid)
     domain = services.add_domain(session, tenant, body["name"], body["transport_host"], body["transport_port"],
-                                 body["transport_tls"])
+                                 body["transport_tls"], egress=EgressPolicy(cfg))
     session.commit()
     bump_policy_version(cfg)
     return domain

@@ -13,6 +13,7 @@ from app.api.blueprint import bp
 from app.api.errors import ApiError
 from app.extensions import config, db
 from tenants import services
+from tenants.egress import EgressPolicy
 from tenants.exceptions import ValidationError
 from tenants.models import Domain, TlsMode
 from tenants.redisconn import bump_policy_version
@@ -62,7 +63,7 @@ def update_transport(body: dict[str, Any], domain_id: int) -> dict[str, Any]:
     session = db.session
     d = load(session, Domain, domain_id)
     try:
-        services.update_transport(d, body["host"], body["port"], body["tls"])
+        services.update_transport(d, body["host"], body["port"], body["tls"], egress=EgressPolicy(config()))
     except ValidationError as exc:
         session.rollback()
         raise ApiError(422, "validation", str(exc), fields={"host": [str(exc)]}) from None

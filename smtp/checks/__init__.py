@@ -10,11 +10,14 @@ from smtp.checks.attachments import AttachmentCheck
 from smtp.checks.auth import ArcCheck, DkimCheck, DmarcCheck
 from smtp.checks.base import Check, CheckContext, Finding, Stage
 from smtp.checks.bayes import BayesCheck
+from smtp.checks.content import ContentCheck
 from smtp.checks.dnsbl import DnsblCheck, UriblCheck
 from smtp.checks.lists import ListsCheck
 from smtp.checks.mimecheck import MimeCheck
+from smtp.checks.phishing import PhishingCheck
 from smtp.checks.rspamd import RspamdCheck
 from smtp.checks.rules import RulesCheck
+from smtp.checks.sarules import SaRulesCheck
 from smtp.checks.spamd import SpamdCheck
 from smtp.checks.spf import SpfCheck
 from smtp.checks.virus import VirusCheck
@@ -32,10 +35,13 @@ REGISTRY: list[type[Check]] = [
     VirusCheck,
     AttachmentCheck,
     RulesCheck,
+    SaRulesCheck,
     BayesCheck,
+    ContentCheck,
     SpamdCheck,
     RspamdCheck,
     ListsCheck,
+    PhishingCheck,
 ]
 
 

@@ -64,6 +64,15 @@ app.kubernetes.io/part-of: mailward
 {{- if .Values.secretKey.existingSecret }}{{ .Values.secretKey.existingSecretKey }}{{ else }}secret-key{{ end }}
 {{- end }}
 
+{{/* The Secret and key holding the Redis password, or nothing when there is none. */}}
+{{- define "mailward.redisPasswordSecretName" -}}
+{{- if .Values.redis.passwordSecret }}{{ .Values.redis.passwordSecret }}{{ else if .Values.redis.password }}{{ include "mailward.secretName" . }}{{ end }}
+{{- end }}
+
+{{- define "mailward.redisPasswordSecretKey" -}}
+{{- if .Values.redis.passwordSecret }}{{ .Values.redis.passwordSecretKey }}{{ else }}redis-password{{ end }}
+{{- end }}
+
 {{- define "mailward.tlsSecretName" -}}
 {{- default (printf "%s-tls" (include "mailward.fullname" .)) .Values.tls.existingSecret }}
 {{- end }}
@@ -89,7 +98,7 @@ app.kubernetes.io/part-of: mailward
 
 {{/* Changes whenever a setting that pods read at start changes, so that an upgrade restarts them. */}}
 {{- define "mailward.configChecksum" -}}
-{{- $cfg := dict "database" .Values.database "redis" .Values.redis "secretKey" .Values.secretKey "hostname" .Values.hostname "logLevel" .Values.logLevel "clamd" .Values.clamd "dns" .Values.dns "relayhost" .Values.relayhost "tls" .Values.tls "extraEnv" .Values.extraEnv }}
+{{- $cfg := dict "database" .Values.database "redis" .Values.redis "secretKey" .Values.secretKey "hostname" .Values.hostname "logLevel" .Values.logLevel "clamd" .Values.clamd "dns" .Values.dns "relayhost" .Values.relayhost "tls" .Values.tls "extraEnv" .Values.extraEnv "egress" .Values.egress }}
 {{- toJson $cfg | sha256sum }}
 {{- end }}
 
@@ -117,6 +126,21 @@ app.kubernetes.io/part-of: mailward
 - name: MAILWARD_REDIS_URL
   value: {{ .Values.redis.url | quote }}
 {{- end }}
+{{- with include "mailward.redisPasswordSecretName" . }}
+- name: MAILWARD_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ include "mailward.redisPasswordSecretKey" $ }}
+{{- end }}
+{{- with .Values.egress.tenantAllow }}
+- name: MAILWARD_TENANT_EGRESS_ALLOW
+  value: {{ join "," . | quote }}
+{{- end }}
+- name: MAILWARD_TENANT_SMTP_PORTS
+  value: {{ join "," .Values.egress.smtpPorts | quote }}
+- name: MAILWARD_TENANT_LDAP_PORTS
+  value: {{ join "," .Values.egress.ldapPorts | quote }}
 - name: MAILWARD_HOSTNAME
   value: {{ .Values.hostname | quote }}
 - name: MAILWARD_DATA_DIR

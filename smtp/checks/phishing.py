@@ -1,0 +1,108 @@
+"""Phishing: credential-harvest forms (in HTML attachments above all), QR codes that lead to a web page, lookalike
+and deceptive IDN domains of the tenant's own domains and of well-known brands, display names that claim a brand or
+a colleague, links that show a brand's address and lead elsewhere, words split by hidden text.
+
+The features are pure functions in :mod:`smtp.phishing`; this check loads what it needs to know about each recipient
+tenant (its domains and the addresses its directory knows), cached per tenant while the policy version in Redis
+stays the same and for at most :data:`IDENTITY_CACHE_TTL` seconds, and runs the analysis in a worker thread. What
+it could not analyse (a broken image or PDF, a bound reached) is recorded as ``PHISHING_TEMPFAIL`` with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+
+from sqlalchemy import select
+
+from smtp.checks.base import Check, CheckContext, Stage
+from smtp.phishing.brands import load_brands
+from smtp.phishing.lookalike import make_targets
+from smtp.phishing.mail import TEMPFAIL, TenantIdentity, analyse_mail
+from tenants.config import Config
+from tenants.db import session_factory
+from tenants.models import Domain, ValidRecipient
+from tenants.policy import POLICY_VERSION_KEY, routing_domain
+from tenants.scope import tenant_scope
+
+log = logging.getLogger(__name__)
+
+#: Seconds a tenant's loaded identity is used at most, even when the policy version could not be read.
+IDENTITY_CACHE_TTL = 300.0
+#: Known recipient addresses read per tenant to recognise colleagues' names (a directory bigger than this is read
+#: that far; the domains are always read whole).
+MAX_COLLEAGUE_ADDRESSES = 50_000
+
+
+class PhishingCheck(Check):
+    name = "phishing"
+    stage = Stage.DATA
+    timeout = 15.0
+    directions = ("inbound",)
+    symbols = (
+        "PHISH_HTML_ATTACH_FORM", "PHISH_HTML_ATTACH_REDIRECT", "PHISH_PASSWORD_FORM", "PHISH_QR_URL",
+        "PHISH_QR_URL_SUSPICIOUS", "PHISH_LOOKALIKE_OWN_DOMAIN", "PHISH_LOOKALIKE_BRAND", "PHISH_PUNYCODE_URL",
+        "PHISH_PUNYCODE_SENDER", "PHISH_DISPLAY_BRAND", "PHISH_DISPLAY_COLLEAGUE", "PHISH_LINK_MISMATCH",
+        "PHISH_HIDDEN_TEXT", "PHISH_CREDENTIAL_URL", TEMPFAIL,
+    )
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__(cfg)
+        self.brands = load_brands()
+        self.brand_targets = tuple(t for b in self.brands for t in make_targets(b.domains, b.name))
+        #: tenant id → (policy version, monotonic load time, identity)
+        self._cache: dict[int, tuple[bytes | None, float, TenantIdentity]] = {}
+
+    async def _version(self, ctx: CheckContext) -> bytes | None:
+        if ctx.redis is None:
+            return None
+        try:
+            raw = await ctx.redis.get(POLICY_VERSION_KEY)
+        except Exception as exc:  # Redis down: the TTL alone bounds staleness
+            log.debug("policy version unavailable for the phishing cache: %s", exc)
+            return None
+        return bytes(raw) if raw is not None else b"0"
+
+    def _load(self, tenant_ids: list[int]) -> dict[int, TenantIdentity]:
+        """Each tenant's routing domains and known addresses: two indexed queries per tenant, in its own scope."""
+        out = {}
+        with session_factory(self.cfg)() as session:
+            for tid in tenant_ids:
+                with tenant_scope(tid):
+                    domains = session.scalars(select(Domain.name).where(routing_domain())).all()
+                    addresses = session.scalars(select(ValidRecipient.address).where(
+                        ValidRecipient.address.contains("@")).limit(MAX_COLLEAGUE_ADDRESSES)).all()
+                out[tid] = TenantIdentity.build(tid, domains, (a for a in addresses if not a.startswith("@")))
+        return out
+
+    async def identities(self, ctx: CheckContext, tenant_ids: Iterable[int]) -> list[TenantIdentity]:
+        """Each tenant's identity, from the cache when it is current, else loaded (all missing ones in one thread)."""
+        version = await self._version(ctx)
+        now = time.monotonic()
+        out: dict[int, TenantIdentity] = {}
+        missing: list[int] = []
+        for tid in dict.fromkeys(tenant_ids):
+            cached = self._cache.get(tid)
+            if cached is not None and version is not None and cached[0] == version \
+                    and now - cached[1] < IDENTITY_CACHE_TTL:
+                out[tid] = cached[2]
+            else:
+                missing.append(tid)
+        if missing:
+            for tid, identity in (await asyncio.to_thread(self._load, missing)).items():
+                self._cache[tid] = (version, now, identity)
+                out[tid] = identity
+        return list(out.values())
+
+    async def run(self, ctx: CheckContext) -> None:
+        mail = ctx.mail
+        if mail is None or mail.message is None:
+            return  # nothing was parsed (over the MIME limits): the MIME check has said so
+        tenants = await self.identities(ctx, ctx.tenant_ids)
+        found = await asyncio.to_thread(
+            analyse_mail, mail, mail_from=ctx.mail_from, rcpts=ctx.rcpts, brands=self.brands,
+            brand_targets=self.brand_targets, tenants=tenants)
+        for symbol, reason, tenant_id in found:
+            ctx.add(symbol, reason, tenant_id=tenant_id)

@@ -1,0 +1,139 @@
+"""Meta rules: SpamAssassin's boolean and arithmetic expressions over other rules' hits, compiled to Python.
+
+An expression is parsed with Perl's precedence (``!`` and unary minus bind tightest, then ``* /``, ``+ -``,
+comparisons, ``&&``, ``||``) and written back as a Python expression over a dict of hit counts, so
+``!A + B > 1`` keeps its Perl meaning. Only rule names, numbers and operators pass; anything else raises
+:class:`MetaError`, so nothing from a rule file is ever executed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+_TOKEN = re.compile(r"\s*(?:([A-Za-z_][A-Za-z0-9_]*)|(\d+(?:\.\d+)?)|(&&|\|\||>=|<=|==|!=|[-+*/()<>!]))")
+_CMP = (">", "<", ">=", "<=", "==", "!=")
+
+
+class MetaError(ValueError):
+    """A meta expression that cannot be read."""
+
+
+@dataclass(frozen=True)
+class MetaRule:
+    name: str
+    #: Rule names the expression reads.
+    deps: tuple[str, ...]
+    #: Hit counts by rule name -> the expression's value (true when it hits).
+    evaluate: Callable[[Mapping[str, int]], float]
+    python: str
+
+
+def _tokens(expr: str) -> list[str]:
+    out: list[str] = []
+    pos = 0
+    expr = expr.strip()
+    while pos < len(expr):
+        m = _TOKEN.match(expr, pos)
+        if m is None or m.end() == pos:
+            if expr[pos:].strip() == "":
+                break
+            raise MetaError(f"cannot read {expr[pos:pos + 20]!r}")
+        out.append(next(g for g in m.groups() if g is not None))
+        pos = m.end()
+    return out
+
+
+class _Parser:
+    def __init__(self, tokens: list[str]) -> None:
+        self.t = tokens
+        self.i = 0
+        self.deps: list[str] = []
+
+    def peek(self) -> str | None:
+        return self.t[self.i] if self.i < len(self.t) else None
+
+    def take(self) -> str:
+        if self.i >= len(self.t):
+            raise MetaError("expression ends early")
+        self.i += 1
+        return self.t[self.i - 1]
+
+    def parse(self) -> str:
+        out = self.or_()
+        if self.peek() is not None:
+            raise MetaError(f"unexpected {self.peek()!r}")
+        return out
+
+    def or_(self) -> str:
+        out = self.and_()
+        while self.peek() == "||":
+            self.take()
+            out = f"({out} or {self.and_()})"
+        return out
+
+    def and_(self) -> str:
+        out = self.cmp()
+        while self.peek() == "&&":
+            self.take()
+            out = f"({out} and {self.cmp()})"
+        return out
+
+    def cmp(self) -> str:
+        out = self.add()
+        while self.peek() in _CMP:
+            op = self.take()
+            out = f"({out} {op} {self.add()})"
+        return out
+
+    def add(self) -> str:
+        out = self.mul()
+        while self.peek() in ("+", "-"):
+            op = self.take()
+            out = f"({out} {op} {self.mul()})"
+        return out
+
+    def mul(self) -> str:
+        out = self.unary()
+        while self.peek() in ("*", "/"):
+            op = self.take()
+            right = self.unary()
+            out = f"({out} * {right})" if op == "*" else f"_div({out}, {right})"
+        return out
+
+    def unary(self) -> str:
+        if self.peek() == "!":
+            self.take()
+            return f"(not {self.unary()})"
+        if self.peek() == "-":
+            self.take()
+            return f"(-{self.unary()})"
+        return self.primary()
+
+    def primary(self) -> str:
+        tok = self.take()
+        if tok == "(":
+            out = self.or_()
+            if self.take() != ")":
+                raise MetaError("missing )")
+            return out
+        if tok[0].isdigit():
+            return tok
+        if tok[0].isalpha() or tok[0] == "_":
+            self.deps.append(tok)
+            return f"_h.get({tok!r}, 0)"
+        raise MetaError(f"unexpected {tok!r}")
+
+
+def _div(a: float, b: float) -> float:
+    return a / b if b else 0.0
+
+
+def compile_meta(name: str, expr: str) -> MetaRule:
+    """A meta rule's expression compiled; raises :class:`MetaError`."""
+    parser = _Parser(_tokens(expr))
+    python = parser.parse()
+    code = compile(f"lambda _h: {python}", f"<meta {name}>", "eval")
+    evaluate = eval(code, {"__builtins__": {}, "_div": _div})  # noqa: S307 (names, numbers, operators only)
+    return MetaRule(name, tuple(dict.fromkeys(parser.deps)), evaluate, python)
