@@ -20,10 +20,10 @@ import asyncio
 import importlib
 import inspect
 import math
+import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -58,7 +58,7 @@ from tenants.content.train import auc, deduped_training, prepare, recall_at_fp, 
 from tenants.db import dispose_engines, migrate, session_scope  # noqa: E402
 from tenants.policy import Policy  # noqa: E402
 from tenants.scope import msp_scope, tenant_scope  # noqa: E402
-from tenants.services import create_tenant  # noqa: E402
+from tenants.services import create_tenant, get_tenant  # noqa: E402
 from tenants.symbols import lookup  # noqa: E402
 
 #: The shared corpora: beside the project, never an absolute path.
@@ -66,7 +66,8 @@ SHARED_CORPUS = ROOT.parent / "shared" / "corpus"
 FETCH_SCRIPT = SHARED_CORPUS / "fetch-spamassassin.sh"
 DEFAULT_CORPUS = ROOT / "var" / "corpus"
 #: Where the benchmark keeps the model it trained, reused while the split and the features stay the same.
-MODEL_CACHE = ROOT / "var" / "bench" / "detection-model.npz"
+BENCH_DIR = ROOT / "var" / "bench"
+MODEL_CACHE = BENCH_DIR / "detection-model.npz"
 #: The headline set (the last line's figures).
 HEADLINE = "spamassassin"
 #: Checks that need the network (or a scanner daemon) and are left out.
@@ -184,12 +185,13 @@ def feedback(collections: Sequence[Collection], model: ContentModel, jobs: int) 
 
 # --- pipeline mode ----------------------------------------------------------------------------------------------
 
-def pipeline_checks(cfg: Config, model_path: Path) -> list[Check]:
-    """The registered checks minus network ones, the content check reading the benchmark's model."""
-    checks = [c for c in build_checks(cfg) if c.name not in NETWORK_CHECKS and c.name != ContentCheck.name]
+def pipeline_checks(cfg: Config, model_path: Path, skip: set[str]) -> list[Check]:
+    """The registered checks minus network ones and ``skip``, the content check reading the benchmark's model."""
+    left_out = NETWORK_CHECKS | skip | {ContentCheck.name}
+    checks = [c for c in build_checks(cfg) if c.name not in left_out]
     names = {c.name for c in checks}
-    checks += [cls(cfg) for cls in (BayesCheck, RulesCheck) if cls.name not in names]
-    return [*checks, ContentCheck(cfg, model_path=model_path)]
+    checks += [cls(cfg) for cls in (BayesCheck, RulesCheck) if cls.name not in names | skip]
+    return checks if ContentCheck.name in skip else [*checks, ContentCheck(cfg, model_path=model_path)]
 
 
 async def score_mail(checks: list[Check], cfg: Config, tenant_id: int, policy: Policy,
@@ -212,8 +214,8 @@ class Scored:
 
 
 async def evaluate(cfg: Config, samples: list[Sample], tenant_id: int, policy: Policy, model: ContentModel,
-                   model_path: Path) -> dict[Path, Scored]:
-    checks = pipeline_checks(cfg, model_path)
+                   model_path: Path, *, skip: set[str]) -> dict[Path, Scored]:
+    checks = pipeline_checks(cfg, model_path, skip)
     print(f"checks: {', '.join(sorted(c.name for c in checks if c.stage == Stage.DATA))}")
     out: dict[Path, Scored] = {}
     for sample in samples:
@@ -303,6 +305,8 @@ def main() -> None:
     parser.add_argument("--through-smtp", action="store_true",
                         help="send the evaluation mail through a running installation (not implemented yet)")
     parser.add_argument("--no-bayes", action="store_true", help="leave the tenant's Bayes untrained")
+    parser.add_argument("--skip", action="append", default=[], metavar="CHECK",
+                        help="leave a check out (repeatable), e.g. --skip sarules")
     parser.add_argument("--jobs", type=int, default=0, help="processes parsing mail for training (0: one per core)")
     parser.add_argument("--symbols", type=int, default=30, help="symbols shown in the hit table (0: none)")
     args = parser.parse_args()
@@ -327,26 +331,37 @@ def main() -> None:
     policy = Policy()
     sets = evaluation_sets(collections)
     heldout = list({s.path: s for ev in sets for s in ev.spam + ev.ham}.values())
-    with tempfile.TemporaryDirectory(prefix="mw-detect-") as tmp:
-        cfg = Config(data_dir=Path(tmp), database_url=f"sqlite:///{tmp}/mailward.db")
-        migrate(cfg)
-        with msp_scope(), session_scope(cfg) as session:
-            tenant_id = create_tenant(session, TENANT).id
-        if not args.no_bayes:
-            started = time.monotonic()
-            training = deduped_training(collections)
-            with tenant_scope(tenant_id), session_scope(cfg) as session:
-                for spam in (False, True):
-                    bayes.train(session, tenant_id, (parse_mail(read_mail(s.path)) for s in training
-                                                     if s.spam == spam), spam=spam)
-            with tenant_scope(tenant_id), session_scope(cfg) as session:
-                learnt = bayes.stats(session, tenant_id)
-            print(f"tenant Bayes trained on {learnt.nham} ham + {learnt.nspam} spam ({learnt.tokens} tokens) "
-                  f"in {time.monotonic() - started:.0f}s")
+    # The installation (its tenant's Bayes trained on this split) is kept under var/bench and reused: Bayes
+    # training on SQLite takes minutes, and the same split gives the same tokens.
+    digest = training_digest(collections)
+    home = BENCH_DIR / f"install-{digest}{'-nobayes' if args.no_bayes else ''}"
+    if args.retrain and home.exists():
+        shutil.rmtree(home)
+    fresh = not (home / "ready").exists()
+    if fresh and home.exists():
+        shutil.rmtree(home)  # a run stopped half-way
+    home.mkdir(parents=True, exist_ok=True)
+    cfg = Config(data_dir=home, database_url=f"sqlite:///{home}/mailward.db")
+    migrate(cfg)
+    with msp_scope(), session_scope(cfg) as session:
+        tenant_id = create_tenant(session, TENANT).id if fresh else get_tenant(session, TENANT).id
+    if fresh and not args.no_bayes:
         started = time.monotonic()
-        results = asyncio.run(evaluate(cfg, heldout, tenant_id, policy, model, model_path))
-        print(f"scored {len(heldout)} held-out mails in {time.monotonic() - started:.0f}s")
-        dispose_engines()
+        training = deduped_training(collections)
+        with tenant_scope(tenant_id), session_scope(cfg) as session:
+            for spam in (False, True):
+                bayes.train(session, tenant_id, (parse_mail(read_mail(s.path)) for s in training
+                                                 if s.spam == spam), spam=spam)
+        print(f"tenant Bayes trained in {time.monotonic() - started:.0f}s")
+    (home / "ready").touch()
+    with tenant_scope(tenant_id), session_scope(cfg) as session:
+        learnt = bayes.stats(session, tenant_id)
+    print(f"tenant Bayes: {learnt.nham} ham + {learnt.nspam} spam ({learnt.tokens} tokens), "
+          f"installation {home.relative_to(ROOT)}")
+    started = time.monotonic()
+    results = asyncio.run(evaluate(cfg, heldout, tenant_id, policy, model, model_path, skip=set(args.skip)))
+    print(f"scored {len(heldout)} held-out mails in {time.monotonic() - started:.0f}s")
+    dispose_engines()
     report(sets, results, policy, args.symbols)
 
 

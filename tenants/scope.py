@@ -14,7 +14,8 @@ tenant's scope and with no scope at all): a Core statement naming a tenant-owned
 since the tables of raw SQL cannot be known; with no scope when it names a tenant-owned table. The session hook
 checks what runs through a session; an engine hook (:func:`guard_engine`, on every engine :mod:`tenants.db` makes)
 checks what runs on a bare connection, the ORM's own flush excepted. A statement that must run raw says why, with
-the :data:`RAW_SQL` execution option or inside :func:`raw_sql`, and limits itself to the tenant.
+the :data:`RAW_SQL` execution option or inside :func:`raw_sql`, and limits itself to the tenant. Driver SQL
+(``exec_driver_sql``) is refused in a tenant scope; without one it is SQLAlchemy's own reflection and left alone.
 
 ``Session.get()`` may answer from the identity map without running a query; :func:`get_or_404`-style helpers
 (:func:`load`) re-check the tenant, and that is the only way code loads a tenant-owned row by id.
@@ -222,6 +223,11 @@ def _references(statement: Any) -> _References:
     return refs
 
 
+def _all_tables(refs: _References) -> list[str]:
+    """Every tenant table a statement names, bare or through an entity (where no loader criteria will apply)."""
+    return sorted({*refs.tables, *(c.__table__.name for c in refs.entities)})  # type: ignore[attr-defined]
+
+
 def _names_tenant_table(sql: str) -> bool:
     """Whether raw SQL names a tenant-owned table as a word (the best that can be known without parsing it)."""
     names = "|".join(re.escape(name) for name in sorted(_scoped_tables()))
@@ -246,7 +252,7 @@ def _refuse_raw(tables: list[str], texts: list[str], options: Mapping[str, Any],
     where = "without a tenant scope" if scope is None else f"in the scope of tenant {scope.tenant_id}"
     if tables:
         raise TenantScopeError(
-            f"{how} on tenant-owned {', '.join(sorted(tables))} {where}: the tenant filter does not reach it; "
+            f"{how} on tenant-owned {', '.join(sorted(set(tables)))} {where}: the tenant filter does not reach it; "
             "use the ORM models, msp_scope(), or raw_sql('why') and filter by tenant_id yourself")
     if scope is None and not any(_names_tenant_table(sql) for sql in texts):
         return
@@ -264,8 +270,7 @@ def _add_tenant_criteria(state: ORMExecuteState) -> None:
         return
     refs = _references(state.statement)
     if not state.is_orm_statement:
-        _refuse_raw(list(refs.tables) + [c.__table__.name for c in refs.entities],  # type: ignore[attr-defined]
-                    refs.texts, state.execution_options, "Core statement")
+        _refuse_raw(_all_tables(refs), refs.texts, state.execution_options, "Core statement")
         state.update_execution_options(**{_CHECKED: True})
         return
     for mapper in state.all_mappers:
@@ -274,8 +279,7 @@ def _add_tenant_criteria(state: ORMExecuteState) -> None:
     classes = list(refs.entities)
     if state.is_insert:
         # A bulk INSERT statement bypasses before_flush: nothing stamps or checks its tenant_id.
-        _refuse_raw([c.__table__.name for c in classes], [], state.execution_options,  # type: ignore[attr-defined]
-                    "ORM INSERT statement")
+        _refuse_raw(_all_tables(refs), refs.texts, state.execution_options, "ORM INSERT statement")
     else:
         _refuse_raw(list(refs.tables), refs.texts, state.execution_options, "Core table in an ORM statement")
     state.update_execution_options(**{_CHECKED: True})
@@ -321,8 +325,7 @@ def _check_connection_statement(conn: Connection, statement: Any, multiparams: A
     refs = _references(statement)
     if (refs.tables or refs.entities) and _is_flush(statement, options):
         return
-    tables = list(refs.tables) + [c.__table__.name for c in refs.entities]  # type: ignore[attr-defined]
-    _refuse_raw(tables, refs.texts, options, "statement on a bare connection")
+    _refuse_raw(_all_tables(refs), refs.texts, options, "statement on a bare connection")
 
 
 def _check_driver_sql(conn: Connection, cursor: Any, statement: str, parameters: Any, context: Any,

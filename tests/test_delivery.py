@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from aiosmtpd.controller import Controller
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from smtp.delivery import Deliverer
 from smtp.queue import NewMessage, claim_due, store_message
@@ -142,7 +142,7 @@ def test_queue_lifetime_expiry_bounces(cfg, factory, session):
 
         time.sleep(1.2)
         with tenant_scope(acme.id):
-            session.execute(Delivery.__table__.update().values(next_attempt_at=Delivery.created_at))
+            session.execute(update(Delivery).values(next_attempt_at=Delivery.created_at))
             session.commit()
         deliver_message(c, acme.id, msg.id)
         st = statuses(session)

@@ -23,7 +23,7 @@ from smtp.checks.base import CheckContext, Finding
 from smtp.checks.phishing import PhishingCheck
 from smtp.mime import parse_mail
 from smtp.phishing import qr
-from smtp.phishing.lookalike import decode_idn, find_lookalike, make_targets, skeleton
+from smtp.phishing.lookalike import Targets, decode_idn, find_lookalike, make_targets, skeleton
 from smtp.verdict import decide
 from tenants.models import Message, ValidRecipient
 from tenants.policy import Policy
@@ -278,7 +278,7 @@ def test_image_work_is_bounded_per_mail(cfg, world):
 
 def test_skeleton_and_typo_rules():
     assert skeleton("\u0440\u0430\u0443\u0440\u0430l") == skeleton("paypal") == skeleton("paypa1")
-    targets = make_targets(["binance.com", "stripe.com", "microsoft.com"], "brand")
+    targets = Targets(make_targets(["binance.com", "stripe.com", "microsoft.com"], "brand"))
     assert find_lookalike("finance.com", targets) is None  # one letter, but no typing slip: a real word
     assert find_lookalike("stripes.com", targets) is None
     look = find_lookalike("micr0soft-support.com", targets)

@@ -64,8 +64,13 @@ def rules_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def engine(rules_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Engine:
-    loaded = load_engine(str(rules_dir), cache_dir=tmp_path_factory.mktemp("hs"))
+def hs_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("hs")
+
+
+@pytest.fixture(scope="module")
+def engine(rules_dir: Path, hs_cache: Path) -> Engine:
+    loaded = load_engine(str(rules_dir), cache_dir=hs_cache)
     assert loaded.engine is not None, loaded.report.unavailable
     return loaded.engine
 
@@ -250,14 +255,18 @@ def test_evals_html_and_headers(engine: Engine) -> None:
     assert "MISSING_HEADERS" in hits(engine, mail("").replace(b"To: bob@example.net\n", b""))
 
 
-def test_hyperscan_and_re_paths_agree(engine: Engine, re_engine: Engine) -> None:
+def test_hyperscan_and_re_paths_agree(engine: Engine, re_engine: Engine, rules_dir: Path, hs_cache: Path) -> None:
+    """The same hits with the Hyperscan prefilter (compiled, and loaded back from its cache) and with plain re."""
     assert re_engine.report.matcher == "re"
+    cached = load_engine(str(rules_dir), cache_dir=hs_cache).engine
+    assert cached is not None
     if hyperscan_available():
-        assert engine.report.matcher == "hyperscan"
+        assert engine.report.matcher == "hyperscan" and list(hs_cache.glob("*.hsdb"))
     samples = [mail("", "Our pills are 100% guaranteed!\n"), mail("", "Click http://203.0.113.9/x\n"),
                mail("", "<html><body>hi</body></html>\n", ctype="text/html"), mail("", "")]
     for raw in samples:
-        assert hits(engine, raw) == hits(re_engine, raw)
+        assert hits(engine, raw) == hits(re_engine, raw) == hits(cached, raw)
+    assert "GUARANTEED_100_PERCENT" in hits(cached, samples[0])
 
 
 # --- scores are policy data ---------------------------------------------------------------------------------------

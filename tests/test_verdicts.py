@@ -12,6 +12,7 @@ import time
 import pytest
 from sqlalchemy import select
 
+from tenants.content.model import BANDS
 from tenants.models import Delivery, Event, Finding, Message
 from tenants.scope import msp_scope
 from tests.servers import run_cli, wait_for
@@ -23,8 +24,12 @@ BROKEN = (b"From: Alice <alice@sender.example>\r\nTo: bob@acme.test\r\nSubject: 
           b"Content-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\nContent-Type: text/plain\r\n\r\nhello\r\n")
 
 
+#: The base content model's band scores set to 0, so a mail's score is what the test makes MIME_DEFECT weigh.
+NEUTRAL_CONTENT = tuple(f"scores.{symbol}=0" for _, symbol in BANDS)
+
+
 def set_policy(env: dict[str, str], *assignments: str, tenant: str = "Acme") -> None:
-    result = run_cli(["policy", "set", tenant, *assignments], env)
+    result = run_cli(["policy", "set", tenant, *NEUTRAL_CONTENT, *assignments], env)
     assert result.returncode == 0, result.stderr
 
 

@@ -56,6 +56,10 @@ class ContentCheck(Check):
     def __init__(self, cfg: Config, *, model_path: Path = BASE_MODEL) -> None:
         super().__init__(cfg)
         self.model_path = model_path
+        try:  # load when the process starts, not on its first mail (a 250 must not wait seconds for it)
+            load_cached(model_path)
+        except ModelError:
+            pass  # logged once by load_cached; each mail then records CONTENT_TEMPFAIL
 
     async def run(self, ctx: CheckContext) -> None:
         if ctx.mail is None:

@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from smtp.checks.base import Check, CheckContext, Stage
 from smtp.phishing.brands import load_brands
-from smtp.phishing.lookalike import make_targets
+from smtp.phishing.lookalike import Targets, make_targets
 from smtp.phishing.mail import TEMPFAIL, TenantIdentity, analyse_mail
 from tenants.config import Config
 from tenants.db import session_factory
@@ -51,7 +51,7 @@ class PhishingCheck(Check):
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
         self.brands = load_brands()
-        self.brand_targets = tuple(t for b in self.brands for t in make_targets(b.domains, b.name))
+        self.brand_targets = Targets(t for b in self.brands for t in make_targets(b.domains, b.name))
         #: tenant id → (policy version, monotonic load time, identity)
         self._cache: dict[int, tuple[bytes | None, float, TenantIdentity]] = {}
 

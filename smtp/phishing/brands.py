@@ -12,7 +12,7 @@ from smtp.phishing.urls import within
 BRANDS_PATH = Path(__file__).resolve().parent / "data" / "brands.toml"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # hashed by identity: brand lists are cache keys, loaded once
 class Brand:
     name: str
     #: Lower-case words a display name or link uses to claim the brand.
@@ -39,6 +39,13 @@ def load_brands(path: Path = BRANDS_PATH) -> tuple[Brand, ...]:
     return tuple(out)
 
 
+@cache
+def _owners(brands: tuple[Brand, ...]) -> dict[str, Brand]:
+    return {d: b for b in reversed(brands) for d in b.domains}
+
+
 def brand_owning(host: str, brands: tuple[Brand, ...]) -> Brand | None:
-    """The brand a host belongs to, if any."""
-    return next((b for b in brands if b.owns(host)), None)
+    """The brand a host belongs to, if any (one dictionary lookup per label of the host)."""
+    owners = _owners(brands)
+    labels = host.lower().rstrip(".").split(".")
+    return next((owners[s] for s in (".".join(labels[i:]) for i in range(len(labels))) if s in owners), None)

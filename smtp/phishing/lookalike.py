@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -171,6 +171,25 @@ class Lookalike:
         return f"{name} imitates {self.target.domain} ({self.target.owner}): {self.how}"
 
 
+class Targets:
+    """Protected domains indexed for lookup: by domain, by skeleton, and by skeleton length (for typing slips), so a
+    host costs a few dictionary lookups and a handful of comparisons, not one per protected domain."""
+
+    def __init__(self, targets: Iterable[Target]) -> None:
+        self.all = tuple(targets)
+        self.domains = {t.domain: t for t in self.all}
+        self.by_skeleton: dict[str, list[Target]] = {}
+        self.by_length: dict[int, list[Target]] = {}
+        for t in self.all:
+            if len(t.label) >= MIN_SKELETON_LABEL:
+                self.by_skeleton.setdefault(t.skeleton, []).append(t)
+            if len(t.label) >= MIN_EDIT_LABEL:
+                self.by_length.setdefault(len(t.skeleton), []).append(t)
+
+    def __len__(self) -> int:
+        return len(self.all)
+
+
 def make_targets(domains: Iterable[str], owner: str) -> tuple[Target, ...]:
     """Targets for the registrable domains of ``domains`` (one per distinct domain)."""
     out: dict[str, Target] = {}
@@ -183,46 +202,48 @@ def make_targets(domains: Iterable[str], owner: str) -> tuple[Target, ...]:
     return tuple(out.values())
 
 
-def find_lookalike(host: str, targets: Sequence[Target]) -> Lookalike | None:
+def find_lookalike(host: str, targets: Targets) -> Lookalike | None:
     """The protected domain ``host`` imitates, or None when it is one of them (or a subdomain) or imitates none.
 
     The very same name under another suffix (``acme.de`` for ``acme.com``) is not flagged: brands own dozens of
     country domains, and organisations their sister companies' domains, that Mailward cannot know.
     """
     host = host.lower().rstrip(".")
-    if not host or is_ip_host(host):
+    if not host or is_ip_host(host) or not targets:
         return None
     reg = registrable_domain(host)
-    protected = {t.domain for t in targets}
-    if reg in protected:
+    if reg in targets.domains:
         return None
     label = decode_idn(domain_label(reg))
-    look = skeleton(label)
+    labels = host.split(".")
+    for i in range(len(labels) - 1):  # a protected domain spelled out inside a foreign host: paypal.com.evil.example
+        for j in range(i + 2, len(labels)):
+            t = targets.domains.get(".".join(labels[i:j]))
+            if t is not None and t.label != label:
+                return Lookalike(host, t, f"{t.domain} is only a part of the host name")
     # Words of a hyphenated name are compared too (``micr0soft-support``), but only as lookalikes: the brand's
     # exact name in a longer one (``amazon-adsystem``) is too often the brand's own or a partner's.
-    parts = [(p, skeleton(p)) for p in label.split("-") if p] if "-" in label else []
-    for t in targets:
-        if f".{t.domain}." in f".{host}." and t.label != label:
-            return Lookalike(host, t, f"{t.domain} is only a part of the host name")
-        if len(t.label) < MIN_SKELETON_LABEL:
+    for part in dict.fromkeys([label, *(label.split("-") if "-" in label else [])]):
+        if not part:
             continue
-        how = _imitation(label, look, t)
-        if how is None:
-            how = next((f"{part!r} {found}" for part, part_look in parts
-                        if (found := _imitation(part, part_look, t)) is not None), None)
-        if how is not None:
-            return Lookalike(host, t, how)
+        found = _imitated(part, targets)
+        if found is not None:
+            t, how = found
+            return Lookalike(host, t, how if part == label else f"{part!r} {how}")
     return None
 
 
-def _imitation(label: str, look: str, t: Target) -> str | None:
-    """How ``label`` (with skeleton ``look``) imitates the target's label, or None (the same label is no imitation)."""
-    if label == t.label:
-        return None
-    if look == t.skeleton:
-        return "looks the same (confusable characters)"
-    if len(t.label) >= MIN_EDIT_LABEL:
-        slip = typo(look, t.skeleton)
-        if slip is not None:
-            return f"one typing slip ({slip})"
+def _imitated(label: str, targets: Targets) -> tuple[Target, str] | None:
+    """The target ``label`` imitates and how, or None (a target's very own label is no imitation)."""
+    look = skeleton(label)
+    for t in targets.by_skeleton.get(look, ()):
+        if t.label != label:
+            return t, "looks the same (confusable characters)"
+    for size in (len(look) - 1, len(look), len(look) + 1):
+        for t in targets.by_length.get(size, ()):
+            if t.label == label:
+                continue
+            slip = typo(look, t.skeleton)
+            if slip is not None:
+                return t, f"one typing slip ({slip})"
     return None

@@ -14,7 +14,7 @@ from smtp.mime import Attachment, ParsedMail
 from smtp.phishing.brands import Brand, brand_owning
 from smtp.phishing.display import colleague_names, display_brand, display_colleague
 from smtp.phishing.html import HtmlFacts, analyse_html, shown_domain
-from smtp.phishing.lookalike import Target, find_lookalike, make_targets, punycode_trick
+from smtp.phishing.lookalike import Targets, find_lookalike, make_targets, punycode_trick
 from smtp.phishing.qr import scan_attachments
 from smtp.phishing.urls import credential_words, host_of, registrable_domain, tokens, url_traits, within
 
@@ -42,12 +42,13 @@ class TenantIdentity:
     domains: frozenset[str]
     #: Name key (``john smith``) → address, from the tenant's known recipient addresses.
     colleagues: dict[str, str] = field(default_factory=dict, compare=False)
-    targets: tuple[Target, ...] = ()
+    targets: Targets = field(default_factory=lambda: Targets(()), compare=False)
 
     @classmethod
     def build(cls, tenant_id: int, domains: Iterable[str], addresses: Iterable[str]) -> TenantIdentity:
         own = frozenset(d.lower().rstrip(".") for d in domains)
-        return cls(tenant_id, own, colleague_names(addresses), make_targets(own, f"your domain {min(own, default='')}"))
+        return cls(tenant_id, own, colleague_names(addresses),
+                   Targets(make_targets(own, f"your domain {min(own, default='')}")))
 
 
 class _Findings:
@@ -87,7 +88,7 @@ def _is_web(url: str) -> bool:
 
 
 def analyse_mail(mail: ParsedMail, *, mail_from: str, rcpts: Sequence[str], brands: tuple[Brand, ...],
-                 brand_targets: tuple[Target, ...], tenants: Sequence[TenantIdentity]) -> list[Found]:
+                 brand_targets: Targets, tenants: Sequence[TenantIdentity]) -> list[Found]:
     """Every phishing finding of one mail as (symbol, reason, tenant id or None when it holds for all tenants)."""
     found = _Findings()
     display, from_address = parseaddr(mail.header("From") or "")
@@ -117,7 +118,7 @@ def analyse_mail(mail: ParsedMail, *, mail_from: str, rcpts: Sequence[str], bran
 
 
 def _sender(found: _Findings, mail: ParsedMail, display: str, address: str, sender_domain: str, mail_from: str,
-            rcpts: Sequence[str], brands: tuple[Brand, ...], brand_targets: tuple[Target, ...],
+            rcpts: Sequence[str], brands: tuple[Brand, ...], brand_targets: Targets,
             tenants: Sequence[TenantIdentity]) -> None:
     """Display name claims, and lookalike or deceptive IDN sender domains (From, envelope sender, Reply-To)."""
     claim = display_brand(display, sender_domain, brands)
@@ -190,7 +191,7 @@ def _html_attachment(found: _Findings, att: Attachment) -> list[tuple[str, str]]
     return [(f"{name} link", u) for u in urls]
 
 
-def _urls(found: _Findings, urls: list[tuple[str, str]], brands: tuple[Brand, ...], brand_targets: tuple[Target, ...],
+def _urls(found: _Findings, urls: list[tuple[str, str]], brands: tuple[Brand, ...], brand_targets: Targets,
           tenants: Sequence[TenantIdentity]) -> None:
     """Deceptive IDN hosts, lookalikes of brands and of the tenant's domains, brand names on credential pages."""
     hosts: dict[str, tuple[str, str]] = {}

@@ -331,18 +331,25 @@ class Engine:
         return found != rule.negate
 
     def _mimeheaders(self, msg: SaMessage, hits: dict[str, int]) -> None:
+        parts = [self._part_headers(p.headers) for p in msg.parts]
         for rule in self.compiled.mimeheaders:
-            name, _, mods = rule.spec.partition(":")
-            for part in msg.parts:
-                values = [v for k, v in part.headers if k.lower() == name.lower()]
+            name = rule.spec.partition(":")[0].lower()
+            for headers in parts:
+                values = headers.get(name)
                 if rule.exists:
                     found = bool(values)
                 elif not values:
                     continue
                 else:
                     assert rule.pattern is not None
-                    found = any((rule.pattern.search(v.encode("utf-8", "replace")) is not None) != rule.negate
-                                for v in values)
+                    found = any((rule.pattern.search(v) is not None) != rule.negate for v in values)
                 if found:
                     hits[rule.name] = 1
                     break
+
+    @staticmethod
+    def _part_headers(headers: list[tuple[str, str]]) -> dict[str, list[bytes]]:
+        out: dict[str, list[bytes]] = {}
+        for key, value in headers:
+            out.setdefault(key.lower(), []).append(value.encode("utf-8", "replace"))
+        return out

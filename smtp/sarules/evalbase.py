@@ -21,6 +21,14 @@ class EvalEnv:
     now: float = field(default_factory=time.time)
     #: Regexes given as eval arguments (html_text_match), compiled once per process.
     regexes: dict[str, re.Pattern[bytes]] = field(default_factory=dict)
+    _freemail: tuple[frozenset[str], tuple[str, ...]] | None = None
+
+    def freemail(self) -> tuple[frozenset[str], tuple[str, ...]]:
+        """The rule set's freemail domains: exact names, and the ``*`` patterns (computed once)."""
+        if self._freemail is None:
+            domains = self.ruleset.freemail_domains
+            self._freemail = (frozenset(d for d in domains if "*" not in d), tuple(d for d in domains if "*" in d))
+        return self._freemail
 
     def compiled_regex(self, perl: str) -> re.Pattern[bytes]:
         """A Perl regex given as an eval argument, compiled (cached); raises re.error when it cannot be."""

@@ -28,20 +28,29 @@ def _header_time(value: str) -> float | None:
         return None
 
 
-@register("check_for_shifted_date")
-def check_for_shifted_date(msg: SaMessage, env: EvalEnv, low: str = "undef", high: str = "undef") -> bool:
+def _date_diff(msg: SaMessage, now: float) -> float | None:
+    """Seconds from the Received times to the Date header (the smallest difference), as HeaderEval's date_diff."""
     date = _header_time(msg.first("Date")) if msg.first("Date") else None
     if date is None:
-        return False
+        return None
     times = [t for t in (_header_time(v.rpartition(";")[2]) for v in msg.values("Received")) if t is not None]
     if msg.envelope.client_ip:
-        times.insert(0, env.now)
+        times.insert(0, now)
     if not times:
-        return False
+        return None
     diffs = [date - t for t in times]
     if len(diffs) > 1 and diffs[-1] == 0:
         diffs.pop()
-    diff = min(diffs, key=abs)
+    return min(diffs, key=abs)
+
+
+@register("check_for_shifted_date")
+def check_for_shifted_date(msg: SaMessage, env: EvalEnv, low: str = "undef", high: str = "undef") -> bool:
+    if "date_diff" not in msg.cache:
+        msg.cache["date_diff"] = _date_diff(msg, env.now)
+    diff = msg.cache["date_diff"]
+    if diff is None:
+        return False
     lo, hi = num(low), num(high)
     return (lo is None or diff >= 3600 * lo) and (hi is None or diff < 3600 * hi)
 
@@ -251,8 +260,8 @@ def _freemail(env: EvalEnv, addr: str) -> bool:
     domain = _sender_domain(addr)
     if not domain:
         return False
-    domains = env.ruleset.freemail_domains
-    return domain in domains or any("*" in d and fnmatchcase(domain, d) for d in domains)
+    exact, wildcards = env.freemail()
+    return domain in exact or any(fnmatchcase(domain, d) for d in wildcards)
 
 
 @register("check_freemail_from")

@@ -325,7 +325,9 @@ def _database(expressions: list[tuple[bytes, int]], cache_dir: Path | None) -> t
             data = path.read_bytes()
             count = int.from_bytes(data[:4], "big")
             rejected = {int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(count)}
-            return hyperscan.loadb(data[4 + 4 * count:], hyperscan.HS_MODE_BLOCK), rejected
+            db = hyperscan.loadb(data[4 + 4 * count:], hyperscan.HS_MODE_BLOCK)
+            db.scratch = hyperscan.Scratch(db)  # a loaded database comes without the scratch space scans need
+            return db, rejected
         except Exception:  # a damaged or foreign cache file: compile again
             log.info("hyperscan cache %s unusable; compiling", path)
             rejected = set()

@@ -190,9 +190,15 @@ class SaMessage:
         decoded = unfolded if _NOT_DECODED.match(name) else _decode_words(unfolded)
         out.append((name, re.sub(r"\n\s+", " ", raw), decoded))
 
+    @cached_property
+    def _by_name(self) -> dict[str, list[tuple[str, str]]]:
+        out: dict[str, list[tuple[str, str]]] = {}
+        for n, r, d in self.headers:
+            out.setdefault(n.lower(), []).append((r, d))
+        return out
+
     def values(self, name: str, raw: bool = False) -> list[str]:
-        lname = name.lower()
-        return [(r if raw else d) for n, r, d in self.headers if n.lower() == lname]
+        return [(r if raw else d) for r, d in self._by_name.get(name.lower(), ())]
 
     def first(self, name: str) -> str:
         found = self.values(name)
@@ -309,7 +315,8 @@ class SaMessage:
             filename = part.get_filename()
         except Exception:
             filename = None
-        headers = [(str(k), " ".join(str(v).split())) for k, v in part.items()]
+        raw_items = getattr(part, "raw_items", part.items)  # raw: no header-registry parse for each part
+        headers = [(str(k), " ".join(str(v).split())) for k, v in raw_items()]
         out = Part(ctype, charset, encoding, headers, encoded, decoded, filename)
         if ctype in ("text/plain", "text/html"):
             try:

@@ -7,8 +7,9 @@
    corpora's training parts scores this corpus's training part (leave-one-collection-out; one corpus alone: 5-fold
    cross-validation). Content learnt from one collection overfits it (it learns list footers and header habits),
    so these out-of-collection scores, not the training fit, decide what the model's output is worth:
-   - the calibration: Platt scaling of the out-of-collection raw log-odds (its slope is the weight of the base
-     model as a prior: below 1 where it generalises worse than its training fit claims);
+   - the calibration: Platt scaling of the out-of-collection raw log-odds of the corpora that have both ham and
+     spam (its slope is the weight of the base model as a prior: below 1 where it generalises worse than its
+     training fit claims);
    - the score of each probability band (``CONTENT_SPAM_99`` …): the band's log-likelihood ratio of spam to ham on
      the out-of-collection scores, made monotonic, in points (:data:`POINTS_PER_NAT`).
 4. Report, never tune on, each corpus's held-out part: recall at 0.1 % and 1 % false positives, AUC.
@@ -273,9 +274,14 @@ def train(collections: Sequence[Collection], *, jobs: int = 0, c: float = C,
     say(f"training on {len(y)} mails ({int(y.sum())} spam, {int((~y).sum())} ham), {dropped} copies dropped")
 
     z_out = out_of_collection(x, y, groups, c=c, progress=progress)
-    slope, intercept = platt(z_out, y)
-    calibrated = 1.0 / (1.0 + np.exp(-np.clip(slope * z_out + intercept, -30, 30)))
-    scores = band_scores(calibrated, y)
+    # Calibrate on the collections that bring their own ham: an unseen collection's ham against its own spam is
+    # what a new tenant looks like; a spam-only set ranked against other collections' ham would flatter the model.
+    paired = np.isin(groups, [g for g in set(groups.tolist()) if y[groups == g].any() and (~y[groups == g]).any()])
+    if not (paired & y).any() or not (paired & ~y).any():
+        paired = np.ones(len(y), dtype=bool)
+    slope, intercept = platt(z_out[paired], y[paired])
+    calibrated = 1.0 / (1.0 + np.exp(-np.clip(slope * z_out[paired] + intercept, -30, 30)))
+    scores = band_scores(calibrated, y[paired])
 
     say("fitting the model on every training part")
     weights, bias = fit(x, y, c=c)
