@@ -53,14 +53,27 @@ lint: test-venv
 typecheck: test-venv
 	$(VENV)/bin/mypy tenants smtp worker mailward
 
+# Each database's run keeps its own pytest cache (rspamd's compiled hyperscan databases live there) and temp folder,
+# so the two can run side by side.
+PYTEST_DB = MAILWARD_TEST_DB=$(1) $(PY) -m pytest -q -o cache_dir=.pytest_cache/$(1) \
+	--basetemp=$${TMPDIR:-/tmp}/mailward-pytest-$(1)-$$$$ $(PYTEST_ARGS)
+
 test-sqlite: test-venv system-deps
-	MAILWARD_TEST_DB=sqlite $(PY) -m pytest -q $(PYTEST_ARGS)
+	$(call PYTEST_DB,sqlite)
 
 test-postgres: test-venv system-deps
-	MAILWARD_TEST_DB=postgres $(PY) -m pytest -q $(PYTEST_ARGS)
+	$(call PYTEST_DB,postgres)
 
-# The suite runs twice: on SQLite (the embedded default) and on PostgreSQL (production).
-test: lint typecheck test-sqlite test-postgres
+# The suite runs twice, on SQLite (the embedded default) and on PostgreSQL (production), side by side: most tests
+# wait on servers and sockets, so two runs use both cores. Each run's output is printed whole when both are done.
+test: lint typecheck test-venv system-deps
+	@mkdir -p test-output; \
+	( $(call PYTEST_DB,sqlite) ) >test-output/pytest-sqlite.log 2>&1 & sqlite=$$!; \
+	( $(call PYTEST_DB,postgres) ) >test-output/pytest-postgres.log 2>&1 & postgres=$$!; \
+	wait $$sqlite; rs=$$?; wait $$postgres; rp=$$?; \
+	echo "=== tests on SQLite (exit $$rs)"; cat test-output/pytest-sqlite.log; \
+	echo "=== tests on PostgreSQL (exit $$rp)"; cat test-output/pytest-postgres.log; \
+	[ $$rs -eq 0 ] && [ $$rp -eq 0 ]
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -32,10 +32,11 @@ def report(no_hyperscan: bool) -> None:
 @sarules.command("update")
 def update() -> None:
     """Run sa-update; when it installed new rules, every Mailward process reloads them."""
+    from tenants.sarules import own_update_dir
     from tenants.sarules.update import bump_rules_version, run_sa_update
 
     cfg = get_config()
-    result = run_sa_update()
+    result = run_sa_update(own_update_dir(cfg.data_dir))
     click.echo(f"sa-update: {result.message}")
     if result.updated:
         version = bump_rules_version(cfg)

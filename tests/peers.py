@@ -39,6 +39,9 @@ STOP_TIMEOUT = 15.0
 SPAMD_USER = "nobody"
 #: Configuration lines added to SpamAssassin's: Bayes off, so no result depends on what earlier tests taught it.
 SPAMD_SETTINGS = ("use_bayes 0", "bayes_auto_learn 0")
+#: The stock rules of Debian's package. spamd would otherwise prefer an sa-update directory under
+#: /var/lib/spamassassin, which an interrupted sa-update can leave empty ("no rules were found").
+SPAMD_RULES_DIR = "/usr/share/spamassassin"
 
 #: SpamAssassin's and rspamd's test string: a mail carrying it scores as spam (SpamAssassin: 1000, rspamd: reject).
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
@@ -98,7 +101,8 @@ def start_spamd(*, timeout: float = SPAMD_START_TIMEOUT) -> SpamdServer:
     port = free_port()
     # No user settings (-x); anything spamd would keep in a home folder goes to the temporary one (-H).
     argv = [SPAMD_BINARY, "-L", f"--listen=127.0.0.1:{port}", "-x", f"--helper-home-dir={workdir}", "-s", "stderr",
-            "--min-children=1", "--max-children=2", "--max-spare=2", *(f"--cf={line}" for line in SPAMD_SETTINGS)]
+            "--min-children=1", "--max-children=2", "--max-spare=2", f"--configpath={SPAMD_RULES_DIR}",
+            *(f"--cf={line}" for line in SPAMD_SETTINGS)]
     if os.geteuid() == 0:
         argv += ["-u", SPAMD_USER]
         shutil.chown(workdir, SPAMD_USER)

@@ -122,6 +122,16 @@ def answering_server(answer: bytes) -> tuple[socket.socket, int]:
                 if not chunk:
                     break
                 data += chunk
+            # Read the body too, as any HTTP server does: closing with unread bytes sends a reset, which may reach
+            # the client before the answer does.
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            while len(body) < length:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                body += chunk
             conn.sendall(answer)
 
     threading.Thread(target=serve, daemon=True).start()

@@ -408,19 +408,32 @@ def test_rules_version_bump_makes_the_check_reload(sa_cfg: Config, rules_dir: Pa
 
 def test_sa_update_failure_is_reported_not_raised(tmp_path: Path, cfg: Config) -> None:
     script = tmp_path / "sa-update-offline"
-    script.write_text("#!/bin/sh\necho 'channel: could not reach the mirrors' >&2\nexit 4\n")
+    script.write_text("#!/bin/sh\necho \"channel: could not reach the mirrors ($1 $2)\" >&2\nexit 4\n")
     script.chmod(0o755)
-    result = run_sa_update(program=str(script))
+    result = run_sa_update(tmp_path / "own", program=str(script))
     assert not result.ok and not result.updated and "exit 4" in result.message and "mirrors" in result.message
-    assert not run_sa_update(program=str(tmp_path / "absent")).ok
+    assert f"--updatedir {tmp_path / 'own'}" in result.message  # never the system's /var/lib/spamassassin
+    assert not run_sa_update(tmp_path / "own", program=str(tmp_path / "absent")).ok
     redis.Redis.from_url(cfg.effective_redis_url).delete(SA_RULES_VERSION_KEY)
     assert bump_rules_version(cfg) == 1
 
 
 def test_stock_rules_load_from_the_package_dir() -> None:
-    location = locate(None, update_root=Path("/nonexistent"))
+    location = locate(None, update_root=Path("/nonexistent"), own=False)
     assert location.rules_dir == SA_SHARE_DIR and location.source == "package"
     assert len(load_ruleset(location).rules) > 2000
+
+
+def test_own_sa_update_rules_come_first(cfg: Config, rules_dir: Path) -> None:
+    """Rules Mailward's sa-update fetched into its data directory win over the system's and the package's."""
+    from tenants.sarules import UPDATE_CHANNEL, own_update_dir
+
+    channel = own_update_dir(cfg.data_dir) / UPDATE_CHANNEL
+    channel.mkdir(parents=True)
+    assert locate(None, update_root=Path("/nonexistent")).source == "package"  # empty: an interrupted run
+    (channel / "72_active.cf").write_text((rules_dir / next(p.name for p in rules_dir.glob("*.cf"))).read_text())
+    location = locate(None, update_root=Path("/nonexistent"))
+    assert location.rules_dir == channel and location.source == "sa-update"
 
 
 def test_console_says_when_no_spamassassin_rules_were_found(cfg: Config, world: Any, tmp_path: Path,

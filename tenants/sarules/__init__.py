@@ -2,8 +2,9 @@
 they define. The engine that evaluates them is :mod:`smtp.sarules`; this package is in ``tenants`` so that the score
 table is known to every process (the policy pages, the verdict) without importing ``smtp``.
 
-The directory is ``MAILWARD_SA_RULES_DIR``; unset, the newest ``sa-update`` directory when there is one, else the
-rules of Debian's ``spamassassin`` package; ``none`` switches SpamAssassin's rules off.
+The directory is ``MAILWARD_SA_RULES_DIR``; unset, the rules Mailward's own ``sa-update`` run fetched (under the data
+directory), else the newest system ``sa-update`` directory, else the rules of Debian's ``spamassassin`` package;
+``none`` switches SpamAssassin's rules off.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from pathlib import Path
 from tenants.sarules.parser import SCORE_SETS, RuleDef, RuleSet, parse_files
 from tenants.symbols import Symbol
 
-#: Where ``sa-update`` keeps the rules it fetched: ``<this>/<version>/updates_spamassassin_org``.
+#: Where the system's ``sa-update`` keeps the rules it fetched: ``<this>/<version>/updates_spamassassin_org``.
 SA_UPDATE_ROOT = Path("/var/lib/spamassassin")
+#: Mailward's own sa-update directory under the data directory (``sa-update --updatedir``): its runs never touch the
+#: system's rules, which a spamd on the same machine reads (an interrupted run leaves an empty directory it refuses).
+OWN_UPDATE_SUBDIR = "sa-update"
 #: The sa-update channel directory under a version directory.
 UPDATE_CHANNEL = "updates_spamassassin_org"
 #: Where Debian's ``spamassassin`` package installs the stock rules (SpamAssassin's DEF_RULES_DIR).
@@ -90,9 +94,22 @@ def newest_update_dir(root: Path = SA_UPDATE_ROOT) -> Path | None:
     return None
 
 
+def own_update_dir(data_dir: Path) -> Path:
+    """The directory Mailward's sa-update runs write to (``--updatedir``)."""
+    return data_dir / OWN_UPDATE_SUBDIR
+
+
+def _own_rules() -> Path | None:
+    from tenants.config import get_config  # late: the configuration is read once, by whoever asks first
+
+    channel = own_update_dir(get_config().data_dir) / UPDATE_CHANNEL
+    return channel if channel.is_dir() and any(channel.glob("*.cf")) else None
+
+
 def locate(setting: str | None, *, update_root: Path = SA_UPDATE_ROOT, share_dir: Path = SA_SHARE_DIR,
-           site_dir: Path = SA_SITE_DIR) -> RulesLocation:
-    """Where the rules are for a ``MAILWARD_SA_RULES_DIR`` value (None: found automatically)."""
+           site_dir: Path = SA_SITE_DIR, own: bool = True) -> RulesLocation:
+    """Where the rules are for a ``MAILWARD_SA_RULES_DIR`` value (None: found automatically; ``own``: look at
+    Mailward's own sa-update directory first)."""
     if setting is not None and setting.strip().lower() == OFF:
         return RulesLocation(None, None, "switched off (MAILWARD_SA_RULES_DIR=none)", "setting")
     if setting:
@@ -102,7 +119,7 @@ def locate(setting: str | None, *, update_root: Path = SA_UPDATE_ROOT, share_dir
         if not any(path.glob("*.cf")):
             return RulesLocation(None, None, f"MAILWARD_SA_RULES_DIR={setting}: no *.cf rule files in it", "setting")
         return RulesLocation(path, None, "", "setting")
-    updated = newest_update_dir(update_root)
+    updated = (_own_rules() if own else None) or newest_update_dir(update_root)
     if updated is not None:
         return RulesLocation(updated, site_dir, "", "sa-update")
     if share_dir.is_dir() and any(share_dir.glob("*.cf")):

@@ -11,12 +11,13 @@ import logging
 import shutil
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 import redis
 
 from tenants.config import Config
 from tenants.redisconn import redis_client
-from tenants.sarules import SA_RULES_VERSION_KEY
+from tenants.sarules import SA_RULES_VERSION_KEY, own_update_dir
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +38,16 @@ class UpdateResult:
     message: str
 
 
-def run_sa_update(*, program: str = SA_UPDATE, timeout: float = SA_UPDATE_TIMEOUT) -> UpdateResult:
-    """Run sa-update once. Never raises: a missing program, a timeout or a network failure is in the result."""
+def run_sa_update(update_dir: Path, *, program: str = SA_UPDATE, timeout: float = SA_UPDATE_TIMEOUT) -> UpdateResult:
+    """Run sa-update once, writing to ``update_dir`` (Mailward's own, never the system's). Never raises: a missing
+    program, a timeout or a network failure is in the result."""
     path = shutil.which(program)
     if path is None:
         return UpdateResult(False, False, f"{program} is not installed (Debian package spamassassin)")
     try:
-        done = subprocess.run([path], capture_output=True, text=True, timeout=timeout, check=False)
+        update_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        done = subprocess.run([path, "--updatedir", str(update_dir)], capture_output=True, text=True,
+                              timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         return UpdateResult(False, False, f"{program} did not finish within {timeout:g}s")
     except OSError as exc:
@@ -67,7 +71,7 @@ def bump_rules_version(cfg: Config) -> int | None:
 
 def update_rules(cfg: Config, *, program: str = SA_UPDATE) -> UpdateResult:
     """sa-update, then a reload everywhere when it installed new rules; a failure is logged, never raised."""
-    result = run_sa_update(program=program)
+    result = run_sa_update(own_update_dir(cfg.data_dir), program=program)
     if result.updated:
         bump_rules_version(cfg)
     (log.info if result.ok else log.warning)("sa-update: %s", result.message)
