@@ -100,7 +100,7 @@ def quarantine_bulk() -> ResponseReturnValue:
         s.commit()
         held.flash_bulk(result, "released", refused)
     else:
-        result = q.delete_many(s, ids, actor=current_user.email)
+        result = q.delete_many(s, ids, actor=current_user.email, cfg=config())
         audit("quarantine.bulk_delete", ", ".join(ids)[:500], f"{len(ids)} selected")
         s.commit()
         held.flash_bulk(result, "deleted")
@@ -160,7 +160,7 @@ def _perform(message_id: str, action: str, to: str | None) -> str:
         copy = q.release(s, cfg, message_id, actor=actor, to=to, actor_is_admin=admin, outside_ok=admin)
         return f"Message {copy}."
     if action == "delete":
-        return f"Message deleted for {', '.join(q.delete(s, message_id, actor=actor))}."
+        return f"Message deleted for {', '.join(q.delete(s, message_id, actor=actor, cfg=cfg))}."
     if action == "allow_release":
         entry, result = q.allow_sender_and_release(s, cfg, message_id, actor=actor, actor_is_admin=True)
         return f"{entry.value} is on the tenant's allow list; message {result}."

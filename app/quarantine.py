@@ -146,7 +146,7 @@ def bulk() -> ResponseReturnValue:
     if action == "release":
         result = q.release_many(s, config(), ids, actor=current_user.email, rcpts=rcpts)
     else:
-        result = q.delete_many(s, ids, actor=current_user.email, rcpts=rcpts)
+        result = q.delete_many(s, ids, actor=current_user.email, rcpts=rcpts, cfg=config())
     audit(f"quarantine.bulk_{action}", ", ".join(ids)[:500], f"own quarantine, {len(ids)} selected")
     s.commit()
     held.flash_bulk(result, "released" if action == "release" else "deleted", refused)
@@ -189,7 +189,7 @@ def act(message_id: str) -> ResponseReturnValue:
         if action == "release":
             done = f"Message {q.release(s, cfg, mid, actor=actor, rcpts=rcpts)}."
         elif action == "delete":
-            done = f"Message deleted for {', '.join(q.delete(s, mid, actor=actor, rcpts=rcpts))}."
+            done = f"Message deleted for {', '.join(q.delete(s, mid, actor=actor, rcpts=rcpts, cfg=cfg))}."
         elif action == "allow_release":
             entry, result = q.allow_sender_and_release(s, cfg, mid, actor=actor, rcpts=rcpts,
                                                        user_id=current_user.user_id)

@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import mailbox
 from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
+from typing import TypeVar
 
 import click
 
 #: The first bytes of an mbox file: its first message's "From " separator line.
 MBOX_MAGIC = b"From "
+T = TypeVar("T")
+#: Mails parsed and trained at a time (Bayes counts a batch in one pass).
+TRAIN_BATCH = 200
 
 
 def _is_mbox(path: Path) -> bool:
@@ -51,6 +56,12 @@ def bayes() -> None:
     """Per-tenant Bayes classifier."""
 
 
+def batched(items: Iterator[T], size: int) -> Iterator[list[T]]:
+    """Lists of ``size`` items (the last one shorter) until ``items`` runs out."""
+    while chunk := list(islice(items, size)):
+        yield chunk
+
+
 @bayes.command("train")
 @click.argument("tenant_ref", metavar="TENANT")
 @click.option("--spam", "spam_paths", multiple=True, metavar="PATH",
@@ -61,7 +72,9 @@ def bayes_train(tenant_ref: str, spam_paths: tuple[Path, ...], ham_paths: tuple[
     """Train TENANT's Bayes on spam and/or ham (each option may be given more than once)."""
     from mailward.cli import _db
     from smtp.mime import parse_mail
+    from tenants import learning
     from tenants.bayes import stats, train
+    from tenants.scope import tenant_scope
     from tenants.services import get_tenant
 
     if not spam_paths and not ham_paths:
@@ -70,13 +83,21 @@ def bayes_train(tenant_ref: str, spam_paths: tuple[Path, ...], ham_paths: tuple[
         tenant = get_tenant(session, tenant_ref)
         for label, paths in (("spam", spam_paths), ("ham", ham_paths)):
             for path in paths:
+                n = 0
                 try:
-                    n = train(session, tenant.id, (parse_mail(raw) for raw in raw_mails(path)), spam=label == "spam")
+                    for chunk in batched((parse_mail(raw) for raw in raw_mails(path)), TRAIN_BATCH):
+                        n += train(session, tenant.id, chunk, spam=label == "spam")
+                        with tenant_scope(tenant.id):  # the content model's feedback learning too
+                            for mail in chunk:
+                                learning.learn(session, tenant.id, mail, spam=label == "spam")
                 except OSError as exc:
                     raise click.ClickException(f"cannot read {path}: {exc.strerror or exc}") from exc
                 click.echo(f"trained {n} {label} mail(s) from {path}")
         learnt = stats(session, tenant.id)
-        click.echo(f"tenant {tenant.name}: {learnt.nspam} spam and {learnt.nham} ham trained, {learnt.tokens} tokens")
+        with tenant_scope(tenant.id):
+            content = learning.status(session, tenant.id)
+        click.echo(f"tenant {tenant.name}: {learnt.nspam} spam and {learnt.nham} ham trained, {learnt.tokens} tokens; "
+                   f"content model learnt {content.learned} mails ({content.changed} changed it)")
 
 
 @bayes.command("stats")

@@ -80,10 +80,11 @@ def quarantine_release(message_id: str, to: str | None) -> None:
 def quarantine_delete(message_id: str) -> None:
     """Never deliver a held mail (it stays listed as deleted until the purge)."""
     from mailward.cli import _db
+    from tenants.config import get_config
     from tenants.quarantine import delete
 
     with _db() as session:
-        gone = delete(session, message_id, actor=CLI_ACTOR)
+        gone = delete(session, message_id, actor=CLI_ACTOR, cfg=get_config())
     click.echo(f"message {message_id} deleted for {', '.join(gone)}")
 
 

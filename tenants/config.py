@@ -72,6 +72,15 @@ def _positive_int(value: str) -> int:
     return n
 
 
+def _at_least(low: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        n = int(value)
+        if n < low:
+            raise ValueError(f"{value!r} must be a whole number, {low} or more")
+        return n
+    return parse
+
+
 def _non_negative_int(value: str) -> int:
     n = int(value)
     if n < 0:
@@ -231,6 +240,9 @@ class Config:
     tenant_smtp_ports: frozenset[int] = DEFAULT_TENANT_SMTP_PORTS
     #: Ports a tenant's LDAP directory may use.
     tenant_ldap_ports: frozenset[int] = DEFAULT_TENANT_LDAP_PORTS
+    #: Distinct tenants that must report a mail alike (and none the other way) before it reaches the MSP's shared
+    #: content model; only tenants that opted in to sharing count (see tenants/learning.py). At least 2.
+    shared_learning_min_tenants: int = 3
     #: SpamAssassin's rule directory evaluated by the native rule engine (smtp/sarules); unset: found automatically
     #: (the newest sa-update directory, else Debian's /usr/share/spamassassin); ``none``: SpamAssassin's rules off.
     sa_rules_dir: str | None = None
@@ -332,6 +344,7 @@ class Config:
         read("TENANT_SMTP_PORTS", _ports)
         read("TENANT_LDAP_PORTS", _ports)
         read("SA_RULES_DIR", _sa_rules_dir)
+        read("SHARED_LEARNING_MIN_TENANTS", _at_least(2))
         cfg = cls(**values)
         if bool(cfg.tls_cert) != bool(cfg.tls_key):
             raise ConfigError("MAILWARD_TLS_CERT and MAILWARD_TLS_KEY: set both or neither")

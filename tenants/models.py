@@ -592,3 +592,7 @@ __all__ = [
     "TlsMode",
     "DeliveryStatus",
 ]
+
+# The feedback-learning tables live in their own module; importing it here puts them in Base.metadata wherever the
+# models are imported.
+from tenants import learning_models as learning_models  # noqa: E402

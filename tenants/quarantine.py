@@ -31,9 +31,9 @@ from typing import Any, TypeVar
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from tenants import lists
+from tenants import learning, lists
 from tenants.addresses import normalize_address, rcpt_in
-from tenants.bayes import MailLike, train, untrain
+from tenants.bayes import train, untrain
 from tenants.blobs import blob_store
 from tenants.config import Config
 from tenants.exceptions import MailwardError, NotFound, PermissionDenied, ValidationError
@@ -344,19 +344,33 @@ def release(session: Session, cfg: Config, message_id: str, *, actor: str, rcpts
     released = tuple(r.rcpt for r in moved)
     _event(session, msg, "released", f"by {actor} to {', '.join(released)}")
     request_delivery_after_commit(session, cfg, msg.tenant_id, msg.id)
+    _learn_after_commit(session, cfg, msg, spam=False, actor=f"{actor} (released)")
     return ReleaseResult(msg.id, msg.tenant_id, released)
 
 
-def delete(session: Session, message_id: str, *, actor: str, rcpts: Sequence[str] | None = None) -> tuple[str, ...]:
+def delete(session: Session, message_id: str, *, actor: str, rcpts: Sequence[str] | None = None,
+           cfg: Config | None = None) -> tuple[str, ...]:
     """Never deliver a held mail: its held rows (or those of ``rcpts``) become ``discarded``; returns their
-    recipients. The mail itself stays until the purge, for the timeline. :class:`ValidationError` if none is held."""
+    recipients. The mail itself stays until the purge, for the timeline. :class:`ValidationError` if none is held.
+    With ``cfg``, deleting quarantined spam teaches the tenant's content model that it was spam."""
     msg = get(session, message_id, rcpts=rcpts)
     moved = _set_status(session, _held_rows(session, msg, rcpts), DeliveryStatus.DISCARDED)
     if not moved:
         raise ValidationError(f"message {msg.id} is no longer in the quarantine (released or deleted before)")
     gone = tuple(r.rcpt for r in moved)
     _event(session, msg, "deleted", f"by {actor} for {', '.join(gone)}")
+    if cfg is not None:
+        _learn_after_commit(session, cfg, msg, spam=True, actor=f"{actor} (deleted)")
     return gone
+
+
+def _learn_after_commit(session: Session, cfg: Config, msg: Message, *, spam: bool, actor: str) -> None:
+    """A release from the spam quarantine (ham) or a deletion of quarantined spam (spam) is a learning signal: the
+    worker learns it like a report once the caller commits. Virus and attachment holds say nothing about content."""
+    if msg.quarantine_kind != "spam":
+        return
+    after_commit(session, lambda: enqueue_job(cfg, REPORT_JOB, msg.tenant_id, msg.id, spam, actor,
+                                              description=f"learn {msg.id} as {'spam' if spam else 'ham'}"))
 
 
 def _list_sender(session: Session, cfg: Config, msg: Message, kind: str, *, actor: str,
@@ -389,14 +403,15 @@ def block_sender_and_delete(session: Session, cfg: Config, message_id: str, *, a
 
     The ingresses reload lists after the caller commits.
     """
-    gone = delete(session, message_id, actor=actor, rcpts=rcpts)
+    gone = delete(session, message_id, actor=actor, rcpts=rcpts, cfg=cfg)
     entry = _list_sender(session, cfg, get(session, message_id), "block", actor=actor, user_id=user_id)
     return entry, gone
 
 
-def report(session: Session, message_id: str, *, spam: bool, actor: str, mail: MailLike,
+def report(session: Session, message_id: str, *, spam: bool, actor: str, mail: learning.MailLike,
            rcpts: Sequence[str] | None = None) -> str:
-    """Train the tenant's Bayes with ``mail`` (the parsed raw mail of ``message_id``) as spam or ham; what it did.
+    """Train the tenant's Bayes and content-model delta (:mod:`tenants.learning`) with ``mail`` (the parsed raw mail
+    of ``message_id``) as spam or ham; what it did.
 
     Each message trains once per class: reporting it again as the same class does nothing, and reporting it as the
     other class first takes back the earlier training. Works on any message of the tenant, held or delivered. The
@@ -415,6 +430,7 @@ def report(session: Session, message_id: str, *, spam: bool, actor: str, mail: M
     if last == TRAINED_EVENT[not spam]:
         untrain(session, msg.tenant_id, [mail], spam=not spam)
     train(session, msg.tenant_id, [mail], spam=spam)
+    learning.learn(session, msg.tenant_id, mail, spam=spam)
     _event(session, msg, TRAINED_EVENT[spam], f"reported as {label} by {actor}")
     return f"trained as {label}" + (" (the earlier training was taken back)" if last else "")
 
@@ -476,9 +492,11 @@ def release_many(session: Session, cfg: Config, ids: Sequence[str], *, actor: st
                  str)
 
 
-def delete_many(session: Session, ids: Sequence[str], *, actor: str, rcpts: Sequence[str] | None = None) -> BulkResult:
+def delete_many(session: Session, ids: Sequence[str], *, actor: str, rcpts: Sequence[str] | None = None,
+                cfg: Config | None = None) -> BulkResult:
     """:func:`delete` for each id; failures are reported per id and do not stop the others."""
-    return _bulk(ids, lambda i: delete(session, i, actor=actor, rcpts=rcpts), lambda r: f"deleted for {', '.join(r)}")
+    return _bulk(ids, lambda i: delete(session, i, actor=actor, rcpts=rcpts, cfg=cfg),
+                 lambda r: f"deleted for {', '.join(r)}")
 
 
 # --- digest links ---------------------------------------------------------------------------------------------------
@@ -534,13 +552,13 @@ def _perform(session: Session, cfg: Config, claim: ActionClaim) -> str:
     if claim.action == "release":
         return str(release(session, cfg, claim.message_id, actor=actor, rcpts=rcpts))
     if claim.action == "delete":
-        return f"deleted for {', '.join(delete(session, claim.message_id, actor=actor, rcpts=rcpts))}"
+        return f"deleted for {', '.join(delete(session, claim.message_id, actor=actor, rcpts=rcpts, cfg=cfg))}"
     msg = get(session, claim.message_id, rcpts=rcpts)
     kind = "allow" if claim.action == "allow" else "block"
     entry = _list_sender(session, cfg, msg, kind, actor=actor, user_id=user.id)
     try:  # the sender is listed even when the mail itself was acted on before
         act = (str(release(session, cfg, msg.id, actor=actor, rcpts=rcpts)) if kind == "allow"
-               else f"deleted for {', '.join(delete(session, msg.id, actor=actor, rcpts=rcpts))}")
+               else f"deleted for {', '.join(delete(session, msg.id, actor=actor, rcpts=rcpts, cfg=cfg))}")
     except ValidationError:
         act = "the message was no longer in the quarantine"
     return f"{entry.value} {'allowed' if kind == 'allow' else 'blocked'}; {act}"

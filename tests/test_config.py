@@ -19,6 +19,7 @@ from tests.servers import run_cli
     ("MAILWARD_RSPAMD", "rspamd.example:11333"),
     ("MAILWARD_PUBLIC_URL", "mail.example.net"),
     ("MAILWARD_LOG_LEVEL", "LOUD"),
+    ("MAILWARD_SHARED_LEARNING_MIN_TENANTS", "1"),  # one tenant alone must never reach the shared model
 ])
 def test_bad_value_is_refused_with_its_name(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from smtp.delivery import deliver_message
 from smtp.mime import parse_mail
 from smtp.verdict import strip_header_block
-from tenants import directory, quarantine
+from tenants import directory, learning, quarantine
 from tenants.blobs import blob_store
 from tenants.config import Config, get_config
 from tenants.db import session_scope
@@ -39,11 +39,19 @@ def deliver(tenant_id: int, message_id: str) -> int:
 
 
 def report(tenant_id: int, message_id: str, spam: bool, actor: str) -> str:
-    """Train the tenant's Bayes with a stored mail as spam or ham (see :func:`tenants.quarantine.report`)."""
+    """Train the tenant's Bayes and content model with a stored mail as spam or ham (see
+    :func:`tenants.quarantine.report`); then, if the tenant shares its reports, see whether enough tenants agree on
+    this mail for the MSP's shared model to learn it (:func:`tenants.learning.consider_sharing`)."""
     cfg = get_config()
     with tenant_scope(tenant_id), session_scope(cfg) as session:
         raw = strip_header_block(blob_store.get(session, message_id), cfg.hostname)
-        result = quarantine.report(session, message_id, spam=spam, actor=actor, mail=parse_mail(raw))
+        mail = parse_mail(raw)
+        result = quarantine.report(session, message_id, spam=spam, actor=actor, mail=mail)
+        offered = learning.fingerprint(mail) if learning.status(session, tenant_id).share else None
+    if offered is not None:
+        with msp_scope(), session_scope(cfg) as session:  # the agreement rule counts across tenants
+            if learning.consider_sharing(session, offered, min_tenants=cfg.shared_learning_min_tenants):
+                result += "; enough tenants agree: learnt by the shared model"
     log.info("message %s of tenant %d: %s", message_id, tenant_id, result)
     return result
 

@@ -102,7 +102,7 @@ def delete_quarantined(message_id: str) -> dict[str, Any]:
     """Never deliver a held mail (it stays listed as deleted until the purge). 409 if nothing is held."""
     session = db.session
     try:
-        gone = q.delete(session, message_id, actor=caller().actor)
+        gone = q.delete(session, message_id, actor=caller().actor, cfg=config())
     except ValidationError as exc:
         raise _conflict(exc) from None
     session.commit()

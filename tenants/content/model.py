@@ -8,7 +8,9 @@ mail of collections the model never saw (fitted by ``train``, see there). The mo
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,8 @@ from scipy.sparse import csr_matrix
 
 from tenants.content.features import FEATURE_CONFIG, N_FEATURES, config_hash
 from tenants.exceptions import MailwardError
+
+log = logging.getLogger(__name__)
 
 #: Version of the file layout; a file of another layout is refused with a clear error.
 FORMAT = 1
@@ -118,3 +122,32 @@ class ContentModel:
         weights[index] = values
         slope, intercept = (float(v) for v in meta.get("calibration", (1.0, 0.0)))
         return cls(weights, float(meta.get("bias", 0.0)), (slope, intercept), meta)
+
+
+#: Loaded models by path: (file identity (mtime, size, inode), the model or the error loading it gave).
+_CACHE: dict[Path, tuple[tuple[int, int, int], ContentModel | ModelError]] = {}
+
+
+def load_cached(path: Path = BASE_MODEL) -> ContentModel:
+    """The model at ``path``, read once per process and again when the file changes; raises :class:`ModelError`."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise ModelError(f"content model {path}: {exc.strerror or exc} (train one with `mailward model train`)") \
+            from exc
+    ident = (st.st_mtime_ns, st.st_size, st.st_ino)
+    cached = _CACHE.get(path)
+    if cached is None or cached[0] != ident:
+        loaded: ContentModel | ModelError
+        try:
+            model = ContentModel.load(path)
+            log.info("content model %s loaded from %s", model.version, path)
+            loaded = model
+        except ModelError as exc:
+            log.error("%s", exc)  # once per file version, not once per mail
+            loaded = exc
+        cached = (ident, loaded)
+        _CACHE[path] = cached
+    if isinstance(cached[1], ModelError):
+        raise cached[1]
+    return cached[1]

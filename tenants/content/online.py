@@ -58,16 +58,18 @@ class Delta:
         return cls({int(k): float(v) for k, v in data["weights"].items()}, float(data["bias"]), int(data["updates"]))
 
 
-def score(base: ContentModel, delta: Delta | None, x: csr_matrix) -> float:
-    """The tenant's log-odds that the mail of feature row ``x`` (one row) is spam: base prior plus the delta."""
-    prior = float(base.log_odds(x)[0])
+def score(base: ContentModel, delta: Delta | None, x: csr_matrix, *, offset: float = 0.0) -> float:
+    """The tenant's log-odds that the mail of feature row ``x`` (one row) is spam: base prior plus the delta
+    (``offset``: log-odds added to the prior, e.g. the MSP's shared delta)."""
+    prior = float(base.log_odds(x)[0]) + offset
     return max(-MAX_LOG_ODDS, min(MAX_LOG_ODDS, prior + (delta.dot(x) if delta is not None else 0.0)))
 
 
 def update(base: ContentModel, delta: Delta, x: csr_matrix, *, spam: bool, rate: float = LEARNING_RATE,
-           l2: float = L2, margin: float = MARGIN) -> float:
-    """Learn one labelled mail into ``delta`` (in place); returns the log-odds the mail had before the step."""
-    before = score(base, delta, x)
+           l2: float = L2, margin: float = MARGIN, offset: float = 0.0) -> float:
+    """Learn one labelled mail into ``delta`` (in place); returns the log-odds the mail had before the step.
+    ``delta.updates`` counts the steps taken: a mail already right by more than ``margin`` takes none."""
+    before = score(base, delta, x, offset=offset)
     target = 1.0 if spam else 0.0
     if (before if spam else -before) > margin:
         return before
@@ -86,3 +88,14 @@ def update(base: ContentModel, delta: Delta, x: csr_matrix, *, spam: bool, rate:
     if not math.isfinite(delta.bias):
         raise ValueError("content delta diverged (learning rate too high)")
     return before
+
+
+def prune(delta: Delta, max_weights: int) -> int:
+    """Keep the ``max_weights`` largest weights of ``delta`` (by magnitude); returns how many were dropped. A tenant's
+    delta stays small however much it learns: the features that matter most keep their weights."""
+    extra = len(delta.weights) - max_weights
+    if extra <= 0:
+        return 0
+    keep = sorted(delta.weights.items(), key=lambda item: abs(item[1]), reverse=True)[:max_weights]
+    delta.weights = dict(keep)
+    return extra
