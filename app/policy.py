@@ -45,6 +45,11 @@ def _save(tenant_id: int | None, action: str, back: str) -> ResponseReturnValue:
     s = db.session
     form = {k: v for k, v in request.form.items()
             if k.startswith((policyedit.FIELD_PREFIX, policyedit.SCORE_PREFIX))}
+    # "Override another symbol": a symbol the table does not list (one of SpamAssassin's ~2,000 rules, which are
+    # listed only once they have an override, so that the page stays a form of a few hundred fields).
+    extra = request.form.get("new_symbol", "").strip().upper()
+    if extra:
+        form[policyedit.SCORE_PREFIX + extra] = request.form.get("new_score", "")
     locked = request.form.getlist("locked") if tenant_id is None else None
     try:
         changed = policyedit.apply_form(s, tenant_id, form, locked)

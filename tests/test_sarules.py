@@ -317,6 +317,25 @@ def test_msp_lock_keeps_tenants_from_changing_rule_scores(sa_cfg: Config, factor
         assert load_policy(session, acme.id).score_of("GUARANTEED_100_PERCENT", 2.699) == 4.0
 
 
+def test_the_policy_page_adds_an_override_for_a_rule_it_does_not_list(sa_cfg: Config, world: Any) -> None:
+    """SpamAssassin's ~2,000 rules are not all fields of the page (a form that size is refused); the "override another
+    symbol" row adds one, which is listed from then on."""
+    from app import create_app
+    from tenants.policy import stored_settings
+    from tests.web import post_form, read, sign_in, text
+
+    web_app = create_app(sa_cfg)
+    admin = sign_in(web_app, "admin@msp.test")
+    assert 'data-symbol="GUARANTEED_100_PERCENT"' not in text(admin.get("/console/policy"))
+    resp = post_form(admin, "/console/policy", "/console/policy",
+                     {"new_symbol": "guaranteed_100_percent", "new_score": "0"})
+    assert resp.status_code == 302, text(resp)
+    assert read(sa_cfg, lambda s: stored_settings(s, None))["scores"] == {"GUARANTEED_100_PERCENT": 0.0}
+    assert 'data-symbol="GUARANTEED_100_PERCENT"' in text(admin.get("/console/policy"))
+    refused = post_form(admin, "/console/policy", "/console/policy", {"new_symbol": "NO_SUCH_RULE", "new_score": "1"})
+    assert refused.status_code == 422 and "there is no such symbol" in text(refused)
+
+
 # --- the check in the pipeline --------------------------------------------------------------------------------------
 
 def context(cfg: Config, raw: bytes) -> CheckContext:
