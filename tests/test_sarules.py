@@ -492,3 +492,19 @@ def test_cli_sets_rule_scores_within_the_msp_lock(sa_cfg: Config, factory: Any, 
     assert refused.exit_code != 0 and "locked" in refused.output
     report = runner.invoke(cli, ["sarules", "report"])
     assert report.exit_code == 0 and "loaded by kind" in report.output
+
+
+def test_threads_scan_at_once_without_sharing_scratch_space(engine: Engine) -> None:
+    """The ingress scans mails in several threads at once: each thread needs its own Hyperscan scratch (a shared one
+    raises ScratchInUseError and the mail loses SpamAssassin's rules)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    raw = (b"From: a@example.org\r\nTo: b@example.net\r\nSubject: 100% guaranteed\r\n\r\n"
+           + b"We guarantee it one hundred percent guaranteed. " * 4000 + b"\r\n")
+    message = SaMessage(raw, Envelope(client_ip="192.0.2.1", helo="x.example", rdns="", mail_from="a@example.org",
+                                      rcpts=("b@example.net",), hostname="mx.test", authenticated=False),
+                        parse_mail(raw).message)
+    alone = sorted(h.name for h in engine.check(message))
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda _: sorted(h.name for h in engine.check(message)), range(32)))
+    assert results == [alone] * 32 and "GUARANTEED_100_PERCENT" in alone

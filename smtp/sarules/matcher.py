@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import re
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,6 +246,7 @@ class PatternSet:
                         targets.append([])
                     targets[literal_ids[lit]].append(entry)
         self.database: Any = None
+        self._local = threading.local()
         if want and expressions:
             self.database, rejected = _database(expressions, cache_dir)
             for expr_id in sorted(rejected):  # a refused relaxed pattern: its rule falls back to its guard
@@ -263,6 +265,15 @@ class PatternSet:
     def engine(self) -> str:
         return "hyperscan" if self.database is not None else "re"
 
+    def _scratch(self) -> Any:
+        """This thread's Hyperscan scratch space: a scratch serves one scan at a time, and mails are scanned in
+        several threads at once (ScratchInUseError otherwise)."""
+        scratch = getattr(self._local, "scratch", None)
+        if scratch is None:
+            assert hyperscan is not None
+            scratch = self._local.scratch = hyperscan.Scratch(self.database)
+        return scratch
+
     def candidates(self, text: bytes) -> list[Entry]:
         """The rules the prefilter lets through for ``text`` (and those without a prefilter)."""
         found: dict[str, Entry] = {e.name: e for e in self.always}
@@ -272,7 +283,7 @@ class PatternSet:
             def on_match(expr_id: int, start: int, end: int, flags: int, context: Any) -> None:
                 hits.append(expr_id)
 
-            self.database.scan(text, match_event_handler=on_match)
+            self.database.scan(text, match_event_handler=on_match, scratch=self._scratch())
             for expr_id in hits:
                 for entry in self.targets[expr_id]:
                     found[entry.name] = entry
