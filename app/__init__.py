@@ -120,8 +120,8 @@ def create_app(cfg: Config | None = None, *, heartbeat: bool = False) -> Flask:
 
 
 def _register_blueprints(app: Flask) -> None:
-    # portal_learning, portal_lists, portal_quarantine and portal_recipients add their views to the portal blueprint (one blueprint
-    # per audience).
+    # portal_learning, portal_lists, portal_quarantine and portal_recipients add their views to the portal blueprint
+    # (one blueprint per audience).
     # security and cluster add theirs to the console and portal blueprints (audit log, settings, view-as, cluster);
     # tracking and stats theirs too (tracking center and statistics); policy the baseline and tenant policy pages.
     from app import (  # noqa: F401
