@@ -303,7 +303,13 @@ def main() -> None:
     parser.add_argument("--feedback", action="store_true", help="TREC immediate-feedback run of the online learner")
     parser.add_argument("--rules-only", action="store_true", help="the SpamAssassin rules alone (bench/sa_fidelity)")
     parser.add_argument("--through-smtp", action="store_true",
-                        help="send the evaluation mail through a running installation (not implemented yet)")
+                        help="send a sample of the held-out mail through a private installation over SMTP and read "
+                             "the scores back from its API (bench/detection_smtp.py)")
+    parser.add_argument("--limit", type=int, default=300,
+                        help="--through-smtp: spam and ham mails sent per set, each (0: all; default %(default)s)")
+    parser.add_argument("--concurrency", type=int, default=8,
+                        help="--through-smtp: SMTP connections (default %(default)s)")
+    parser.add_argument("--keep", action="store_true", help="--through-smtp: keep the installation's folder")
     parser.add_argument("--no-bayes", action="store_true", help="leave the tenant's Bayes untrained")
     parser.add_argument("--skip", action="append", default=[], metavar="CHECK",
                         help="leave a check out (repeatable), e.g. --skip sarules")
@@ -311,7 +317,10 @@ def main() -> None:
     parser.add_argument("--symbols", type=int, default=30, help="symbols shown in the hit table (0: none)")
     args = parser.parse_args()
     if args.through_smtp:
-        parser.error("--through-smtp is not implemented yet: this benchmark runs the DATA-stage checks in process")
+        from bench.detection_smtp import run as through_smtp
+
+        through_smtp(args)
+        return
 
     corpus = prepare_corpora(args.corpus)
     collections = find_collections([corpus])

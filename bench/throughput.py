@@ -4,13 +4,17 @@ Sets up a throwaway installation in a temporary folder (a private Redis; SQLite,
 ``--database-url``; one tenant whose domain's transport is a bare aiosmtpd sink), starts ``mailward smtp`` as a real
 child process and sends N mails over C connections with aiosmtplib, each connection reusing itself for its share.
 Then it sends the same load straight to a bare aiosmtpd sink: ingress/bare is the "ceiling ratio", how close the
-ingress gets to what aiosmtpd alone does on this machine with this load generator. Prints figures; never pass/fail.
+ingress gets to what aiosmtpd alone does on this machine with this load generator. With ``--peer-postfix`` the same
+load also goes through a bare Postfix relay (a private instance of Debian's postfix) to the same kind of sink:
+Mailward's delivered/s over Postfix's. CPU and peak memory are measured over the ingress's whole process tree, so
+a multi-process ingress counts whole. Prints figures; never pass/fail.
 
 The sinks (and the loopback DNS server the checks resolve on) run in processes of their own, not in threads of this
 one, so that they do not share a GIL with the load generator: on a small machine the Python processes (load
 generator, ingress, sink) each get a share of the cores, and the CPU line of the report shows which ran out of it.
 
     .venv/bin/python bench/throughput.py -n 2000 -c 50
+    .venv/bin/python bench/throughput.py -n 2000 -c 50 --peer-postfix    # as root, with Debian's postfix
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import contextlib
 import importlib.util
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -54,6 +59,12 @@ CLIENT_TIMEOUT = 60.0
 START_TIMEOUT = 30.0
 #: Lines of the ingress log shown when it fails to start.
 LOG_TAIL = 30
+#: A check that failed or timed out, as smtp/pipeline.py logs it.
+CHECK_TROUBLE = re.compile(r"check \S+ (?:failed|timed out)")
+#: Connections per client address the ingress is allowed beyond the load's own (a reconnect racing a close).
+PER_IP_ROOM = 10
+#: Debian's Postfix, the peer of ``--peer-postfix``.
+POSTFIX = Path("/usr/sbin/postfix")
 #: Seconds of CPU time per clock tick in /proc/PID/stat.
 CLOCK_TICK = 1.0 / os.sysconf("SC_CLK_TCK")
 
@@ -353,10 +364,47 @@ def cpu_seconds(pid: int) -> float:
 
 def peak_rss_mb(pid: int) -> float:
     """VmHWM of a running process, in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and every live descendant (from the parent ids in /proc/PID/stat), root first."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop(0)
+        tree.append(pid)
+        todo.extend(sorted(children.get(pid, ())))
+    return tree
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds of ``root`` and its descendants: each live one's utime+stime plus the cutime+cstime of the
+    children it already reaped, so that a multi-process ingress (or a child that exited) is counted whole."""
+    total = 0.0
+    for pid in process_tree(root):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(v) for v in fields[11:15]) * CLOCK_TICK  # utime, stime, cutime, cstime: stat(5) 14-17
+    return total
+
+
+def tree_peak_rss_mb(root: int) -> dict[int, float]:
+    """VmHWM in MiB of ``root`` and each live descendant, by pid."""
+    return {pid: peak_rss_mb(pid) for pid in process_tree(root)}
 
 
 def code_revision() -> str:
@@ -455,7 +503,8 @@ class IngressFigures:
     load: LoadResult
     delivered: int
     delivered_per_s: float
-    rss_mb: float
+    rss_mb: float  # the largest VmHWM of one ingress process
+    cpu_ms_per_mail: float  # ingress CPU (every process of it) from the first mail sent to the last delivered
 
 
 def _pct(cpu: float, seconds: float) -> str:
@@ -477,6 +526,8 @@ def run_ingress(args: argparse.Namespace, stack: contextlib.ExitStack, workdir: 
     suffix = f"-{os.urandom(3).hex()}" if args.database_url else ""  # a given database may have seen a run before
     tenant, domain = TENANT + suffix, DOMAIN.replace(".", f"{suffix}.", 1)
     extra_env = dict(kv.split("=", 1) for kv in args.env)
+    # The default per-IP cap (20) would refuse the load generator's connections, which all come from 127.0.0.1.
+    extra_env.setdefault("MAILWARD_SMTP_MAX_CONNECTIONS_PER_IP", str(max(20, args.connections + PER_IP_ROOM)))
     if "MAILWARD_DNS" in extra_env:
         resolver = f"DNS {extra_env['MAILWARD_DNS']}"
     elif DnsProcess.available():
@@ -514,25 +565,183 @@ def run_ingress(args: argparse.Namespace, stack: contextlib.ExitStack, workdir: 
         warm = send_load(mw.port, domain, args.warmup, args.connections, body, "warmup")
         sink.wait_for(warm.accepted, args.drain_timeout)
     base_mails, base_conns = sink.mails, sink.connections
-    cpu_ingress, cpu_sink = cpu_seconds(pid), cpu_seconds(sink.pid)
+    cpu_start, cpu_sink = tree_cpu_seconds(pid), cpu_seconds(sink.pid)
     result = send_load(mw.port, domain, args.mails, args.connections, body, "run")
-    cpu_ingress = cpu_seconds(pid) - cpu_ingress
+    cpu_ingress = tree_cpu_seconds(pid) - cpu_start
     all_there = sink.wait_for(base_mails + result.accepted, args.drain_timeout)
     cpu_sink = cpu_seconds(sink.pid) - cpu_sink
+    cpu_total = tree_cpu_seconds(pid) - cpu_start
+    cpu_ms = 1000 * cpu_total / result.accepted if result.accepted else float("nan")
     delivered = sink.mails - base_mails
     delivered_s = max(sink.last_at - result.started, 1e-9)
     delivered_per_s = delivered / delivered_s if delivered else 0.0
-    rss = peak_rss_mb(pid)
+    rss_by_pid = tree_peak_rss_mb(pid)
+    rss = max(rss_by_pid.values())
     _report(result)
     late = "" if all_there else f" (gave up waiting after {args.drain_timeout:g}s)"
     print(f"  delivered {delivered}/{result.accepted} to the sink in {delivered_s:.2f}s = {delivered_per_s:.1f}/s"
           f"{late}, over {sink.connections - base_conns} new downstream connection(s)")
-    print(f"  CPU (one core = 100%): ingress {_pct(cpu_ingress, result.seconds)} and load generator "
+    print(f"  CPU (one core = 100%): ingress ({len(rss_by_pid)} process(es)) {_pct(cpu_ingress, result.seconds)} "
+          "and load generator "
           f"{_pct(result.client_cpu, result.seconds)} while sending; "
           f"sink {_pct(cpu_sink, delivered_s)} until delivered")
-    print(f"  peak RSS of the ingress (VmHWM): {rss:.1f} MiB")
+    print(f"  ingress CPU per mail, every ingress process from the first mail sent to the last delivered: "
+          f"{cpu_ms:.2f} ms ({cpu_total:.2f} CPU seconds for {result.accepted} mails)")
+    print("  peak RSS per ingress process (VmHWM): "
+          + ", ".join(f"{mib:.1f} MiB (pid {p}{', supervisor' if p == pid and len(rss_by_pid) > 1 else ''})"
+                      for p, mib in rss_by_pid.items()))
+    trouble = Counter(m.group(0) for m in CHECK_TROUBLE.finditer(ingress.log()))
+    if trouble:
+        print("  checks that failed or timed out in the ingress since it started, warm-up included (those mails were "
+              "scored without them): "
+              + ", ".join(f"{n} x {what}" for what, n in trouble.most_common()))
     print(f"  mailward queue list: {mw.cli('queue', 'list').splitlines()[-1]}")
-    return IngressFigures(result, delivered, delivered_per_s, rss)
+    return IngressFigures(result, delivered, delivered_per_s, rss, cpu_ms)
+
+
+# --- the peer: a bare Postfix relay --------------------------------------------------------------------------------
+
+#: The daemons a relay-only Postfix needs (master.cf: service type private unpriv chroot wakeup maxproc command);
+#: no chroot, so that the queue can live in the benchmark's temporary folder. The SMTP listener is added in front.
+POSTFIX_SERVICES = """\
+cleanup   unix  n - n - 0 cleanup
+qmgr      unix  n - n 300 1 qmgr
+rewrite   unix  - - n - - trivial-rewrite
+bounce    unix  - - n - 0 bounce
+defer     unix  - - n - 0 bounce
+trace     unix  - - n - 0 bounce
+verify    unix  - - n - 1 verify
+flush     unix  n - n 1000? 0 flush
+proxymap  unix  - - n - - proxymap
+smtp      unix  - - n - - smtp
+relay     unix  - - n - - smtp
+showq     unix  n - n - - showq
+error     unix  - - n - - error
+retry     unix  - - n - - error
+discard   unix  - - n - - discard
+anvil     unix  - - n - 1 anvil
+scache    unix  - - n - 1 scache
+postlog   unix-dgram n - n - 1 postlogd
+"""
+
+
+class PostfixRelay:
+    """A private Postfix instance (``postfix -c DIR``) in ``folder``: listens on a loopback port and relays
+    everything to ``[127.0.0.1]:relay_port``, no filtering. Its settings are Postfix's defaults but for the limit
+    of connections per client, lifted as for the ingress (the load comes from one address)."""
+
+    def __init__(self, folder: Path, relay_port: int, max_connections: int) -> None:
+        from tests.servers import free_port
+
+        self.folder = folder
+        self.port = free_port()
+        conf, queue, data = folder / "etc", folder / "queue", folder / "data"
+        for d in (conf, queue, data):
+            d.mkdir(parents=True)
+        folder.chmod(0o755)  # the daemons run as the postfix user
+        shutil.chown(data, "postfix")
+        for parent in folder.parents:  # the folder's parents must be searchable by that user too
+            if parent.stat().st_mode & 0o001 == 0:
+                raise RuntimeError(f"{parent} is not searchable by the postfix user (use --dir)")
+        (conf / "main.cf").write_text(f"""\
+compatibility_level = 3.6
+queue_directory = {queue}
+data_directory = {data}
+maillog_file = {folder}/postfix.log
+maillog_file_prefixes = {folder}
+mail_owner = postfix
+setgid_group = postdrop
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+myhostname = peer.bench.test
+mydestination =
+mynetworks = 127.0.0.0/8
+relayhost = [127.0.0.1]:{relay_port}
+smtpd_relay_restrictions = permit_mynetworks, reject
+smtpd_peername_lookup = no
+smtpd_client_connection_count_limit = {max_connections}
+biff = no
+""")
+        (conf / "master.cf").write_text(f"127.0.0.1:{self.port} inet n - n - - smtpd\n{POSTFIX_SERVICES}")
+        self.conf = conf
+
+    def _postfix(self, command: str) -> None:
+        done = subprocess.run([str(POSTFIX), "-c", str(self.conf), command], capture_output=True, text=True,
+                              timeout=60)
+        if done.returncode != 0:
+            log = (self.folder / "postfix.log")
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise RuntimeError(f"postfix {command} failed: {done.stderr.strip()} {tail}")
+
+    def start(self) -> PostfixRelay:
+        from tests.servers import port_open
+
+        self._postfix("start")
+        deadline = time.monotonic() + START_TIMEOUT
+        while not port_open(self.port):
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("the Postfix relay did not open its port")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+            self._postfix("stop")
+
+    @property
+    def master_pid(self) -> int:
+        return int((self.folder / "queue" / "pid" / "master.pid").read_text().split()[0])
+
+
+@dataclass
+class PeerFigures:
+    load: LoadResult
+    delivered: int
+    delivered_per_s: float
+    cpu_ms_per_mail: float
+
+
+def postfix_missing() -> str | None:
+    """Why the Postfix peer cannot run here, or None."""
+    if not POSTFIX.exists():
+        return f"{POSTFIX} is not installed (Debian: apt-get install postfix)"
+    if os.geteuid() != 0:
+        return "a private Postfix instance needs root (its daemons change to the postfix user)"
+    return None
+
+
+def run_postfix(args: argparse.Namespace, stack: contextlib.ExitStack, body: bytes) -> PeerFigures:
+    """The same load through a bare Postfix relay to the same kind of sink: Postfix's accepted and delivered/s."""
+    sink = SinkProcess().start()
+    stack.callback(sink.stop)
+    folder = Path(tempfile.mkdtemp(prefix="mw-bench-postfix-", dir=args.dir))  # beside the private workdir: its
+    stack.callback(shutil.rmtree, folder, ignore_errors=True)  # daemons, as the postfix user, must reach the queue
+    relay = PostfixRelay(folder, sink.port, max(50, args.connections + PER_IP_ROOM)).start()
+    stack.callback(relay.stop)
+    master = relay.master_pid
+    print(f"peer: bare Postfix relay on 127.0.0.1:{relay.port} (master pid {master}, Postfix defaults, no "
+          f"filtering, queue in {folder}) -> aiosmtpd sink on 127.0.0.1:{sink.port}")
+    if args.warmup:
+        warm = send_load(relay.port, DOMAIN, args.warmup, args.connections, body, "warmup")
+        sink.wait_for(warm.accepted, args.drain_timeout)
+    base_mails = sink.mails
+    cpu_start = tree_cpu_seconds(master)
+    result = send_load(relay.port, DOMAIN, args.mails, args.connections, body, "postfix")
+    cpu_sending = tree_cpu_seconds(master) - cpu_start
+    all_there = sink.wait_for(base_mails + result.accepted, args.drain_timeout)
+    cpu_total = tree_cpu_seconds(master) - cpu_start
+    delivered = sink.mails - base_mails
+    delivered_s = max(sink.last_at - result.started, 1e-9)
+    delivered_per_s = delivered / delivered_s if delivered else 0.0
+    cpu_ms = 1000 * cpu_total / result.accepted if result.accepted else float("nan")
+    _report(result)
+    late = "" if all_there else f" (gave up waiting after {args.drain_timeout:g}s)"
+    print(f"  delivered {delivered}/{result.accepted} to the sink in {delivered_s:.2f}s = {delivered_per_s:.1f}/s"
+          f"{late}")
+    print(f"  CPU (one core = 100%): Postfix (every process) {_pct(cpu_sending, result.seconds)} while sending; "
+          f"{cpu_ms:.2f} ms per mail from the first mail sent to the last delivered")
+    return PeerFigures(result, delivered, delivered_per_s, cpu_ms)
 
 
 def run_bare(args: argparse.Namespace, stack: contextlib.ExitStack, body: bytes) -> LoadResult:
@@ -598,6 +807,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, database)")
     parser.add_argument("--clamd", action="store_true",
                         help="scan for viruses with a real clamd (Debian clamav-daemon, test signatures)")
+    parser.add_argument("--peer-postfix", action="store_true",
+                        help="also run the load through a bare Postfix relay (Debian's postfix, a private instance "
+                             "in the temporary folder; needs root) and print Mailward/Postfix delivered/s")
     parser.add_argument("--train", nargs=2, type=Path, metavar=("SPAM_DIR", "HAM_DIR"),
                         help="train the tenant's Bayes first (e.g. the SpamAssassin corpus folders), so it scores")
     return parser.parse_args(argv)
@@ -631,6 +843,14 @@ def main(argv: list[str] | None = None) -> int:
         with _workdir(args.dir, args.keep) as workdir:
             with contextlib.ExitStack() as stack:  # the installation is gone before the bare run starts
                 ingress = run_ingress(args, stack, workdir, body)
+            peer: PeerFigures | None = None
+            if args.peer_postfix:
+                why = postfix_missing()
+                if why:
+                    print(f"peer run skipped: {why}")
+                else:
+                    with contextlib.ExitStack() as stack:
+                        peer = run_postfix(args, stack, body)
             with contextlib.ExitStack() as stack:
                 bare = run_bare(args, stack, body)
     except KeyboardInterrupt:
@@ -640,8 +860,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 1
     figures = Figures(ingress.load.per_s, ingress.delivered_per_s, ingress.load.percentile_ms(50),
-                      ingress.load.percentile_ms(99), ingress.rss_mb, bare.per_s)
+                      ingress.load.percentile_ms(99), ingress.rss_mb, ingress.cpu_ms_per_mail, bare.per_s,
+                      peer.delivered_per_s if peer else None)
     print(f"ceiling ratio (ingress accepted/s over bare aiosmtpd accepted/s): {figures.ratio:.2f}")
+    if peer is not None:
+        print(f"Mailward/Postfix (delivered/s over a bare Postfix relay's delivered/s): {figures.postfix_ratio:.2f}")
     print(figures.summary())
     return 0
 
@@ -653,16 +876,27 @@ class Figures:
     p50_ms: float
     p99_ms: float
     rss_mb: float
+    cpu_ms_per_mail: float
     bare_per_s: float
+    postfix_delivered_per_s: float | None = None
 
     @property
     def ratio(self) -> float:
         return self.accepted_per_s / self.bare_per_s if self.bare_per_s else float("nan")
 
+    @property
+    def postfix_ratio(self) -> float:
+        peer = self.postfix_delivered_per_s
+        return self.delivered_per_s / peer if peer else float("nan")
+
     def summary(self) -> str:
-        return (f"accepted_per_s={self.accepted_per_s:.1f} delivered_per_s={self.delivered_per_s:.1f} "
+        line = (f"accepted_per_s={self.accepted_per_s:.1f} delivered_per_s={self.delivered_per_s:.1f} "
                 f"p50_ms={self.p50_ms:.1f} p99_ms={self.p99_ms:.1f} rss_mb={self.rss_mb:.1f} "
-                f"bare_per_s={self.bare_per_s:.1f} ratio={self.ratio:.2f}")
+                f"cpu_ms_per_mail={self.cpu_ms_per_mail:.2f} bare_per_s={self.bare_per_s:.1f} ratio={self.ratio:.2f}")
+        if self.postfix_delivered_per_s is not None:
+            line += (f" postfix_delivered_per_s={self.postfix_delivered_per_s:.1f} "
+                     f"postfix_ratio={self.postfix_ratio:.2f}")
+        return line
 
 
 if __name__ == "__main__":
