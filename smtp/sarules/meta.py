@@ -9,8 +9,9 @@ comparisons, ``&&``, ``||``) and written back as a Python expression over a dict
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 _TOKEN = re.compile(r"\s*(?:([A-Za-z_][A-Za-z0-9_]*)|(\d+(?:\.\d+)?)|(&&|\|\||>=|<=|==|!=|[-+*/()<>!]))")
 _CMP = (">", "<", ">=", "<=", "==", "!=")
@@ -137,3 +138,23 @@ def compile_meta(name: str, expr: str) -> MetaRule:
     code = compile(f"lambda _h: {python}", f"<meta {name}>", "eval")
     evaluate = eval(code, {"__builtins__": {}, "_div": _div})  # noqa: S307 (names, numbers, operators only)
     return MetaRule(name, tuple(dict.fromkeys(parser.deps)), evaluate, python)
+
+
+def compile_metas(metas: Sequence[MetaRule]) -> Callable[[dict[str, int]], None]:
+    """One function that evaluates ``metas`` in order over a dict of hit counts, recording each that hits (1) in it
+    as it goes, as a loop calling each rule's :attr:`~MetaRule.evaluate` would: an expression that raises an
+    arithmetic or type error does not hit. One function instead of one call per rule: the stock rules have some 850
+    meta rules, and the calls cost more than the expressions."""
+    lines = ["def _metas(_h):", "    _g = _h.get"]
+    for meta in metas:
+        # meta.python reads counts only as _h.get('NAME', 0) (see _Parser.primary); rule names never hold "_h.get(".
+        expression = meta.python.replace("_h.get(", "_g(")
+        lines += ["    try:", f"        if {expression}:", f"            _h[{meta.name!r}] = 1",
+                  "    except (ArithmeticError, TypeError):", "        pass"]
+    if not metas:
+        lines.append("    return None")
+    namespace: dict[str, Any] = {"__builtins__": {}, "_div": _div, "ArithmeticError": ArithmeticError,
+                                 "TypeError": TypeError}
+    exec(compile("\n".join(lines), "<meta rules>", "exec"), namespace)  # noqa: S102 (names, numbers, operators only)
+    run: Callable[[dict[str, int]], None] = namespace["_metas"]
+    return run
