@@ -438,16 +438,14 @@ def policy_set(tenant_ref: str, assignments: tuple[str, ...]) -> None:
 
 @cli.command()
 def smtp() -> None:
-    """Run the SMTP ingress."""
-    import asyncio
-
-    from smtp.server import serve
+    """Run the SMTP ingress (MAILWARD_SMTP_PROCESSES processes on one port, one per core by default)."""
+    from smtp.supervisor import run_ingress
     from tenants.redisconn import ensure_redis
 
     cfg = get_config()
     _setup_logging(cfg)
     ensure_redis(cfg)
-    asyncio.run(serve(cfg))
+    run_ingress(cfg)
 
 
 @cli.command()

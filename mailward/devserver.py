@@ -1,24 +1,26 @@
 """``mailward run``: the single-machine supervisor behind ``make run``.
 
 Starts the private Valkey (when no Redis URL is set), migrates, creates the first MSP admin, then runs ingress,
-worker, scheduler and web as child processes with the same environment. Ctrl-C (or SIGTERM) stops all of them;
-if one dies, the rest are stopped too and the exit code says so. Everything runs under a umask of 077, with the data
-directory made private first: raw mail, logs and Valkey's files are readable by their owner alone.
+worker, scheduler and web as child processes with the same environment, under the supervisor of
+:mod:`smtp.supervisor`: one that dies is logged and started again after a back-off (1 s doubling to 30 s); only
+Ctrl-C (or SIGTERM) stops them all. Everything runs under a umask of 077, with the data directory made private
+first: raw mail, logs and Valkey's files are readable by their owner alone.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
-import signal
 import subprocess
 import sys
-import time
-from types import FrameType
+from collections.abc import Callable
+from pathlib import Path
 
 from sqlalchemy import select
 
 from mailward.localclamd import find_or_start
+from smtp.supervisor import DRAIN_TIMEOUT, Child, Supervisor
 from tenants.config import Config
 from tenants.db import PRIVATE_UMASK, migrate, private_dir, secure_data_dir, session_scope
 from tenants.models import Role, User
@@ -27,8 +29,8 @@ from tenants.scope import msp_scope
 from tenants.services import create_user
 
 PROCESSES = ("smtp", "worker", "scheduler", "web")
-#: Seconds children get to stop after SIGTERM before they are killed.
-STOP_GRACE = 15.0
+#: Seconds children get to stop after SIGTERM before they are killed: the ingress's own drain, and some margin.
+STOP_GRACE = DRAIN_TIMEOUT + 10.0
 
 
 def ensure_admin(cfg: Config) -> str | None:
@@ -49,7 +51,6 @@ def run_all(cfg: Config) -> int:
     password = ensure_admin(cfg)
     logs = private_dir(cfg.data_dir / "logs")
 
-    children: dict[str, subprocess.Popen[bytes]] = {}
     env = dict(os.environ)
     clamd_proc = None
     if cfg.clamd is None:
@@ -58,11 +59,30 @@ def run_all(cfg: Config) -> int:
             env["MAILWARD_CLAMD"] = clamd
     else:
         virus_scan = f"clamd at {cfg.clamd}"
+    # The supervisor's exits and restarts go to the terminal, with the time they happened.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s mailward run: %(message)s")
+    supervisor = Supervisor(drain_timeout=STOP_GRACE)
     for name in PROCESSES:
-        log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it for its lifetime
-        children[name] = subprocess.Popen([sys.executable, "-m", "mailward", name], env=env, stdout=log,
-                                          stderr=subprocess.STDOUT)
+        supervisor.add(name, _starter(name, env, logs))
+    supervisor.run(on_started=lambda: _banner(cfg, logs, virus_scan, password))
+    if clamd_proc is not None:
+        clamd_proc.terminate()
+        clamd_proc.wait(STOP_GRACE)
+    stop_private_redis(cfg)
+    print("stopped.")
+    return 0
 
+
+def _starter(name: str, env: dict[str, str], logs: Path) -> Callable[[], Child]:
+    """Start ``mailward NAME`` with its output appended to logs/NAME.log."""
+    def start() -> Child:
+        with open(logs / f"{name}.log", "ab") as log:  # the child keeps its own copy of the descriptor
+            return subprocess.Popen([sys.executable, "-m", "mailward", name], env=env, stdout=log,
+                                    stderr=subprocess.STDOUT)
+    return start
+
+
+def _banner(cfg: Config, logs: Path, virus_scan: str, password: str | None) -> None:
     print()
     print("Mailward is running.")
     print(f"  SMTP ingress : {cfg.smtp_listen}")
@@ -74,41 +94,3 @@ def run_all(cfg: Config) -> int:
     else:
         print(f"  Admin login  : {cfg.admin_email} (password set on first start)")
     print("Press Ctrl-C to stop.", flush=True)
-
-    stopping = False
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    failed: str | None = None
-    while not stopping:
-        for name, proc in children.items():
-            if proc.poll() is not None:
-                failed = f"{name} exited with code {proc.returncode}; see {logs / (name + '.log')}"
-                stopping = True
-                break
-        time.sleep(0.2)
-
-    print("\nstopping...", flush=True)
-    for proc in children.values():
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE
-    for proc in children.values():
-        try:
-            proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    if clamd_proc is not None:
-        clamd_proc.terminate()
-        clamd_proc.wait(STOP_GRACE)
-    stop_private_redis(cfg)
-    if failed:
-        print(f"mailward: error: {failed}", file=sys.stderr)
-        return 1
-    print("stopped.")
-    return 0

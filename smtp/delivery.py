@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from sqlalchemy import select
 
 from smtp.outbound import NextHop, RcptResult, Router, SendResult, SmtpPool
-from smtp.queue import claim_due, record_results
+from smtp.queue import record_results
 from tenants.blobs import blob_store
 from tenants.config import Config
 from tenants.db import session_factory
+from tenants.deliveries import claim_due
 from tenants.models import Delivery, Domain, Message
 from tenants.scope import load, tenant_scope
 

@@ -1,9 +1,10 @@
-"""The delivery queue in the database: store accepted mail, claim rows atomically, record outcomes, bounce.
+"""The delivery queue in the database: store accepted and refused mail, record the outcomes of attempts, bounce.
 
 The database is the truth. A row is delivered only by the process holding its claim (``claim_token`` with a lease);
 a claim is taken with one conditional UPDATE, which is atomic on SQLite and on PostgreSQL alike (PostgreSQL re-checks
 the WHERE clause on the row it locked), so two processes never deliver the same row. The window in which a crash can
-cause a duplicate is between the next hop's 250 and the single UPDATE that records it.
+cause a duplicate is between the next hop's 250 and the single UPDATE that records it. Every status a row is born in
+and every move of it is :mod:`tenants.deliveries`'s; this module adds the message, its blob, findings, events and DSNs.
 """
 
 from __future__ import annotations
@@ -11,25 +12,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 
-from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from smtp.dsn import build_dsn
 from smtp.outbound import RcptResult
 from smtp.verdict import Action
+from tenants import deliveries
 from tenants.blobs import blob_store
 from tenants.config import Config
+from tenants.deliveries import claim_due as claim_due  # re-exported: claims are tenants.deliveries'
 from tenants.ids import new_id
 from tenants.models import Delivery, DeliveryStatus, Event, Finding, Message, utcnow
 from tenants.scope import load
 
 log = logging.getLogger(__name__)
-
-
-#: Longest reply text kept on a delivery row.
-REPLY_MAX = 2000
 
 
 @dataclass
@@ -87,12 +85,8 @@ def store_message(session: Session, new: NewMessage) -> Message:
     else:
         status = DeliveryStatus.QUEUED
     for rcpt in new.rcpts if new.deliver or held else ():
-        session.add(Delivery(
-            tenant_id=new.tenant_id, message=msg, rcpt=rcpt, route=new.route, status=status.value,
-            claim_token=new.claim_token if claimed else None,
-            lease_until=now + timedelta(seconds=new.lease_seconds) if claimed else None,
-            next_attempt_at=now, created_at=now, updated_at=now,
-        ))
+        deliveries.create(session, msg, rcpt, status, route=new.route, now=now,
+                          claim_token=new.claim_token if claimed else None, lease_seconds=new.lease_seconds)
     rcpt_list = ", ".join(new.rcpts)
     sender = new.mail_from or "<>"
     session.add(Event(tenant_id=new.tenant_id, message=msg, at=now, kind="received",
@@ -149,9 +143,7 @@ def store_refusal(session: Session, r: Refused) -> Message:
     for symbol, score, reason in r.findings:
         session.add(Finding(tenant_id=r.tenant_id, message=msg, symbol=symbol, score=score, reason=reason))
     for rcpt in r.rcpts:
-        session.add(Delivery(tenant_id=r.tenant_id, message=msg, rcpt=rcpt, route=r.route,
-                             status=DeliveryStatus.REJECTED.value, last_reply=r.reply[:REPLY_MAX],
-                             next_attempt_at=now, created_at=now, updated_at=now))
+        deliveries.create(session, msg, rcpt, DeliveryStatus.REJECTED, route=r.route, now=now, last_reply=r.reply)
     rcpts = ", ".join(r.rcpts)
     if r.stage == "DATA":
         session.add(Event(tenant_id=r.tenant_id, message=msg, at=now, kind="received",
@@ -168,86 +160,36 @@ def add_rejected_rows(session: Session, msg: Message, item: NewMessage) -> None:
     transaction, so no reply carried this refusal (``last_reply`` stays empty)."""
     now = utcnow()
     for rcpt in item.rcpts:
-        session.add(Delivery(tenant_id=item.tenant_id, message=msg, rcpt=rcpt, route=item.route,
-                             status=DeliveryStatus.REJECTED.value, next_attempt_at=now, created_at=now,
-                             updated_at=now))
+        deliveries.create(session, msg, rcpt, DeliveryStatus.REJECTED, route=item.route, now=now)
     session.add(Event(tenant_id=item.tenant_id, message=msg, at=now, kind="rejected",
                       detail=f"not delivered to {', '.join(item.rcpts)}: rejected under this tenant's policy; the "
                              "mail was accepted for other recipients, so the sender was not told"))
 
 
-def _due_condition(now: datetime):  # type: ignore[no-untyped-def]
-    return or_(
-        and_(Delivery.status.in_((DeliveryStatus.QUEUED.value, DeliveryStatus.DEFERRED.value)),
-             Delivery.next_attempt_at <= now),
-        and_(Delivery.status == DeliveryStatus.DELIVERING.value, Delivery.lease_until < now),
-    )
-
-
-def claim_due(session: Session, message_id: str, token: str, lease_seconds: int) -> list[Delivery]:
-    """Claim every due row of one message for ``token`` and commit; returns the rows now held."""
-    now = utcnow()
-    session.execute(
-        update(Delivery)
-        .where(Delivery.message_id == message_id, _due_condition(now))
-        .values(status=DeliveryStatus.DELIVERING.value, claim_token=token,
-                lease_until=now + timedelta(seconds=lease_seconds), updated_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    session.commit()
-    return list(session.scalars(select(Delivery).where(Delivery.message_id == message_id,
-                                                       Delivery.claim_token == token,
-                                                       Delivery.status == DeliveryStatus.DELIVERING.value)))
-
-
-def due_messages(session: Session, limit: int = 1000) -> list[tuple[int, str]]:
-    """(tenant id, message id) of messages with a row due now; the caller runs in the MSP scope."""
-    rows = session.execute(
-        select(Delivery.tenant_id, Delivery.message_id).where(_due_condition(utcnow()))
-        .group_by(Delivery.tenant_id, Delivery.message_id).limit(limit)
-    )
-    return [(int(t), str(m)) for t, m in rows]
-
-
-def retry_delay(cfg: Config, attempts: int) -> int:
-    schedule = cfg.retry_schedule
-    return schedule[min(max(attempts, 1), len(schedule)) - 1]
-
-
 def record_results(
     session: Session, cfg: Config, token: str, rows: Iterable[Delivery], results: dict[str, RcptResult], host: str = ""
 ) -> None:
-    """Write each claimed row's outcome and commit. A row whose claim was lost to another process is left alone."""
+    """Move each claimed row by its attempt's outcome (:func:`tenants.deliveries.record_attempt`), add its event, queue
+    the DSNs of bounced rows, and commit. A row whose claim was lost to another process is left alone."""
     now = utcnow()
     bounced: dict[str, list[tuple[str, RcptResult]]] = {}
     for row in rows:
         res = results.get(row.rcpt) or RcptResult(451, "4.3.0 no reply recorded")
-        attempts = row.attempts + 1
         via = f" via {host}" if host else ""
         reply = f"{res.code} {res.reply}".strip()
-        if res.ok:
-            values = dict(status=DeliveryStatus.DELIVERED.value, delivered_at=now, claim_token=None, lease_until=None)
-            kind, detail = "delivered", f"to {row.rcpt}{via}: {reply}"
-        elif res.permanent or now - row.created_at >= timedelta(seconds=cfg.queue_lifetime):
-            expired = not res.permanent
-            values = dict(status=DeliveryStatus.BOUNCED.value, claim_token=None, lease_until=None)
-            kind = "bounced"
-            detail = f"to {row.rcpt}{via}: " + (f"queue lifetime over, last reply: {reply}" if expired else reply)
-        else:
-            delay = retry_delay(cfg, attempts)
-            values = dict(status=DeliveryStatus.DEFERRED.value, claim_token=None, lease_until=None,
-                          next_attempt_at=now + timedelta(seconds=delay))
-            kind, detail = "deferred", f"to {row.rcpt}{via}: {reply}; next attempt in {delay}s"
-        done = session.execute(
-            update(Delivery).where(Delivery.id == row.id, Delivery.claim_token == token)
-            .values(attempts=attempts, last_reply=reply[:2000], updated_at=now, **values)
-            .execution_options(synchronize_session=False)
-        )
-        if done.rowcount != 1:  # type: ignore[attr-defined]
-            log.warning("delivery %s: claim lost before its outcome (%s) was recorded", row.id, kind)
+        out = deliveries.record_attempt(session, cfg, row, token, ok=res.ok, permanent=res.permanent, reply=reply,
+                                        now=now)
+        if out is None:
+            log.warning("delivery %s: claim lost before its outcome (%s) was recorded", row.id, reply)
             continue
-        if kind == "bounced":
+        kind = out.status.value
+        if out.status == DeliveryStatus.DELIVERED:
+            detail = f"to {row.rcpt}{via}: {reply}"
+        elif out.status == DeliveryStatus.BOUNCED:
+            detail = f"to {row.rcpt}{via}: " + (f"queue lifetime over, last reply: {reply}" if out.expired else reply)
             bounced.setdefault(row.message_id, []).append((row.rcpt, res))
+        else:
+            detail = f"to {row.rcpt}{via}: {reply}; next attempt in {out.delay}s"
         session.add(Event(tenant_id=row.tenant_id, message_id=row.message_id, delivery_id=row.id, at=now,
                           kind=kind, detail=detail))
     for message_id, failures in bounced.items():
@@ -271,13 +213,3 @@ def _queue_bounce(session: Session, cfg: Config, message_id: str, failures: list
     ))
     session.add(Event(tenant_id=msg.tenant_id, message_id=msg.id, kind="dsn_queued",
                       detail=f"bounce {bounce.id} to {msg.mail_from}"))
-
-
-def release_claim(session: Session, token: str, rows: Iterable[Delivery]) -> None:
-    """Give rows back to the queue untouched (the process is stopping before it could try them)."""
-    ids = [r.id for r in rows]
-    if ids:
-        session.execute(update(Delivery).where(Delivery.id.in_(ids), Delivery.claim_token == token)
-                        .values(status=DeliveryStatus.QUEUED.value, claim_token=None, lease_until=None)
-                        .execution_options(synchronize_session=False))
-        session.commit()

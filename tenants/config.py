@@ -182,10 +182,14 @@ class Config:
     #: Most recipients in one SMTP transaction.
     max_recipients: int = 500
     #: Most SMTP connections one client (an IPv4 address, an IPv6 /64) may hold open at once; more get 421.
+    #: Counted per ingress process, like the global cap below (see smtp_processes).
     smtp_max_connections_per_ip: int = 20
-    #: Most SMTP connections the ingress holds open at once (port 25 and submission together); more get 421.
+    #: Most SMTP connections one ingress process holds open at once (port 25 and submission together); more get 421.
     #: 0: derived from the open-file limit, keeping room for what the ingress opens itself (see smtp/limits.py).
     smtp_max_connections: int = 0
+    #: Ingress processes ``mailward smtp`` runs on one port (SO_REUSEPORT), each with its own connection caps above;
+    #: 0: one per core this process may run on. 1 runs the ingress in the process itself (see smtp/supervisor.py).
+    smtp_processes: int = 0
     #: Seconds a new client has for its first command (its HELO/EHLO); then the idle timeout applies.
     smtp_greeting_timeout: float = 30.0
     #: Seconds a client may stay silent (between commands, or while it sends DATA) before the ingress hangs up.
@@ -318,6 +322,7 @@ class Config:
         read("MAX_RECIPIENTS", _positive_int)
         read("SMTP_MAX_CONNECTIONS_PER_IP", _positive_int)
         read("SMTP_MAX_CONNECTIONS", _non_negative_int)
+        read("SMTP_PROCESSES", _positive_int)
         read("SMTP_GREETING_TIMEOUT", _positive_float)
         read("SMTP_IDLE_TIMEOUT", _positive_float)
         read("DELIVERY_LEASE", _positive_int)

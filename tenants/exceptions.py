@@ -43,3 +43,7 @@ class TokenInvalid(TokenError):
 
 class TokenUsed(TokenError):
     """A single-use token (a login link) was already spent."""
+
+
+class IllegalTransition(MailwardError):
+    """A delivery row was asked to move between statuses that :data:`tenants.deliveries.TRANSITIONS` does not allow."""

@@ -16,7 +16,8 @@ Who may do what is the caller's decision, passed in explicitly:
 - ``actor``: who did it (an e-mail address, "cli", "api key mw_1234"), written to the message's timeline.
 
 A held mail is a :class:`~tenants.models.Message` with a ``quarantine_kind`` and delivery rows in status
-``quarantined``; a release sets its rows back to ``queued``, a delete to ``discarded``.
+``quarantined``; a release sets its rows back to ``queued``, a delete to ``discarded`` (moves that
+:mod:`tenants.deliveries`, the owner of a row's state, makes).
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ import binascii
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from tenants import learning, lists
+from tenants import deliveries, learning, lists
 from tenants.addresses import normalize_address, rcpt_in
 from tenants.bayes import train, untrain
 from tenants.blobs import blob_store
@@ -281,24 +282,6 @@ def _held_rows(session: Session, msg: Message, rcpts: Sequence[str] | None) -> l
     return list(session.scalars(stmt))
 
 
-def _set_status(session: Session, rows: list[Delivery], status: DeliveryStatus) -> list[Delivery]:
-    """Move held rows to ``status`` with one conditional UPDATE each (a row another click moved first is skipped)."""
-    now = utcnow()
-    moved = []
-    for row in rows:
-        values: dict[str, Any] = dict(status=status.value, updated_at=now)
-        if status == DeliveryStatus.QUEUED:
-            # The queue lifetime counts from the release, not from the mail's arrival days ago.
-            values.update(next_attempt_at=now, created_at=now, claim_token=None, lease_until=None)
-        done = session.execute(update(Delivery).where(Delivery.id == row.id, Delivery.status == _HELD)
-                               .values(**values).execution_options(synchronize_session=False))
-        if done.rowcount == 1:  # type: ignore[attr-defined]
-            moved.append(row)
-    for row in moved:
-        session.expire(row)
-    return moved
-
-
 def _event(session: Session, msg: Message, kind: str, detail: str) -> None:
     session.add(Event(tenant_id=msg.tenant_id, message_id=msg.id, kind=kind, detail=detail[:2000]))
 
@@ -331,14 +314,11 @@ def release(session: Session, cfg: Config, message_id: str, *, actor: str, rcpts
         if route != "transport" and not outside_ok:
             raise PermissionDenied(f"{address} is not in one of the tenant's domains: a copy may be released only "
                                    "to the tenant's own addresses")
-        now = utcnow()
-        session.add(Delivery(tenant_id=msg.tenant_id, message_id=msg.id, rcpt=address,
-                             route=route, status=DeliveryStatus.QUEUED.value,
-                             next_attempt_at=now, created_at=now, updated_at=now))
+        deliveries.create(session, msg, address, DeliveryStatus.QUEUED, route=route)
         _event(session, msg, "released", f"by {actor} to another address: {address}")
         request_delivery_after_commit(session, cfg, msg.tenant_id, msg.id)
         return ReleaseResult(msg.id, msg.tenant_id, (address,), to=address)
-    moved = _set_status(session, _held_rows(session, msg, rcpts), DeliveryStatus.QUEUED)
+    moved = deliveries.release_held(session, _held_rows(session, msg, rcpts))
     if not moved:
         raise ValidationError(f"message {msg.id} is no longer in the quarantine (released or deleted before)")
     released = tuple(r.rcpt for r in moved)
@@ -354,7 +334,7 @@ def delete(session: Session, message_id: str, *, actor: str, rcpts: Sequence[str
     recipients. The mail itself stays until the purge, for the timeline. :class:`ValidationError` if none is held.
     With ``cfg``, deleting quarantined spam teaches the tenant's content model that it was spam."""
     msg = get(session, message_id, rcpts=rcpts)
-    moved = _set_status(session, _held_rows(session, msg, rcpts), DeliveryStatus.DISCARDED)
+    moved = deliveries.discard_held(session, _held_rows(session, msg, rcpts))
     if not moved:
         raise ValidationError(f"message {msg.id} is no longer in the quarantine (released or deleted before)")
     gone = tuple(r.rcpt for r in moved)

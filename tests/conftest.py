@@ -100,6 +100,8 @@ def env(tmp_path: Path, redis_server: Any, pg_server: Any, db_template: str, dns
         "MAILWARD_REDIS_URL": redis_server.url,
         "MAILWARD_HOSTNAME": "mx.mailward.test",
         "MAILWARD_SMTP_LISTEN": f"127.0.0.1:{free_port()}",
+        # One ingress process, so that per-process caps and logs are exact; tests/test_ingress_processes.py runs more.
+        "MAILWARD_SMTP_PROCESSES": "1",
         "MAILWARD_WEB_LISTEN": f"127.0.0.1:{free_port()}",
         "MAILWARD_SECRET_KEY": "test-secret-key-not-for-production",
         "MAILWARD_DELIVERY_LEASE": "5",

@@ -20,6 +20,9 @@ from tests.servers import run_cli
     ("MAILWARD_PUBLIC_URL", "mail.example.net"),
     ("MAILWARD_LOG_LEVEL", "LOUD"),
     ("MAILWARD_SHARED_LEARNING_MIN_TENANTS", "1"),  # one tenant alone must never reach the shared model
+    ("MAILWARD_SMTP_PROCESSES", "0"),  # unset means one per core; an explicit value counts processes
+    ("MAILWARD_SMTP_PROCESSES", "-1"),
+    ("MAILWARD_SMTP_PROCESSES", "abc"),
 ])
 def test_bad_value_is_refused_with_its_name(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import update
-
-from smtp.queue import due_messages
+from tenants import deliveries
 from tenants.config import Config
 from tenants.db import session_scope
-from tenants.models import Delivery, DeliveryStatus, utcnow
 from tenants.scope import msp_scope
 from worker.queues import enqueue_delivery
 
@@ -22,7 +19,7 @@ SWEEP_BATCH = 5000
 def sweep(cfg: Config) -> int:
     """Queue a delivery job for every message with a due row; returns how many jobs were queued."""
     with msp_scope(), session_scope(cfg) as session:
-        due = due_messages(session, SWEEP_BATCH)
+        due = deliveries.due_messages(session, SWEEP_BATCH)
     queued = sum(enqueue_delivery(cfg, tenant_id, message_id) for tenant_id, message_id in due)
     if queued:
         log.info("sweeper queued %d delivery job(s) of %d due message(s)", queued, len(due))
@@ -32,8 +29,5 @@ def sweep(cfg: Config) -> int:
 def flush(cfg: Config) -> int:
     """Make every deferred row due now (``mailward queue flush``), then sweep; returns jobs queued."""
     with msp_scope(), session_scope(cfg) as session:
-        session.execute(
-            update(Delivery).where(Delivery.status == DeliveryStatus.DEFERRED.value)
-            .values(next_attempt_at=utcnow()).execution_options(synchronize_session=False)
-        )
+        deliveries.flush(session)
     return sweep(cfg)

@@ -1,0 +1,74 @@
+"""Which tenant a recipient domain belongs to, and that tenant's policy, as the ingress sees them: looked up in the
+database off the event loop, cached until the policy version moves (any process that edits policy bumps it)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from tenants.policy import DomainRoute, Policy, find_domain_route, load_policy, normalize_domain
+from tenants.scope import tenant_scope
+
+log = logging.getLogger(__name__)
+
+#: The reply when the database cannot tell (a route, a policy, a sender): the client comes again.
+REPLY_LOOKUP_FAILED = "451 4.3.0 Temporary lookup failure, try again later"
+
+
+class DomainCache:
+    """Positive domain → route answers and tenant policies, dropped whenever the policy version moves."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, DomainRoute] = {}
+        self.policies: dict[int, Policy] = {}
+        self.version: int | None = None
+
+    def check_version(self, version: int | None) -> None:
+        if version != self.version:
+            self.routes.clear()
+            self.policies.clear()
+            self.version = version
+
+
+class Routing:
+    """Domain routes and tenant policies for the ingress's hooks. Both methods raise when the database cannot
+    answer; the caller then answers :data:`REPLY_LOOKUP_FAILED` (never a final no)."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+        self.cache = DomainCache()
+
+    async def route(self, domain: str) -> DomainRoute | None:
+        """The route of a recipient domain (None: we do not receive mail for it). Unknown domains are not cached:
+        a domain added a moment ago routes at once."""
+        name = normalize_domain(domain)
+        route = self.cache.routes.get(name)
+        if route is None:
+            route = await asyncio.to_thread(self._lookup, name)
+            if route is not None:
+                self.cache.routes[name] = route
+        return route
+
+    async def policy(self, tenant_id: int) -> Policy:
+        policy = self.cache.policies.get(tenant_id)
+        if policy is None:
+            policy = await asyncio.to_thread(self._load_policy, tenant_id)
+            self.cache.policies[tenant_id] = policy
+        return policy
+
+    def _lookup(self, name: str) -> DomainRoute | None:
+        session = self.sessions()
+        try:
+            return find_domain_route(session, name)
+        finally:
+            session.close()
+
+    def _load_policy(self, tenant_id: int) -> Policy:
+        with tenant_scope(tenant_id):
+            session = self.sessions()
+            try:
+                return load_policy(session, tenant_id)
+            finally:
+                session.close()
