@@ -230,6 +230,15 @@ async def evaluate(cfg: Config, samples: list[Sample], tenant_id: int, policy: P
     return out
 
 
+def train_bayes(cfg: Config, tenant_id: int, collections: Sequence[Collection]) -> None:
+    """Train the bench tenant's Bayes on every corpus's training part (copies of held-out mail left out)."""
+    training = deduped_training(collections)
+    with tenant_scope(tenant_id), session_scope(cfg) as session:
+        for spam in (False, True):
+            bayes.train(session, tenant_id, (parse_mail(read_mail(s.path)) for s in training if s.spam == spam),
+                        spam=spam)
+
+
 def rate(scores: np.ndarray, threshold: float) -> float:
     return float((scores >= threshold).mean()) if len(scores) else 0.0
 
@@ -356,11 +365,7 @@ def main() -> None:
         tenant_id = create_tenant(session, TENANT).id if fresh else get_tenant(session, TENANT).id
     if fresh and not args.no_bayes:
         started = time.monotonic()
-        training = deduped_training(collections)
-        with tenant_scope(tenant_id), session_scope(cfg) as session:
-            for spam in (False, True):
-                bayes.train(session, tenant_id, (parse_mail(read_mail(s.path)) for s in training
-                                                 if s.spam == spam), spam=spam)
+        train_bayes(cfg, tenant_id, collections)
         print(f"tenant Bayes trained in {time.monotonic() - started:.0f}s")
     (home / "ready").touch()
     with tenant_scope(tenant_id), session_scope(cfg) as session:

@@ -26,11 +26,10 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 from email.utils import parseaddr
@@ -52,10 +51,10 @@ from bench.detection import (
     prepare_corpora,
     rate,
 )
-from bench.throughput import tree_cpu_seconds, tree_peak_rss_mb
+from bench.throughput import tree_cpu_seconds, tree_peak_rss_mb, workdir_of
 from tenants.content.corpus import Collection, Sample, find_collections, read_mail
 from tenants.content.model import BASE_MODEL, ContentModel, ModelError
-from tenants.content.train import deduped_training, recall_at_fp, training_digest
+from tenants.content.train import recall_at_fp, training_digest
 from tenants.policy import Policy
 
 #: Reject threshold given to the tenant: out of reach, so a high score is recorded rather than refused at DATA.
@@ -135,11 +134,10 @@ def bayes_database(collections: Sequence[Collection], no_bayes: bool) -> Path | 
         return None
     home = BENCH_DIR / f"install-{training_digest(collections)}"
     if not (home / "ready").exists():
-        from smtp.mime import parse_mail
-        from tenants import bayes
+        from bench.detection import train_bayes
         from tenants.config import Config
         from tenants.db import dispose_engines, migrate, session_scope
-        from tenants.scope import msp_scope, tenant_scope
+        from tenants.scope import msp_scope
         from tenants.services import create_tenant
 
         shutil.rmtree(home, ignore_errors=True)
@@ -149,11 +147,7 @@ def bayes_database(collections: Sequence[Collection], no_bayes: bool) -> Path | 
         with msp_scope(), session_scope(cfg) as session:
             tenant_id = create_tenant(session, TENANT).id
         started = time.monotonic()
-        training = deduped_training(collections)
-        with tenant_scope(tenant_id), session_scope(cfg) as session:
-            for spam in (False, True):
-                bayes.train(session, tenant_id, (parse_mail(read_mail(s.path)) for s in training
-                                                 if s.spam == spam), spam=spam)
+        train_bayes(cfg, tenant_id, collections)
         dispose_engines()
         (home / "ready").touch()
         print(f"tenant Bayes trained in {time.monotonic() - started:.0f}s, cached in {home}")
@@ -423,18 +417,6 @@ def _model_note(collections: Sequence[Collection]) -> str:
             "training data, figures may be optimistic")
 
 
-@contextlib.contextmanager
-def _workdir(keep: bool) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="mw-detect-smtp-"))
-    try:
-        yield path
-    finally:
-        if keep:
-            print(f"kept {path}")
-        else:
-            shutil.rmtree(path, ignore_errors=True)
-
-
 def run(args: argparse.Namespace) -> None:
     """``--through-smtp``: build the installation, send the sampled held-out mail, read back, report."""
     corpus = prepare_corpora(args.corpus)
@@ -445,7 +427,7 @@ def run(args: argparse.Namespace) -> None:
     sets = sampled_sets(collections, args.limit)
     database = bayes_database(collections, args.no_bayes)
     policy = Policy()
-    with _workdir(args.keep) as workdir, contextlib.ExitStack() as stack:
+    with workdir_of(None, args.keep) as workdir, contextlib.ExitStack() as stack:
         mw = Installation(workdir, stack, database)
         key = mw.set_up()
         started = time.monotonic()

@@ -820,7 +820,8 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 @contextlib.contextmanager
-def _workdir(parent: Path | None, keep: bool) -> Iterator[Path]:
+def workdir_of(parent: Path | None, keep: bool) -> Iterator[Path]:
+    """A temporary folder for one run (under ``parent`` when given), removed afterwards unless ``keep``."""
     path = Path(tempfile.mkdtemp(prefix="mw-bench-", dir=parent))
     try:
         yield path
@@ -840,7 +841,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(after {args.warmup} warm-up mails); {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} "
           f"(other work on the machine skews the figures); code {code_revision()}")
     try:
-        with _workdir(args.dir, args.keep) as workdir:
+        with workdir_of(args.dir, args.keep) as workdir:
             with contextlib.ExitStack() as stack:  # the installation is gone before the bare run starts
                 ingress = run_ingress(args, stack, workdir, body)
             peer: PeerFigures | None = None
