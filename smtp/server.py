@@ -25,7 +25,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from smtp.callahead import RecipientVerifier
-from smtp.checks import CheckContext, Stage, build_checks
+from smtp.checks import Check, CheckContext, Stage, build_checks
 from smtp.checks.auth import strip_spoofed_authres
 from smtp.checks.lists import ListsCheck
 from smtp.commit import REPLY_STORE_FAILED, Commit, received_header
@@ -276,6 +276,15 @@ async def _heartbeat(cfg: Config, me: heartbeat.Identity, handler: IngressHandle
         await asyncio.sleep(heartbeat.INTERVAL)
 
 
+async def _checks_ready(checks: list[Check]) -> None:
+    """Wait for every check to be ready before listening (SpamAssassin's rules compile once per process): a mail
+    accepted earlier would be judged without them. Senders meanwhile find the port closed and try again later."""
+    started = time.monotonic()
+    await asyncio.gather(*(check.ready() for check in checks))
+    if (took := time.monotonic() - started) >= 1.0:
+        log.info("checks ready after %.1fs", took)
+
+
 async def serve(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
     """Run the ingress (port 25, and the submission listener when configured) until SIGTERM or SIGINT."""
     cfg.check_submission()
@@ -297,6 +306,7 @@ async def serve(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
     def submission_factory() -> SubmissionSMTP:
         return SubmissionSMTP(handler, login=handler.outbound.login, **common)
 
+    await _checks_ready(handler.checks)
     servers = [await loop.create_server(factory, host=cfg.smtp_listen.host, port=cfg.smtp_listen.port,
                                         family=socket.AF_UNSPEC, reuse_address=True,
                                         reuse_port=cfg.smtp_processes > 1)]

@@ -508,3 +508,14 @@ def test_threads_scan_at_once_without_sharing_scratch_space(engine: Engine) -> N
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(lambda _: sorted(h.name for h in engine.check(message)), range(32)))
     assert results == [alone] * 32 and "GUARANTEED_100_PERCENT" in alone
+
+
+def test_the_ingress_listens_only_once_the_rules_are_compiled(sa_cfg: Config) -> None:
+    """``serve()`` awaits every check's ready(): the first mail is judged with SpamAssassin's rules, not without them
+    because a cold compile was still running."""
+    from smtp.server import _checks_ready
+
+    check = SaRulesCheck(sa_cfg)
+    asyncio.run(_checks_ready([check]))
+    assert check._current is not None and check._current.engine is not None
+    asyncio.run(check.close())

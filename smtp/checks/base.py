@@ -98,5 +98,9 @@ class Check:
     async def run(self, ctx: CheckContext) -> None:
         raise NotImplementedError
 
+    async def ready(self) -> None:
+        """Wait until the check can judge mail at full strength (rules compiled, models loaded); the ingress awaits
+        this before it listens, so that no mail is judged without it. Most checks are ready when built."""
+
     async def close(self) -> None:
         """Release connections the check keeps (called when the ingress stops)."""

@@ -63,6 +63,16 @@ class SaRulesCheck(Check):
         self._loading = self._pool.submit(shared_engine, self.setting, reload=reload,
                                           cache_dir=self.cfg.data_dir / CACHE_SUBDIR)
 
+    async def ready(self) -> None:
+        """The first compile of the rules (seconds with Hyperscan's cache, tens of seconds cold); a failed load is
+        logged here and recorded as SARULES_TEMPFAIL on each mail, as before."""
+        if self._loading is None or self._current is not None:
+            return
+        try:
+            self._current = await asyncio.wrap_future(self._loading)
+        except Exception as exc:
+            log.error("SpamAssassin rules could not be loaded: %s", exc)
+
     async def _poll_version(self, redis: Any) -> None:
         """Reload when the rule-files version in Redis moved (another process updated the rules)."""
         now = time.monotonic()
