@@ -40,6 +40,7 @@ if str(ROOT) not in sys.path:  # run as a script
 from smtp.checks import Check, CheckContext, Stage, build_checks  # noqa: E402
 from smtp.checks.bayes import BayesCheck  # noqa: E402
 from smtp.checks.content import ContentCheck  # noqa: E402
+from smtp.checks.rspamd import RDNS_FACT  # noqa: E402
 from smtp.checks.rules import RulesCheck  # noqa: E402
 from smtp.mime import ParsedMail, parse_mail  # noqa: E402
 from smtp.pipeline import run_stage  # noqa: E402
@@ -77,6 +78,9 @@ NETWORK_CHECKS = frozenset({"dnsbl", "uribl", "spf", "auth", "dkim", "dmarc", "a
 FP_RATES = (0.001, 0.01)
 TENANT = "Bench"
 DOMAIN = "bench.test"
+#: The client every mail comes from (a public address: no rule fires on the address itself) and its name.
+CLIENT_IP = "81.2.69.142"
+CLIENT_NAME = "mail.sender.example"
 #: Mail size the per-mail CPU time is also given for (the issue's budget: 10 ms per 10 KB mail).
 BUDGET_BYTES = 10 * 1024
 
@@ -197,8 +201,12 @@ def pipeline_checks(cfg: Config, model_path: Path, skip: set[str]) -> list[Check
 async def score_mail(checks: list[Check], cfg: Config, tenant_id: int, policy: Policy,
                      mail: ParsedMail) -> tuple[float, list[str]]:
     sender = parseaddr(mail.header("Return-Path") or mail.header("From") or "")[1]
-    ctx = CheckContext(cfg=cfg, client_ip="192.0.2.25", helo="mail.sender.example", mail_from=sender,
+    ctx = CheckContext(cfg=cfg, client_ip=CLIENT_IP, helo=CLIENT_NAME, mail_from=sender,
                        rcpts=[f"user@{DOMAIN}"], tenant_ids=[tenant_id], policies={tenant_id: policy}, mail=mail)
+    # Every mail arrives from the same client, whose name resolves both ways as a real MTA's does: the same for ham
+    # and spam, so that no rule scores the benchmark's own envelope (a documentation-range IP is "illegal" to
+    # SpamAssassin's RCVD_ILLEGAL_IP, and no reverse name is RDNS_NONE: +2.6 on every mail otherwise).
+    ctx.facts[RDNS_FACT] = CLIENT_NAME
     await run_stage(checks, ctx, Stage.DATA)
     mine = [f.symbol for f in ctx.findings if f.tenant_id in (None, tenant_id)]
     return math.fsum(policy.score_of(s, lookup(s).score) for s in mine), mine
@@ -217,6 +225,7 @@ async def evaluate(cfg: Config, samples: list[Sample], tenant_id: int, policy: P
                    model_path: Path, *, skip: set[str]) -> dict[Path, Scored]:
     checks = pipeline_checks(cfg, model_path, skip)
     print(f"checks: {', '.join(sorted(c.name for c in checks if c.stage == Stage.DATA))}")
+    await asyncio.gather(*(c.ready() for c in checks))  # as the ingress does before it listens (rules compiled)
     out: dict[Path, Scored] = {}
     for sample in samples:
         raw = read_mail(sample.path)
