@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import importlib
 import inspect
+import json
 import math
 import shutil
 import subprocess
@@ -60,7 +61,7 @@ from tenants.db import dispose_engines, migrate, session_scope  # noqa: E402
 from tenants.policy import Policy  # noqa: E402
 from tenants.scope import msp_scope, tenant_scope  # noqa: E402
 from tenants.services import create_tenant, get_tenant  # noqa: E402
-from tenants.symbols import lookup  # noqa: E402
+from tenants.symbols import lookup, use_calibration  # noqa: E402
 
 #: The shared corpora: beside the project, never an absolute path.
 SHARED_CORPUS = ROOT.parent / "shared" / "corpus"
@@ -329,11 +330,16 @@ def main() -> None:
                         help="--through-smtp: SMTP connections (default %(default)s)")
     parser.add_argument("--keep", action="store_true", help="--through-smtp: keep the installation's folder")
     parser.add_argument("--no-bayes", action="store_true", help="leave the tenant's Bayes untrained")
+    parser.add_argument("--dump", type=Path, default=None, help="write every held-out mail's score (JSON) here")
+    parser.add_argument("--uncalibrated", action="store_true",
+                        help="score with the shipped scores alone, without tenants/scores/calibration.toml")
     parser.add_argument("--skip", action="append", default=[], metavar="CHECK",
                         help="leave a check out (repeatable), e.g. --skip sarules")
     parser.add_argument("--jobs", type=int, default=0, help="processes parsing mail for training (0: one per core)")
     parser.add_argument("--symbols", type=int, default=30, help="symbols shown in the hit table (0: none)")
     args = parser.parse_args()
+    if args.uncalibrated:
+        use_calibration(False)
     if args.through_smtp:
         from bench.detection_smtp import run as through_smtp
 
@@ -386,6 +392,10 @@ def main() -> None:
     print(f"scored {len(heldout)} held-out mails in {time.monotonic() - started:.0f}s")
     dispose_engines()
     report(sets, results, policy, args.symbols)
+    if args.dump is not None:
+        args.dump.write_text(json.dumps({ev.name: {"spam": [results[s.path].score for s in ev.spam],
+                                                   "ham": [results[s.path].score for s in ev.ham]} for ev in sets}))
+        print(f"scores written to {args.dump}")
 
 
 if __name__ == "__main__":

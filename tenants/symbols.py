@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Literal
 
 SCORES_DIR = Path(__file__).resolve().parent / "scores"
+#: Calibrated scores (``[scores] NAME = value``), a layer over the shipped ones written by ``bench/calibrate.py``
+#: (:mod:`tenants.calibration`); the shipped score files stay the prior it was fitted towards.
+CALIBRATION_FILE = SCORES_DIR / "calibration.toml"
 
 Effect = Literal["virus", "attachment", "tempfail"]
 EFFECTS: tuple[str, ...] = ("virus", "attachment", "tempfail")
@@ -29,9 +32,40 @@ class Symbol:
 
 @cache
 def symbol_table() -> dict[str, Symbol]:
-    """Every shipped symbol by name; a name defined in two files is an error (it fails at start, not at random)."""
+    """Every shipped symbol by name, calibrated scores applied; a name defined in two files is an error (it fails at
+    start, not at random), and so is a calibrated score for a symbol no file defines."""
+    table = dict(shipped_table())
+    for name, score in calibrated_scores().items():
+        if name not in table:
+            raise ValueError(f"{CALIBRATION_FILE.name}: {name} is not a shipped symbol")
+        table[name] = replace(table[name], score=score)
+    return table
+
+
+@cache
+def calibrated_scores() -> dict[str, float]:
+    """The calibration layer's scores (none when the file is absent)."""
+    if not CALIBRATION_FILE.exists():
+        return {}
+    scores = tomllib.loads(CALIBRATION_FILE.read_text()).get("scores", {})
+    return {str(k): float(v) for k, v in scores.items()}
+
+
+def use_calibration(enabled: bool) -> None:
+    """Score with (the default) or without the calibration layer, e.g. to compare the two in a benchmark."""
+    global CALIBRATION_FILE
+    CALIBRATION_FILE = SCORES_DIR / ("calibration.toml" if enabled else "calibration.off")
+    for cached in (symbol_table, calibrated_scores):
+        cached.cache_clear()
+
+
+@cache
+def shipped_table() -> dict[str, Symbol]:
+    """Every symbol as the score files define it (the prior of the calibration)."""
     table: dict[str, Symbol] = {}
     for path in sorted(SCORES_DIR.glob("*.toml")):
+        if path.name == "calibration.toml":
+            continue
         data = tomllib.loads(path.read_text())
         for name, spec in data.items():
             if name in table:

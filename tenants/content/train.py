@@ -247,6 +247,9 @@ class TrainResult:
     out_of_collection: dict[str, Figures]
     #: Training mails dropped as copies of held-out or earlier mail.
     dropped: int
+    #: Calibrated log-odds of each kept training mail by a model that never saw its collection (what the model
+    #: is worth on it; :mod:`tenants.calibration` fits the other scores beside these).
+    out_of_collection_log_odds: dict[Path, float] = field(default_factory=dict)
 
 
 def _by_collection(z: np.ndarray, y: np.ndarray, groups: np.ndarray, spare_ham: np.ndarray) -> dict[str, Figures]:
@@ -313,7 +316,9 @@ def train(collections: Sequence[Collection], *, jobs: int = 0, c: float = C,
         "heldout": {k: vars(v) for k, v in heldout.items()},
     }
     model = ContentModel(weights, bias, (slope, intercept), meta)
-    return TrainResult(model, heldout, outside, dropped)
+    kept = [s for s, k in zip(train_samples, keep, strict=True) if k]
+    oof = {s.path: float(v) for s, v in zip(kept, slope * z_out + intercept, strict=True)}
+    return TrainResult(model, heldout, outside, dropped, oof)
 
 
 def scores_toml(model: ContentModel) -> str:
