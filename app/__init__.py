@@ -132,6 +132,8 @@ def _register_blueprints(app: Flask) -> None:
         console_admin,
         health,
         held,
+        metrics,
+        passwords,
         policy,
         portal,
         portal_admin,
@@ -146,6 +148,7 @@ def _register_blueprints(app: Flask) -> None:
     )
 
     held.init_app(app)
+    metrics.init_app(app)  # /metrics: the cluster's Prometheus metrics, for a scraper with the token
     app.register_blueprint(auth.bp)
     app.register_blueprint(console.bp)
     app.register_blueprint(portal.bp)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from flask import Blueprint, flash, redirect, render_template, url_for
+from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from flask_login import current_user
 from flask_wtf import FlaskForm
@@ -20,6 +20,7 @@ from wtforms import BooleanField, StringField, SubmitField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Length
 
+from app import domain_removal
 from app.access import MSP_ROLES, allow
 from app.exports import tenant_zip
 from app.extensions import config, db
@@ -29,7 +30,7 @@ from tenants.egress import EgressPolicy
 from tenants.exceptions import NotFound, ValidationError
 from tenants.models import Domain, Role, Tenant, User
 from tenants.redisconn import bump_policy_version
-from tenants.scope import tenant_scope
+from tenants.scope import load, tenant_scope
 
 bp = Blueprint("console", __name__, url_prefix="/console")
 
@@ -223,3 +224,15 @@ def delete_tenant(tenant_id: int) -> ResponseReturnValue:
     bump_policy_version(config())
     flash(f"Tenant {name} and all its data deleted.", "success")
     return redirect(url_for("console.index"))
+
+
+@bp.route("/domains/<int:domain_id>/remove", methods=["GET", "POST"])
+@allow(Role.MSP_ADMIN)
+def remove_domain(domain_id: int) -> ResponseReturnValue:
+    """Remove a tenant's domain after a confirmation that says what becomes of its mail (:mod:`tenants.domains`)."""
+    d = load(db.session, Domain, domain_id)
+    back = url_for("console.tenant_detail", tenant_id=d.tenant_id)
+    action = url_for("console.remove_domain", domain_id=d.id)
+    if request.method == "GET":
+        return domain_removal.confirm_page(d, action, back)
+    return domain_removal.remove(d, action, back, back, tenant_id=d.tenant_id)

@@ -12,7 +12,7 @@ from flask import flash, redirect, render_template, url_for
 from flask.typing import ResponseReturnValue
 from flask_login import current_user
 
-from app import portal_admin
+from app import passwords, portal_admin
 from app.access import MSP_ROLES, allow
 from app.console import bp
 from app.extensions import db
@@ -71,10 +71,13 @@ def create_staff() -> ResponseReturnValue:
     if form.validate_on_submit():
         s = db.session
         try:
-            if not form.password.data:  # staff get no quarantine digest, so no link to sign in with either
-                raise ValidationError("staff sign in with a password: set an initial one")
-            user = users.create_user(s, form.email.data or "", form.role.data or "", None, form.password.data)
-            audit("user.create", f"user {user.email}", f"role {user.role}, initial password set", tenant_id=None)
+            if bool(form.password.data) == bool(form.invite.data):  # staff get no digest, so no link from one either
+                raise ValidationError("staff sign in with a password: set an initial one, or send an invitation")
+            user = users.create_user(s, form.email.data or "", form.role.data or "", None, form.password.data or None)
+            audit("user.create", f"user {user.email}",
+                  f"role {user.role}, {'initial password set' if user.password_hash else 'invited'}", tenant_id=None)
+            if form.invite.data:
+                passwords.invite(user)
             s.commit()
         except ValidationError as exc:
             s.rollback()

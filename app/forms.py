@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from flask_wtf import FlaskForm
 from wtforms import (
+    BooleanField,
     DateField,
     DecimalField,
     Field,
@@ -154,6 +155,7 @@ class ApiKeyForm(FlaskForm):
     # unless all of them are ticked.
     scopes = MultiCheckboxField("Scopes", choices=[SelectChoice(s, s) for s in API_KEY_SCOPES],
                                 validators=[_at_least_one("Choose at least one scope.")])
+    expires_on = DateField("Expires on (optional: at 00:00 UTC that day)", validators=[Optional()])
     submit = SubmitField("Create key")
 
 
@@ -163,4 +165,5 @@ class NewUserForm(FlaskForm):
     email = StringField("E-mail", validators=[DataRequired(), Length(max=320)])
     role = SelectField("Role")
     password = PasswordField("Initial password (optional)", validators=[Optional(), Length(max=1024)])
+    invite = BooleanField("Mail them an invitation link to set their own password instead")
     submit = SubmitField("Create user")

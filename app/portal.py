@@ -6,11 +6,12 @@ row loads as :class:`~tenants.exceptions.NotFound`, which the application answer
 
 from __future__ import annotations
 
-from flask import Blueprint, flash, redirect, render_template, url_for
+from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from flask_login import current_user
 from sqlalchemy.exc import IntegrityError
 
+from app import domain_removal
 from app.access import allow
 from app.extensions import config, db
 from app.forms import PortalDomainForm, TransportForm, transport_prefix
@@ -144,3 +145,15 @@ def verify_domain(domain_id: int) -> ResponseReturnValue:
         bump_policy_version(config())  # the ingresses' sender-domain caches hold "nobody's" for it until then
     flash(result.message, "success" if result.verified else "error")
     return redirect(url_for("portal.domain", domain_id=d.id))
+
+
+@bp.route("/domains/<int:domain_id>/remove", methods=["GET", "POST"])
+@allow(Role.TENANT_ADMIN)
+def remove_domain(domain_id: int) -> ResponseReturnValue:
+    """Remove one of the tenant's domains after a confirmation that says what becomes of its mail
+    (:mod:`tenants.domains`); another tenant's domain is 404."""
+    d = load(db.session, Domain, domain_id)
+    action, back = url_for("portal.remove_domain", domain_id=d.id), url_for("portal.domain", domain_id=d.id)
+    if request.method == "GET":
+        return domain_removal.confirm_page(d, action, back)
+    return domain_removal.remove(d, action, back, url_for("portal.index"), tenant_id=d.tenant_id)

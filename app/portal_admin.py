@@ -19,6 +19,7 @@ from wtforms import HiddenField, SelectField, StringField, SubmitField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import AnyOf, DataRequired, Length
 
+from app import passwords
 from app.access import allow
 from app.extensions import config, db
 from app.forms import ApiKeyForm, NewUserForm
@@ -26,7 +27,7 @@ from app.portal import TENANT_ROLES, bp
 from app.security import audit
 from tenants import apikeys, dkimkeys, relay, services, users
 from tenants.exceptions import NotFound, ValidationError
-from tenants.models import RelayNetwork, Role, SmtpCredential, Tenant
+from tenants.models import RelayNetwork, Role, SmtpCredential, Tenant, utcnow
 from tenants.redisconn import bump_policy_version
 from tenants.scope import load
 
@@ -109,16 +110,22 @@ def create_user() -> ResponseReturnValue:
     if form.validate_on_submit():
         s = db.session
         try:
+            if form.invite.data and form.password.data:
+                raise ValidationError("either set an initial password or send an invitation, not both")
             user = users.create_user(s, form.email.data or "", form.role.data or "", _tenant(),
                                      form.password.data or None)
             audit("user.create", f"user {user.email}",
                   f"role {user.role}, {'initial password set' if user.password_hash else 'no password'}")
+            if form.invite.data:
+                passwords.invite(user)
             s.commit()
         except ValidationError as exc:
             s.rollback()
             flash(str(exc), "error")
         else:
             how = "with the password you set" if form.password.data else "from the links in their quarantine digest"
+            if form.invite.data:
+                how = "once they chose a password with the invitation link mailed to them"
             flash(f"User {user.email} created ({user.role}); they sign in {how}.", "success")
             return redirect(url_for("portal.users_page"))
     return _users_page(form, status=422)
@@ -201,7 +208,7 @@ def apikeys_page(template: str, tenant_id: int | None, can_edit: bool, form: Api
     if form is None and can_edit:
         form = ApiKeyForm(formdata=None)
     return render_template(template, keys=apikeys.list_keys(db.session, tenant_id), form=form,
-                           can_edit=can_edit), status
+                           can_edit=can_edit, now=utcnow()), status
 
 
 def create_apikey_for(tenant: Tenant | None, template: str, back: str) -> ResponseReturnValue:
@@ -210,9 +217,11 @@ def create_apikey_for(tenant: Tenant | None, template: str, back: str) -> Respon
     if form.validate_on_submit():
         s = db.session
         try:
-            new = apikeys.create(s, tenant, form.scopes.data or [], form.name.data or "")
+            new = apikeys.create(s, tenant, form.scopes.data or [], form.name.data or "",
+                                 expires_at=apikeys.parse_expiry(form.expires_on.data))
+            expiry = f", expires {new.key.expires_at:%Y-%m-%d}" if new.key.expires_at else ""
             audit("apikey.create", f"api key {new.key.prefix}",
-                  f"name {new.key.name!r}, scopes {new.key.scopes}")
+                  f"name {new.key.name!r}, scopes {new.key.scopes}{expiry}")
             s.commit()
         except ValidationError as exc:
             s.rollback()

@@ -532,9 +532,16 @@ from mailward.sarules_cli import sarules  # noqa: E402  (SpamAssassin's rules: l
 
 cli.add_command(sarules)
 
+from mailward.domain_cli import remove as domain_remove  # noqa: E402  (domain removal)
 from mailward.domain_cli import verify as domain_verify  # noqa: E402  (domain ownership proof)
 
 domain.add_command(domain_verify)
+
+from mailward import user_cli  # noqa: E402  (passwords, reset links, disabling and deleting users)
+
+for _command in user_cli.COMMANDS:
+    user.add_command(_command)
+domain.add_command(domain_remove)
 
 
 # --- recipient verification ---------------------------------------------------------------------------------------

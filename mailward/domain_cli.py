@@ -1,6 +1,8 @@
-"""``mailward domain verify DOMAIN``: look the domain's ownership record up now and record the answer.
+"""``mailward domain verify DOMAIN``: look the domain's ownership record up now and record the answer;
+``mailward domain remove DOMAIN --confirm DOMAIN``: remove a domain (:mod:`tenants.domains` says what becomes of its
+mail).
 
-Registered in :mod:`mailward.cli` as a subcommand of the ``domain`` group. Exit status 0 when verified, 1 when not
+Registered in :mod:`mailward.cli` as subcommands of the ``domain`` group. Exit status 0 when verified, 1 when not
 (or when DNS could not be asked), so scripts can wait for a customer's record. A domain a tenant added itself
 receives mail from the moment it is verified; one the MSP added received it already (vouched for).
 """
@@ -45,3 +47,37 @@ def verify(name: str) -> None:
     if not result.verified:
         click.echo(f"publish: {record}")
         sys.exit(1)
+
+
+@click.command("remove")
+@click.argument("name", metavar="DOMAIN")
+@click.option("--confirm", "confirm", metavar="DOMAIN", default="",
+              help="The domain's name again; without it, only what the removal would concern is printed.")
+def remove(name: str, confirm: str) -> None:
+    """Remove DOMAIN: it receives no more mail at once; mail queued for it is still delivered to its transport, and
+    quarantined mail stays until its retention (and can be released). Audited."""
+    from sqlalchemy import select
+
+    from mailward.cli import _cli_audit, _db
+    from tenants import domains
+    from tenants.config import get_config
+    from tenants.exceptions import NotFound
+    from tenants.models import Domain
+    from tenants.policy import normalize_domain
+    from tenants.redisconn import bump_policy_version
+
+    cfg = get_config()
+    with _db(cfg) as session:
+        domain = session.scalar(select(Domain).where(Domain.name == normalize_domain(name)))
+        if domain is None:
+            raise NotFound(f"no domain {name}")
+        if not confirm:
+            found = domains.impact(session, domain)
+            click.echo(f"{domain.name}: {found.summary().replace(' deleted', ' to delete')}")
+            click.echo(f"to remove it: mailward domain remove {domain.name} --confirm {domain.name}")
+            sys.exit(1)
+        dname, tenant_id = domain.name, domain.tenant_id
+        found = domains.remove(session, domain, confirm)
+        _cli_audit(session, domains.REMOVE_ACTION, f"domain {dname}", found.summary(), tenant_id=tenant_id)
+    bump_policy_version(cfg)  # every ingress forgets it: RCPT to it is refused from now on
+    click.echo(f"domain {dname} removed: {found.summary()}")

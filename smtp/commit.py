@@ -8,10 +8,10 @@ tracking events are committed together (:func:`one_transaction`). If the commit 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aiosmtpd.smtp import Envelope, Session
 from sqlalchemy.orm import Session as DbSession
@@ -21,6 +21,7 @@ from smtp.checks import CheckContext
 from smtp.mime import prefix_subject, summarize_headers
 from smtp.queue import NewMessage, add_rejected_rows, store_message
 from smtp.verdict import Action, Verdict, header_block, subject_tag
+from tenants import metrics
 from tenants.config import Config
 from tenants.models import Delivery, DeliveryStatus
 from tenants.policy import Policy
@@ -76,11 +77,15 @@ class Commit:
     """Stores accepted mail, one message per tenant, in one transaction off the event loop, and counts the mails
     accepted. Raises when the commit fails (the caller answers :data:`REPLY_STORE_FAILED`)."""
 
-    def __init__(self, cfg: Config, sessions: sessionmaker[DbSession]) -> None:
+    def __init__(self, cfg: Config, sessions: sessionmaker[DbSession], redis: Any = None) -> None:
         self.cfg = cfg
         self.sessions = sessions
         #: Mails committed since the process started (the cluster view shows it).
         self.accepted = 0
+        #: Where the cluster's mail counts go after each commit (:mod:`tenants.metrics`); None: this process only.
+        self.redis = redis
+        #: Mail-count writes still running (held here so that none is collected mid-flight).
+        self._counting: set[asyncio.Task[None]] = set()
 
     async def inbound(
         self, queue_id: str, mail_from: str, groups: dict[Judged, list[str]], received: bytes, content: bytes,
@@ -88,16 +93,34 @@ class Commit:
     ) -> list[Stored]:
         """Store an inbound mail under each recipient group's verdict; rows to deliver are born claimed by
         ``token`` for the fast path."""
-        stored = await asyncio.to_thread(self._inbound, queue_id, mail_from, groups, received, content, verdicts,
-                                         ctx, peer_ip, helo, token)
-        self.accepted += 1
+        stored = await self._committed(asyncio.to_thread(self._inbound, queue_id, mail_from, groups, received,
+                                                         content, verdicts, ctx, peer_ip, helo, token))
+        self._count("inbound", [verdicts[judged].action.value for judged in groups])
         return stored
 
     async def outbound(self, new: NewMessage) -> list[Stored]:
         """Store a sending tenant's signed mail."""
-        stored = await asyncio.to_thread(self.store_all, [new])
+        stored = await self._committed(asyncio.to_thread(self.store_all, [new]))
+        self._count("outbound", [new.verdict])
+        return stored
+
+    async def _committed(self, commit: Awaitable[list[Stored]]) -> list[Stored]:
+        """Await the commit; a failure is counted as a database error and raised (the caller answers 451)."""
+        try:
+            stored = await commit
+        except Exception:
+            metrics.store_error("database", "commit")
+            raise
         self.accepted += 1
         return stored
+
+    def _count(self, direction: str, verdicts: list[str]) -> None:
+        """Count a committed mail here, and in Redis from a task of its own: the 250 never waits for it."""
+        counts = metrics.count_accepted(direction, verdicts)
+        if self.redis is not None:
+            task = asyncio.create_task(metrics.count_in_redis(self.redis, counts))
+            self._counting.add(task)
+            task.add_done_callback(self._counting.discard)
 
     def _inbound(
         self, queue_id: str, mail_from: str, groups: dict[Judged, list[str]], received: bytes, content: bytes,

@@ -21,6 +21,7 @@ from tenants.blobs import blob_store
 from tenants.config import Config
 from tenants.db import session_factory
 from tenants.deliveries import claim_due
+from tenants.domains import retired_transports
 from tenants.models import Delivery, Domain, Message
 from tenants.scope import load, tenant_scope
 
@@ -93,8 +94,13 @@ def _load_transports(cfg: Config, domains: set[str]) -> dict[str, NextHop]:
     session = session_factory(cfg)()
     try:
         found = session.scalars(select(Domain).where(Domain.name.in_(domains)))
-        return {d.name: Router.transport(d.transport_host, d.transport_port, d.transport_tls,
+        hops = {d.name: Router.transport(d.transport_host, d.transport_port, d.transport_tls,
                                          egress_checked=not d.transport_egress_exempt) for d in found}
+        # A domain the tenant removed: mail accepted for it before is still delivered where it was meant to go.
+        for name, r in retired_transports(session, domains - set(hops)).items():
+            hops[name] = Router.transport(r.transport_host, r.transport_port, r.transport_tls,
+                                          egress_checked=not r.transport_egress_exempt)
+        return hops
     finally:
         session.close()
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 
 from smtp.checks.base import Check, CheckContext, Stage
+from tenants.metrics import CHECK_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ def layers(checks: Sequence[Check]) -> list[list[Check]]:
 
 
 async def _run_one(check: Check, ctx: CheckContext) -> None:
+    started = time.perf_counter()
     try:
         async with asyncio.timeout(check.timeout):
             await check.run(ctx)
@@ -42,6 +45,8 @@ async def _run_one(check: Check, ctx: CheckContext) -> None:
     except Exception as exc:
         log.exception("check %s failed (client %s)", check.name, ctx.client_ip)
         ctx.add(check.tempfail_symbol, f"{check.name} failed: {type(exc).__name__}: {exc}")
+    finally:
+        CHECK_SECONDS.labels(check.name).observe(time.perf_counter() - started)
 
 
 async def run_stage(checks: Sequence[Check], ctx: CheckContext, stage: Stage) -> None:

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from tenants.metrics import store_error
 from tenants.policy import DomainRoute, Policy, find_domain_route, load_policy, normalize_domain
 from tenants.scope import tenant_scope
 
@@ -15,6 +18,17 @@ log = logging.getLogger(__name__)
 
 #: The reply when the database cannot tell (a route, a policy, a sender): the client comes again.
 REPLY_LOOKUP_FAILED = "451 4.3.0 Temporary lookup failure, try again later"
+
+T = TypeVar("T")
+
+
+async def _counting_errors(lookup: Awaitable[T]) -> T:
+    """Await a database lookup; a failure is counted (``mailward_store_errors_total``) and raised."""
+    try:
+        return await lookup
+    except Exception:
+        store_error("database", "lookup")
+        raise
 
 
 class DomainCache:
@@ -46,7 +60,7 @@ class Routing:
         name = normalize_domain(domain)
         route = self.cache.routes.get(name)
         if route is None:
-            route = await asyncio.to_thread(self._lookup, name)
+            route = await _counting_errors(asyncio.to_thread(self._lookup, name))
             if route is not None:
                 self.cache.routes[name] = route
         return route
@@ -54,7 +68,7 @@ class Routing:
     async def policy(self, tenant_id: int) -> Policy:
         policy = self.cache.policies.get(tenant_id)
         if policy is None:
-            policy = await asyncio.to_thread(self._load_policy, tenant_id)
+            policy = await _counting_errors(asyncio.to_thread(self._load_policy, tenant_id))
             self.cache.policies[tenant_id] = policy
         return policy
 

@@ -85,7 +85,7 @@ class IngressHandler:
         self.envelope_checks = EnvelopeChecks(self.redis, lists)
         self.refusals = Refusals(self.sessions, self.routing)
         self.judge = Judge(cfg, self.checks, self.routing)
-        self.commit = Commit(cfg, self.sessions)
+        self.commit = Commit(cfg, self.sessions, self.redis)
         self.fastpath = FastPath(deliverer)
         self._in_flight = self.fastpath.in_flight  # what drain() waits for and gives back
         self.sending = SendingHandler(cfg, outbound=self.outbound, routing=self.routing, refusals=self.refusals,

@@ -25,8 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from types import FrameType
-from typing import Protocol
+from typing import Any, Protocol
 
+from tenants import metrics
 from tenants.config import Config
 from tenants.exceptions import ConfigError, MailwardError
 
@@ -273,8 +274,24 @@ def run_ingress(cfg: Config) -> None:
     n = process_count(cfg)
     cfg = replace(cfg, smtp_processes=n)  # serve() asks the kernel to share the port when n > 1
     if n == 1:
-        asyncio.run(serve_and_finish(cfg))
+        server = metrics.serve_process_metrics(cfg)
+        try:
+            asyncio.run(serve_and_finish(cfg))
+        finally:
+            if server is not None:
+                server.shutdown()
         return
+    # Several processes: the children write their metrics to one directory, and this supervisor serves them merged.
+    shared = metrics.enable_multiprocess() if cfg.metrics_listen is not None else None
+    try:
+        _supervise(cfg, n, metrics.serve_process_metrics(cfg, multiprocess_dir=shared))
+    finally:
+        if shared is not None:
+            metrics.disable_multiprocess(shared)
+
+
+def _supervise(cfg: Config, n: int, metrics_server: Any) -> None:
+    """Fork ``n`` ingress children and supervise them until a signal (or a configuration error)."""
     import smtp.server  # noqa: F401 - imported once, before the forks: children (and restarts) start sooner
     ctx = multiprocessing.get_context("fork")  # cfg is used as parsed; nothing is imported again
     reader, writer = ctx.Pipe(duplex=False)
@@ -291,8 +308,12 @@ def run_ingress(cfg: Config) -> None:
     for i in range(1, n + 1):
         supervisor.add(f"smtp process {i}", starter(i))
     log.info("SMTP ingress: supervising %d processes on %s", n, cfg.smtp_listen)
-    failure = supervisor.run(on_started=lambda: log.info("SMTP ingress processes started: pids %s",
-                                                         ", ".join(map(str, supervisor.pids().values()))))
+    try:
+        failure = supervisor.run(on_started=lambda: log.info("SMTP ingress processes started: pids %s",
+                                                             ", ".join(map(str, supervisor.pids().values()))))
+    finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
     if failure is not None:
         raise ConfigError(reader.recv() if reader.poll(1) else failure)
     log.info("SMTP ingress stopped")

@@ -8,7 +8,8 @@ rotated. Checking a key compares hashes in constant time.
 
 A key belongs to one tenant (``tenant_id``) or, with no tenant, to the whole MSP. Its scopes are a subset of
 :data:`SCOPES`: ``read`` for every GET, ``write`` for changes to domains, lists and keys, ``quarantine`` for
-quarantine actions. The caller owns the session and the scope, and commits.
+quarantine actions. A key may carry an expiry (:func:`parse_expiry`): from then on it is refused, as
+``key_expired``. The caller owns the session and the scope, and commits.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import hashlib
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
@@ -37,6 +38,8 @@ SECRET_BYTES = 32
 TOUCH_INTERVAL = timedelta(minutes=1)
 #: Longest key name.
 MAX_NAME = 200
+#: Furthest expiry a key may be given, from today.
+MAX_EXPIRY = timedelta(days=5 * 366)
 
 
 @dataclass(frozen=True)
@@ -74,9 +77,40 @@ def split_key(full_key: str) -> str | None:
     return f"{KEY_MARK}_{prefix_hex}"
 
 
-def create(session: Session, tenant: Tenant | None, scopes: str | Iterable[str], name: str = "") -> NewApiKey:
-    """A new key for ``tenant``, or an MSP-wide key (``tenant`` None: MSP scope only). Shown once: keep ``secret``."""
+def parse_expiry(value: str | date | None, now: datetime | None = None) -> datetime | None:
+    """The expiry of a key from a date (``YYYY-MM-DD``; empty or None: never): the key stops working at 00:00 UTC
+    that day, which must come after today and within :data:`MAX_EXPIRY`."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, datetime):
+        value = value.date()
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = date.fromisoformat(text)
+        except ValueError:
+            raise ValidationError(f"expiry {text!r}: write a date as YYYY-MM-DD") from None
+    now = now or utcnow()
+    if value <= now.date():
+        raise ValidationError(f"expiry {value.isoformat()}: choose a date after today ({now.date().isoformat()}, UTC)")
+    if value > (now + MAX_EXPIRY).date():
+        raise ValidationError(f"expiry {value.isoformat()}: at most {MAX_EXPIRY.days // 366} years ahead")
+    return datetime(value.year, value.month, value.day, tzinfo=UTC)
+
+
+def is_expired(key: ApiKey, now: datetime | None = None) -> bool:
+    """Whether ``key`` has passed its expiry (a key without one never expires)."""
+    return key.expires_at is not None and key.expires_at <= (now or utcnow())
+
+
+def create(session: Session, tenant: Tenant | None, scopes: str | Iterable[str], name: str = "", *,
+           expires_at: datetime | None = None) -> NewApiKey:
+    """A new key for ``tenant``, or an MSP-wide key (``tenant`` None: MSP scope only). Shown once: keep ``secret``.
+
+    ``expires_at``: when it stops working (from :func:`parse_expiry`); None: never."""
     wanted = parse_scopes(scopes)
+    if expires_at is not None and expires_at <= utcnow():
+        raise ValidationError("the expiry must be in the future")
     name = name.strip()
     if len(name) > MAX_NAME:
         raise ValidationError(f"key name too long: at most {MAX_NAME} characters")
@@ -90,14 +124,15 @@ def create(session: Session, tenant: Tenant | None, scopes: str | Iterable[str],
                 break
     full_key = f"{prefix}_{secrets.token_urlsafe(SECRET_BYTES)}"
     key = ApiKey(tenant_id=tenant.id if tenant else None, prefix=prefix, key_hash=hash_key(full_key),
-                 scopes=",".join(wanted), name=name)
+                 scopes=",".join(wanted), name=name, expires_at=expires_at)
     session.add(key)
     session.flush()
     return NewApiKey(key, full_key)
 
 
 def verify(session: Session, full_key: str) -> ApiKey | None:
-    """The live (unrevoked) key a client presented, or None. Looks across tenants: the key tells the tenant."""
+    """The unrevoked key a client presented, or None. Looks across tenants: the key tells the tenant. An expired key
+    is returned too, so that the caller can say so (:func:`is_expired`)."""
     prefix = split_key(full_key.strip())
     if prefix is None:
         return None

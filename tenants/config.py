@@ -234,6 +234,10 @@ class Config:
     trusted_proxies: int = 0
     #: Seconds a web sign-in lasts at most, however active it is (the idle limit of 8 hours ends it sooner).
     session_max_age: int = 12 * 3600
+    #: Seconds a password-reset link works (it also stops once a password is set: see tenants/accounts.py).
+    reset_link_max_age: int = 24 * 3600
+    #: Seconds an invitation link (a new user sets their first password) works.
+    invite_link_max_age: int = 7 * 24 * 3600
     #: Password of the Redis in MAILWARD_REDIS_URL when the URL carries none (MAILWARD_REDIS_PASSWORD_FILE for a
     #: mounted Secret); every process, the rate limiter included, uses it through :attr:`effective_redis_url`.
     redis_password: str = ""
@@ -250,6 +254,15 @@ class Config:
     #: SpamAssassin's rule directory evaluated by the native rule engine (smtp/sarules); unset: found automatically
     #: (the newest sa-update directory, else Debian's /usr/share/spamassassin); ``none``: SpamAssassin's rules off.
     sa_rules_dir: str | None = None
+    #: Address of the per-process metrics endpoint of the ingress and the worker (Prometheus text, see
+    #: tenants/metrics.py): a port (all interfaces) or host:port; unset or port 0: off. Several ingress processes
+    #: share it: their supervisor serves their merged values.
+    metrics_listen: HostPort | None = None
+    #: Bearer token that opens the web's /metrics (MAILWARD_METRICS_TOKEN_FILE for a mounted Secret); empty: no token.
+    metrics_token: str = ""
+    #: Networks whose clients read the web's /metrics without a token (e.g. the Prometheus pods). With neither this
+    #: nor a token, /metrics answers 404 to everyone.
+    metrics_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     @property
     def sqlite_path(self) -> Path:
@@ -344,12 +357,17 @@ class Config:
         read("DKIM_KEY_SECRET", str)
         read("TRUSTED_PROXIES", _count)
         read("SESSION_MAX_AGE", _positive_int)
+        read("RESET_LINK_MAX_AGE", _positive_int)
+        read("INVITE_LINK_MAX_AGE", _positive_int)
         read("REDIS_PASSWORD", str)
         read("TENANT_EGRESS_ALLOW", _networks)
         read("TENANT_SMTP_PORTS", _ports)
         read("TENANT_LDAP_PORTS", _ports)
         read("SA_RULES_DIR", _sa_rules_dir)
         read("SHARED_LEARNING_MIN_TENANTS", _at_least(2))
+        read("METRICS_PORT", _metrics_listen, "metrics_listen")
+        read("METRICS_TOKEN", _token, "metrics_token")
+        read("METRICS_ALLOW", _networks, "metrics_allow")
         cfg = cls(**values)
         if bool(cfg.tls_cert) != bool(cfg.tls_key):
             raise ConfigError("MAILWARD_TLS_CERT and MAILWARD_TLS_KEY: set both or neither")
@@ -418,6 +436,24 @@ def _sa_rules_dir(value: str) -> str:
     if Path(value).exists() and not Path(value).is_dir():
         raise ValueError(f"{value!r} is a file, not a directory of SpamAssassin rule files (or 'none')")
     return value
+
+
+#: Shortest bearer token accepted for the web's /metrics (a guessable token would open it to anyone).
+MIN_TOKEN_LENGTH = 16
+
+
+def _token(value: str) -> str:
+    if len(value) < MIN_TOKEN_LENGTH or any(c.isspace() for c in value):
+        raise ValueError(f"must be at least {MIN_TOKEN_LENGTH} characters without spaces (e.g. openssl rand -hex 24)")
+    return value
+
+
+def _metrics_listen(value: str) -> HostPort | None:
+    """A port (every interface) or host:port; port 0 turns the endpoint off (None)."""
+    hp = HostPort("0.0.0.0", int(value)) if value.strip().isdigit() else parse_hostport(value)
+    if not 0 <= hp.port <= 65535:
+        raise ValueError(f"{value!r}: port must be a number from 0 to 65535")
+    return hp if hp.port else None
 
 
 def _log_level(value: str) -> str:

@@ -30,6 +30,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session
 
+from tenants import metrics
 from tenants.config import Config
 from tenants.exceptions import IllegalTransition
 from tenants.models import Delivery, DeliveryStatus, Message, utcnow
@@ -233,8 +234,15 @@ def record_attempt(session: Session, cfg: Config, row: Delivery, token: str, *, 
                    reply: str, now: datetime | None = None) -> Outcome | None:
     """Move a claimed row after one attempt: delivered; bounced on a permanent failure or once the queue lifetime
     (counted from the row's creation or release) is over; else deferred by :func:`retry_delay`. None when ``token``
-    lost the claim (another process took it over): the row is left alone."""
-    now = now or utcnow()
+    lost the claim (another process took it over): the row is left alone. Counted in
+    ``mailward_delivery_attempts_total{result}`` (the caller's commit follows)."""
+    out = _outcome(session, cfg, row, token, ok=ok, permanent=permanent, reply=reply, now=now or utcnow())
+    metrics.DELIVERY_ATTEMPTS.labels(out.status.value if out is not None else "claim_lost").inc()
+    return out
+
+
+def _outcome(session: Session, cfg: Config, row: Delivery, token: str, *, ok: bool, permanent: bool,
+             reply: str, now: datetime) -> Outcome | None:
     attempts = row.attempts + 1
     if ok:
         return Outcome(S.DELIVERED, attempts) if delivered(session, row, token, reply=reply, now=now) else None

@@ -155,6 +155,21 @@ class Domain(TenantScoped, Base):
         return bool(self.vouched or self.verified)
 
 
+class RetiredTransport(TenantScoped, Base):
+    """The transport of a domain its tenant removed: mail accepted (or quarantined) for the domain before the removal
+    is still delivered there, when released too (:mod:`tenants.domains`). Newest row per name wins."""
+
+    __tablename__ = "retired_transport"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"), index=True)
+    domain: Mapped[str] = mapped_column(String(253))
+    transport_host: Mapped[str] = mapped_column(String(253))
+    transport_port: Mapped[int] = mapped_column(Integer)
+    transport_tls: Mapped[str] = mapped_column(String(20))
+    transport_egress_exempt: Mapped[bool] = mapped_column(Boolean, default=False)
+    removed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class User(TenantScoped, Base):
     __tablename__ = "user_account"
     __tenant_nullable__ = True
@@ -196,6 +211,8 @@ class ApiKey(TenantScoped, Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: When the key stops working (refused with 401 ``key_expired`` from then on); None: it never expires.
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     @property
     def scope_list(self) -> list[str]:
@@ -563,6 +580,7 @@ __all__ = [
     "Msp",
     "Tenant",
     "Domain",
+    "RetiredTransport",
     "User",
     "ApiKey",
     "Message",

@@ -130,6 +130,7 @@ def test_everything_validates_with_every_option_turned_on() -> None:
             "metric": {"name": "rq_jobs"}, "target": {"type": "AverageValue", "averageValue": "100"}}}]}},
         "web": {"ingress": {"enabled": True, "className": "nginx",
                             "tls": [{"secretName": "web-tls", "hosts": ["mailward.example.com"]}]}},
+        "metrics": {"web": {"token": "t" * 24, "allowNetworks": ["10.42.0.0/16"]}},
     })
     for doc in docs:
         kubernetes_validate.validate(doc, KUBE_VERSIONS[-1], strict=True)
@@ -251,7 +252,8 @@ def test_submission_listener_is_exposed_on_587_with_tls() -> None:
     svc = one(docs, "Service", f"{FULLNAME}-ingress")["spec"]
     assert {(p["port"], p["targetPort"]) for p in svc["ports"]} == {(25, "smtp"), (587, "submission")}
     container = deployment(docs, "ingress")["spec"]["template"]["spec"]["containers"][0]
-    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"smtp": 2525, "submission": 2587}
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"smtp": 2525, "submission": 2587,
+                                                                         "metrics": 9125}
     assert env_of(container)["MAILWARD_SUBMISSION_LISTEN"]["value"] == "0.0.0.0:2587"
     for doc in docs:
         kubernetes_validate.validate(doc, KUBE_VERSIONS[-1], strict=True)
@@ -554,3 +556,59 @@ def test_defaults_alone_do_not_render() -> None:
     """Without a database and a Redis the pods would each run a private SQLite and Valkey: refuse loudly."""
     with pytest.raises(helm_python.HelmRenderError, match="database"):
         render(base=None)
+
+
+# --- metrics ------------------------------------------------------------------------------------------------------
+
+def test_ingress_and_worker_expose_their_metrics_port_to_prometheus(docs: list[dict[str, Any]]) -> None:
+    port = 9125
+    for component in ("ingress", "worker"):
+        template = deployment(docs, component)["spec"]["template"]
+        annotations = template["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/port"] == str(port) and annotations["prometheus.io/path"] == "/metrics"
+        (container,) = template["spec"]["containers"]
+        assert env_of(container)["MAILWARD_METRICS_PORT"]["value"] == f"0.0.0.0:{port}"
+        assert {"name": "metrics", "containerPort": port, "protocol": "TCP"} in container["ports"]
+    # The web's /metrics is closed by default: no annotation (a scrape would get 404), no token, no networks.
+    web = deployment(docs, "web")["spec"]["template"]
+    assert "prometheus.io/scrape" not in web["metadata"]["annotations"]
+    assert not {"MAILWARD_METRICS_TOKEN", "MAILWARD_METRICS_ALLOW", "MAILWARD_METRICS_PORT"} & set(
+        env_of(web["spec"]["containers"][0]))
+    # Nothing publishes the metrics port on a Service (the ingress's is a LoadBalancer on the internet).
+    for service in (d for d in docs if d["kind"] == "Service"):
+        assert port not in {p.get("targetPort") for p in service["spec"]["ports"]}
+        assert "metrics" not in {p.get("targetPort") for p in service["spec"]["ports"]}
+
+
+def test_metrics_port_0_turns_it_off_and_annotations_can_be_left_out() -> None:
+    off = render({"metrics": {"port": 0}})
+    quiet = render({"metrics": {"podAnnotations": False}})
+    for component in ("ingress", "worker"):
+        template = deployment(off, component)["spec"]["template"]
+        (container,) = template["spec"]["containers"]
+        assert "MAILWARD_METRICS_PORT" not in env_of(container)
+        assert "metrics" not in {p["name"] for p in container.get("ports", [])}
+        assert "prometheus.io/scrape" not in template["metadata"]["annotations"]
+        template = deployment(quiet, component)["spec"]["template"]
+        assert "prometheus.io/scrape" not in template["metadata"]["annotations"]
+        assert "MAILWARD_METRICS_PORT" in env_of(template["spec"]["containers"][0])
+
+
+def test_web_metrics_token_comes_from_a_secret_and_networks_open_it() -> None:
+    token = "a-metrics-token-of-24-ch"
+    docs = render({"metrics": {"web": {"token": token, "allowNetworks": ["10.42.0.0/16", "fd00:42::/64"]}}})
+    web = deployment(docs, "web")["spec"]["template"]
+    env = env_of(web["spec"]["containers"][0])
+    ref = env["MAILWARD_METRICS_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert "value" not in env["MAILWARD_METRICS_TOKEN"]
+    assert secret_data(docs, ref["name"])[ref["key"]] == token
+    assert env["MAILWARD_METRICS_ALLOW"]["value"] == "10.42.0.0/16,fd00:42::/64"
+    assert web["metadata"]["annotations"]["prometheus.io/port"] == "8025"
+    for component in ("ingress", "worker", "scheduler"):
+        assert "MAILWARD_METRICS_TOKEN" not in env_of(deployment(docs, component)["spec"]["template"]["spec"]
+                                                      ["containers"][0])
+    given = render({"metrics": {"web": {"existingSecret": "prom-token", "existingSecretKey": "token"}}})
+    env = env_of(deployment(given, "web")["spec"]["template"]["spec"]["containers"][0])
+    assert env["MAILWARD_METRICS_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "prom-token", "key": "token"}
+    assert "metrics-token" not in secret_data(given, FULLNAME)

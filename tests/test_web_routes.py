@@ -72,9 +72,13 @@ def test_unknown_role_is_refused_at_declaration():
 def test_public_routes_are_exactly_the_expected_ones(web_app):
     public = sorted(r.endpoint for r in web_app.url_map.iter_rules()
                     if r.endpoint != "static" and access_of(web_app.view_functions[r.endpoint]).public)
-    # The OpenAPI document of the REST API is public: it describes the API and holds no tenant data.
-    assert public == ["api-docs.openapi_json", "auth.home", "auth.login", "auth.login_totp", "health.healthz",
-                      "health.readyz", "quarantine.action_link", "quarantine.login_link"]
+    # The OpenAPI document of the REST API is public: it describes the API and holds no tenant data; so is its
+    # reference page, /api/v1/docs, rendered from that document (tests/test_api_docs_keys.py).
+    # /metrics checks its own bearer token or network (tests/test_metrics.py): no session opens it.
+    # "Forgot password?" and the page a set-password link opens (tests/test_accounts.py) take no session either.
+    assert public == ["api-docs.openapi_json", "api_docs", "auth.forgot_password", "auth.home", "auth.login",
+                      "auth.login_totp", "auth.set_password", "health.healthz", "health.readyz", "metrics.metrics",
+                      "quarantine.action_link", "quarantine.login_link"]
     assert access_of(allow_public(lambda: None)).public
 
 

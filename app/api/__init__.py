@@ -1,5 +1,5 @@
 """The REST API, ``/api/v1``: flask-smorest views over the ``tenants`` services, described by an OpenAPI document
-at ``/api/v1/openapi.json``.
+at ``/api/v1/openapi.json`` and, for people, a reference page at ``/api/v1/docs`` (:mod:`~app.api.docs`).
 
 Callers authenticate with ``Authorization: Bearer <API key>`` (:mod:`app.api.auth`); the key sets the tenant scope
 (or the MSP scope) for the request, so isolation is the data layer's, as everywhere. Another tenant's object is 404.
@@ -17,7 +17,7 @@ from flask import Flask
 from flask_smorest import Api
 
 from app.access import API_AUTH_EXT, allow_public
-from app.api import auth, errors
+from app.api import auth, docs, errors
 from app.api.blueprint import (
     CONVERTERS,
     MESSAGE_ID_PATTERN,
@@ -82,6 +82,7 @@ def init_app(app: Flask) -> Api:
         return spec_view()
 
     app.view_functions[SPEC_ENDPOINT] = openapi_json
+    docs.init_app(app, api, PREFIX)  # the reference page, /api/v1/docs
 
     app.extensions[API_AUTH_EXT] = auth.check
     app.before_request(errors.unrouted(PREFIX))

@@ -1,7 +1,8 @@
 """Who calls the REST API: the request's bearer API key, its tenant scope, its scopes, and how often it calls.
 
 :func:`app.access.enforce` hands every ``@allow_api(scope)`` view to :func:`check`, once per request, before the view
-runs: ``Authorization: Bearer mw_...`` is verified (a missing, unknown or revoked key is 401), counted against the
+runs: ``Authorization: Bearer mw_...`` is verified (a missing, unknown or revoked key is 401 ``unauthorized``, an
+expired one 401 ``key_expired``), counted against the
 key's rate limit (429 with ``Retry-After``), refused while its tenant is suspended (403 ``tenant_suspended``), checked
 for the view's scope (403 ``forbidden_scope``), and the key's
 tenant scope — or the MSP scope for an MSP-wide key — is set for the rest of the request, as
@@ -72,9 +73,9 @@ def caller() -> ApiCaller:
     return found
 
 
-def _unauthorized(message: str, error: str | None = None) -> ApiError:
+def _unauthorized(message: str, error: str | None = None, code: str = "unauthorized") -> ApiError:
     challenge = f'Bearer realm="{REALM}"' + (f', error="{error}"' if error else "")
-    return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": challenge})
+    return ApiError(401, code, message, headers={"WWW-Authenticate": challenge})
 
 
 def _presented_key() -> str:
@@ -117,6 +118,9 @@ def check(scope: str) -> None:
     key = apikeys.verify(session, _presented_key())
     if key is None:
         raise _unauthorized("unknown or revoked API key", "invalid_token")
+    if apikeys.is_expired(key):
+        raise _unauthorized(f"this API key expired at {key.expires_at:%Y-%m-%d %H:%M} UTC", "invalid_token",
+                            code="key_expired")
     found = ApiCaller(key_id=key.id, prefix=key.prefix, tenant_id=key.tenant_id, scopes=frozenset(key.scope_list))
     rate_limit(found.key_id)
     if tenant_suspended(session, found.tenant_id):

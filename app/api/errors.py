@@ -20,7 +20,8 @@ from tenants.exceptions import NotFound, PermissionDenied, ValidationError
 
 log = logging.getLogger(__name__)
 
-#: The stable error code of each HTTP status the API answers with (403 for a missing scope is ``forbidden_scope``).
+#: The stable error code of each HTTP status the API answers with (403 for a missing scope is ``forbidden_scope``,
+#: 401 for an expired key ``key_expired``).
 CODES = {
     400: "bad_request",
     401: "unauthorized",

@@ -48,9 +48,10 @@ def create_apikey(body: dict[str, Any]) -> dict[str, Any]:
     session = db.session
     tid = resolve_tenant(body.get("tenant_id"))
     tenant = services.get_tenant(session, tid) if tid is not None else None
-    new = apikeys.create(session, tenant, wanted, body["name"])
+    new = apikeys.create(session, tenant, wanted, body["name"], expires_at=apikeys.parse_expiry(body["expires_on"]))
     session.commit()
-    shown = ("id", "tenant_id", "name", "prefix", "scope_list", "created_at", "last_used_at", "revoked_at")
+    shown = ("id", "tenant_id", "name", "prefix", "scope_list", "created_at", "last_used_at", "revoked_at",
+             "expires_at")
     return {**{name: getattr(new.key, name) for name in shown}, "key": new.secret}
 
 

@@ -321,6 +321,8 @@ class ApiKeySchema(Schema):
     created_at = fields.DateTime(required=True)
     last_used_at = fields.DateTime(required=True, allow_none=True)
     revoked_at = fields.DateTime(required=True, allow_none=True)
+    expires_at = fields.DateTime(required=True, allow_none=True, metadata={
+        "description": "When the key stops working (401 key_expired from then on); null: never"})
 
 
 class ApiKeyCreatedSchema(ApiKeySchema):
@@ -333,6 +335,8 @@ class ApiKeyCreateSchema(Schema):
     name = fields.String(load_default="", validate=validate.Length(0, MAX_NAME))
     tenant_id = fields.Integer(validate=validate.Range(1, MAX_ID), metadata={
         "description": "MSP keys: a key for this tenant (omitted: another MSP-wide key). Tenant keys: their own"})
+    expires_on = fields.Date(load_default=None, allow_none=True, metadata={
+        "description": "YYYY-MM-DD, after today: the key stops working at 00:00 UTC that day (omitted: never)"})
 
 
 TenantPage = page_schema(TenantSchema, "TenantPage")

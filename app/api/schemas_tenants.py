@@ -47,3 +47,22 @@ class TenantDeletedSchema(Schema):
     name = fields.String(required=True)
     deleted = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True,
                           metadata={"description": "Rows removed per table"})
+
+
+class DomainRemovalSchema(Schema):
+    """What removing a domain concerns; nothing is lost: see ``DELETE /domains/{domain_id}``."""
+
+    id = fields.Integer(required=True)
+    name = fields.String(required=True)
+    queued = fields.Integer(required=True, metadata={
+        "description": "Mail queued for delivery to it: still delivered (and retried) to its transport"})
+    quarantined = fields.Integer(required=True, metadata={
+        "description": "Quarantined mail addressed to it: kept until its retention; a release delivers it to its "
+                       "transport"})
+    dkim_keys = fields.Integer(required=True, metadata={"description": "Its DKIM keys: deleted with it"})
+    removed = fields.Boolean(required=True, metadata={"description": "Whether this answer is a removal's"})
+
+
+class DomainRemoveSchema(Schema):
+    confirm = fields.String(required=True, validate=validate.Length(1, 253),
+                            metadata={"description": "The domain's name, to confirm"})

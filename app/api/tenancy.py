@@ -21,7 +21,7 @@ from app.api.blueprint import bp, id_page, resolve_tenant
 from app.api.errors import ApiError
 from app.exports import tenant_zip
 from app.extensions import config, db
-from tenants import lifecycle, services
+from tenants import domains, lifecycle, services
 from tenants.egress import EgressPolicy
 from tenants.exceptions import NotFound, ValidationError
 from tenants.models import Domain, Tenant, User
@@ -197,6 +197,43 @@ def create_domain(body: dict[str, Any]) -> Domain:
 def get_domain(domain_id: int) -> Domain:
     """One domain of the key's tenant (another tenant's is 404)."""
     return load(db.session, Domain, domain_id)
+
+
+def _removal(domain: Domain, found: domains.RemovalImpact, removed: bool) -> dict[str, Any]:
+    return {"id": domain.id, "name": domain.name, "queued": found.queued, "quarantined": found.quarantined,
+            "dkim_keys": found.dkim_keys, "removed": removed}
+
+
+@bp.route("/domains/<rowid:domain_id>/removal", methods=["GET"], endpoint="domain_removal", tags=["domains"])
+@allow_api("read")
+@bp.response(200, tsch.DomainRemovalSchema)
+def domain_removal(domain_id: int) -> dict[str, Any]:
+    """What removing the domain would concern: mail queued for it, quarantined mail addressed to it, DKIM keys."""
+    found = load(db.session, Domain, domain_id)
+    return _removal(found, domains.impact(db.session, found), False)
+
+
+@bp.route("/domains/<rowid:domain_id>", methods=["DELETE"], endpoint="remove_domain", tags=["domains"])
+@allow_api("write")
+@bp.arguments(tsch.DomainRemoveSchema)
+@bp.response(200, tsch.DomainRemovalSchema)
+def remove_domain(body: dict[str, Any], domain_id: int) -> dict[str, Any]:
+    """Remove a domain (``confirm``: its name). RCPT to it is refused at once, like any unknown domain's; mail
+    queued for it is still delivered to its transport, quarantined mail stays until its retention and can be
+    released; its DKIM keys are deleted. Audited. Another tenant's domain is 404."""
+    session = db.session
+    found = load(session, Domain, domain_id)
+    name, tid = found.name, found.tenant_id
+    try:
+        impact = domains.remove(session, found, body["confirm"])
+    except ValidationError as exc:
+        session.rollback()
+        raise ApiError(422, "validation", str(exc), fields={"confirm": [f"type {name}"]}) from None
+    _audit(domains.REMOVE_ACTION, f"domain {name}", impact.summary(), tenant_id=tid)
+    session.commit()
+    bump_policy_version(config())  # every ingress forgets the domain
+    return {"id": domain_id, "name": name, "queued": impact.queued, "quarantined": impact.quarantined,
+            "dkim_keys": impact.dkim_keys, "removed": True}
 
 
 @bp.route("/users", methods=["GET"], endpoint="list_users", tags=["users"])

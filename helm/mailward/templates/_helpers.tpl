@@ -98,7 +98,7 @@ app.kubernetes.io/part-of: mailward
 
 {{/* Changes whenever a setting that pods read at start changes, so that an upgrade restarts them. */}}
 {{- define "mailward.configChecksum" -}}
-{{- $cfg := dict "database" .Values.database "redis" .Values.redis "secretKey" .Values.secretKey "hostname" .Values.hostname "logLevel" .Values.logLevel "clamd" .Values.clamd "dns" .Values.dns "relayhost" .Values.relayhost "tls" .Values.tls "extraEnv" .Values.extraEnv "egress" .Values.egress }}
+{{- $cfg := dict "database" .Values.database "redis" .Values.redis "secretKey" .Values.secretKey "hostname" .Values.hostname "logLevel" .Values.logLevel "clamd" .Values.clamd "dns" .Values.dns "relayhost" .Values.relayhost "tls" .Values.tls "extraEnv" .Values.extraEnv "egress" .Values.egress "metrics" .Values.metrics }}
 {{- toJson $cfg | sha256sum }}
 {{- end }}
 
@@ -171,6 +171,44 @@ app.kubernetes.io/part-of: mailward
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
+{{- end }}
+
+{{/* Metrics ------------------------------------------------------------------------------------------------ */}}
+
+{{/* Prometheus discovery annotations of a pod: (dict "root" . "port" PORT); nothing when metrics.podAnnotations is
+     off or the port is 0. */}}
+{{- define "mailward.metricsAnnotations" -}}
+{{- if and .root.Values.metrics.podAnnotations .port }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .port | quote }}
+prometheus.io/path: /metrics
+{{- end }}
+{{- end }}
+
+{{/* The per-process metrics endpoint of the ingress and the worker: its variable. */}}
+{{- define "mailward.metricsEnv" -}}
+{{- if .Values.metrics.port }}
+- name: MAILWARD_METRICS_PORT
+  value: {{ printf "0.0.0.0:%d" (int .Values.metrics.port) | quote }}
+{{- end }}
+{{- end }}
+
+{{/* ... and its container port. */}}
+{{- define "mailward.metricsPort" -}}
+{{- if .Values.metrics.port }}
+- name: metrics
+  containerPort: {{ .Values.metrics.port }}
+  protocol: TCP
+{{- end }}
+{{- end }}
+
+{{/* The Secret holding the web's metrics token, or nothing when there is none. */}}
+{{- define "mailward.metricsTokenSecretName" -}}
+{{- if .Values.metrics.web.existingSecret }}{{ .Values.metrics.web.existingSecret }}{{ else if .Values.metrics.web.token }}{{ include "mailward.secretName" . }}{{ end }}
+{{- end }}
+
+{{- define "mailward.metricsTokenSecretKey" -}}
+{{- if .Values.metrics.web.existingSecret }}{{ .Values.metrics.web.existingSecretKey }}{{ else }}metrics-token{{ end }}
 {{- end }}
 
 {{/* Pod pieces --------------------------------------------------------------------------------------------- */}}
