@@ -14,6 +14,7 @@ from datetime import timedelta
 from flask import Flask, render_template, request
 from flask.sessions import SecureCookieSessionInterface
 from flask.typing import ResponseReturnValue
+from flask_login import current_user
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -23,7 +24,7 @@ from app.access import enforce
 from app.auth import enter_scope, leave_scope, load_principal
 from app.extensions import csrf, db, init_mailward, limiter, limiter_storage_uri, login_manager
 from tenants import db as tdb
-from tenants import sarules
+from tenants import dnsreadiness, sarules
 from tenants.config import Config, get_config
 from tenants.exceptions import NotFound
 
@@ -108,8 +109,14 @@ def create_app(cfg: Config | None = None, *, heartbeat: bool = False) -> Flask:
 
     @app.context_processor
     def _platform_warnings() -> dict[str, list[str]]:
-        """Warnings every signed-in page shows at the top (operators must not miss them)."""
-        warnings = []
+        """Warnings about this installation's configuration, at the top of every MSP staff page (operators must not
+        miss them); never on tenant or end-user pages (customers cannot act on them), nor when viewing as a tenant."""
+        warnings: list[str] = []
+        if not (getattr(current_user, "is_authenticated", False) and getattr(current_user, "is_msp", False)):
+            return {"platform_warnings": warnings}
+        if not dnsreadiness.hostname_usable(cfg.hostname):
+            warnings.append(f"MAILWARD_HOSTNAME is not set to this gateway's public host name (it is "
+                            f"{cfg.hostname!r}): the DNS checklists cannot propose MX and SPF records.")
         if cfg.clamd is None:
             warnings.append("Virus scanning is off: MAILWARD_CLAMD is not set, so no mail is scanned for viruses.")
         if cfg.sa_rules_dir != sarules.OFF and (found := sarules.locate(cfg.sa_rules_dir)).rules_dir is None:

@@ -190,6 +190,7 @@ def digest_send(tenant_ref: str, user_email: str | None, inline: bool) -> None:
 
     from mailward.cli import _db
     from smtp.delivery import deliver_message
+    from tenants.addresses import normalize_address
     from tenants.config import get_config
     from tenants.exceptions import NotFound
     from tenants.jobs import enqueue_job
@@ -210,10 +211,11 @@ def digest_send(tenant_ref: str, user_email: str | None, inline: bool) -> None:
                 if wanted is None:
                     raise NotFound(f"no user {user_email} in tenant {tenant.name}")
                 user_ids = [u for u in user_ids if u == wanted]
+            emails = dict(session.execute(select(User.id, User.email).where(User.id.in_(user_ids))).tuples().all())
     if not inline:
         enqueue_job(cfg, "worker.digest.tenant_job", tenant.id, user_email, timeout=DIGEST_JOB_TIMEOUT,
                     description=f"digests of {tenant.name}")
-        click.echo(f"digest job queued for tenant {tenant.name} ({len(user_ids)} user(s) have new spam now)")
+        click.echo(f"digest job queued for tenant {tenant.name} ({len(user_ids)} user(s) have new held mail now)")
         return
     sent = 0
     for user_id in user_ids:
@@ -221,5 +223,5 @@ def digest_send(tenant_ref: str, user_email: str | None, inline: bool) -> None:
         if message_id is not None:
             deliver_message(cfg, tenant.id, message_id)
             sent += 1
-            click.echo(f"digest {message_id} sent to user {user_id}")
+            click.echo(f"digest {message_id} sent to {normalize_address(emails[user_id])}")
     click.echo(f"{sent} digest(s) sent for tenant {tenant.name}")

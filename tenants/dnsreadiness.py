@@ -26,6 +26,7 @@ OK = "ok"
 MISSING = "missing"
 WRONG = "wrong"
 UNKNOWN = "unknown"  # DNS could not be asked
+UNSET = "unset"  # the record to publish is not known: MAILWARD_HOSTNAME is not this gateway's public name
 #: Threads for the concurrent lookups of one page.
 MAX_PARALLEL_LOOKUPS = 8
 
@@ -39,6 +40,17 @@ class Item:
     detail: str
     #: The zone-file line(s) to publish.
     record: str
+
+
+def hostname_usable(hostname: str) -> bool:
+    """Whether ``hostname`` can be this gateway's public name in DNS (not ``localhost``, and a dotted name)."""
+    name = hostname.rstrip(".").lower()
+    return "." in name and name.split(".")[0] != "localhost" and not name.endswith((".localdomain", ".localhost"))
+
+
+#: What the checklist says for MX and SPF while the gateway's public host name is unknown.
+HOSTNAME_UNSET = ("your provider has not configured this gateway's public host name yet, so the record to publish "
+                  "is not known; it appears here once it is")
 
 
 def _tags(value: str) -> dict[str, str]:
@@ -129,10 +141,13 @@ def checklist(session: Session, cfg: Config, domain: Domain) -> list[Item]:
                                 .order_by(DkimKey.selector)))
     ours = cfg.hostname.rstrip(".").lower()
     jobs: list[tuple[str, str, Callable[[], Item]]] = [
-        ("Ownership", verification.zone_line(cfg, domain), lambda: _verification(cfg, domain)),
-        ("MX", f"{domain.name}. IN MX 10 {ours}.", lambda: _mx(cfg, domain)),
-        ("SPF", f'{domain.name}. IN TXT "v=spf1 mx a:{ours} ~all"', lambda: _spf(cfg, domain)),
-    ]
+        ("Ownership", verification.zone_line(cfg, domain), lambda: _verification(cfg, domain))]
+    if hostname_usable(ours):
+        jobs += [("MX", f"{domain.name}. IN MX 10 {ours}.", lambda: _mx(cfg, domain)),
+                 ("SPF", f'{domain.name}. IN TXT "v=spf1 mx a:{ours} ~all"', lambda: _spf(cfg, domain))]
+    else:  # never propose "MX 10 localhost.": say the record is not known yet
+        jobs += [(name, "", lambda n=name: Item(n, UNSET, HOSTNAME_UNSET, ""))  # type: ignore[misc]
+                 for name in ("MX", "SPF")]
     for key in keys:
         jobs.append((f"DKIM {key.selector}", txt_record(key), lambda k=key: _dkim(cfg, k)))  # type: ignore[misc]
     jobs.append(("DMARC", f'_dmarc.{domain.name}. IN TXT "v=DMARC1; p=quarantine; '

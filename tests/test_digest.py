@@ -108,7 +108,7 @@ def test_digest_goes_to_users_with_new_spam_and_lists_only_theirs(cfg, world, se
     with msp_scope():
         assert [(d.rcpt, d.route, d.status) for d in msg.deliveries] == [("user@acme.test", "transport", "queued")]
     assert "Lottery" in text and "Pills" in text and text.index("Lottery") < text.index("Pills")  # newest first
-    for other in ("Invoice", "Doc", "For the admin", "For the auditor", "For nobody", "Ancient", "Beta spam"):
+    for other in ("Invoice", "For the admin", "For the auditor", "For nobody", "Ancient", "Beta spam"):
         assert other not in text and other not in html
     links = _links(text)
     assert {k: len(v) for k, v in links.items()} == {"release": 2, "delete": 2, "allow": 2, "block": 2}
@@ -118,11 +118,51 @@ def test_digest_goes_to_users_with_new_spam_and_lists_only_theirs(cfg, world, se
         (inbox["alias"], ("Sales@acme2.test",), user.id, acme), (inbox["mine"], ("user@acme.test",), user.id, acme)]
     assert len({verify_action_token(secret, t).jti for ts in links.values() for t in ts}) == 8
     assert LOGIN_LINK.search(text) and "/q/action/" in html
+    assert "Doc" in text.split("Held because of an attachment")[1] and "Doc" in html  # see the test below
     # Nothing new since: no second digest. New spam: the next digest lists only that.
     assert send_user_digest(cfg, acme, user.id) is None
     hold(cfg, acme, rcpts=("user@acme.test",), subject="Fresh one")
     _, text2, _ = _digest(session, send_user_digest(cfg, acme, user.id) or "")
     assert "Fresh one" in text2 and "Pills" not in text2 and "Lottery" not in text2
+
+
+def test_attachment_holds_are_listed_apart_with_their_reason_and_no_links(cfg, world, session, inbox):
+    """End users may not release attachment holds (only admins, as in the end-user quarantine): the digest lists
+    them in their own section with why they were held, gives them no one-click link, and says an admin releases them.
+    Virus holds stay out."""
+    acme = world["acme"].id
+    user = _user("user@acme.test")
+    digest_id = send_user_digest(cfg, acme, user.id)
+    assert digest_id is not None
+    _, text, html = _digest(session, digest_id)
+    spam, _, held = text.partition("Held because of an attachment (1)")
+    assert held, text
+    assert "Pills" in spam and "Doc" not in spam
+    assert "Doc" in held and "Reason: quarantine (attachment)" in held and "only your administrator" in held
+    assert "/q/action/" not in held.split("Open your quarantine")[0]
+    attachment_html = html.split('id="attachment-holds"')[1]
+    assert "Doc" in attachment_html and "quarantine (attachment)" in attachment_html
+    assert "/q/action/" not in attachment_html
+    secret = cfg.resolve_secret_key()
+    linked = {verify_action_token(secret, t).message_id for ts in _links(text).values() for t in ts}
+    assert linked == {inbox["mine"], inbox["alias"]}, "no link acts on the attachment hold (nor the virus)"
+    assert "Invoice" not in text and "Invoice" not in html
+    assert "3 new messages" in str(_digest(session, digest_id)[0].subject)
+
+
+def test_a_user_with_only_an_attachment_hold_gets_a_digest_without_spam_section(cfg, world, session):
+    acme = world["acme"].id
+    hold(cfg, acme, kind="virus", rcpts=("admin@acme.test",), subject="Invoice")
+    with tenant_scope(acme):
+        assert digest_users(session, acme) == [], "a virus alone is no reason for a digest"
+    hold(cfg, acme, kind="attachment", rcpts=("user@acme.test",), subject="Scan.exe")
+    with tenant_scope(acme):
+        users = digest_users(session, acme)
+    assert [_user_email(u) for u in users] == ["user@acme.test"]
+    _, text, html = _digest(session, send_user_digest(cfg, acme, users[0]) or "")
+    assert "held as spam" not in text and "held as spam" not in html
+    assert "Scan.exe" in text and "Held because of an attachment (1)" in text and "/q/action/" not in text
+    assert "Scan.exe" in html and "/q/action/" not in html
 
 
 def _user_email(user_id: int) -> str:
@@ -264,6 +304,7 @@ def test_the_digest_reaches_the_users_mail_server(env, cfg, acme, factory, sink,
     sent = run_cli(["digest", "send", "Acme", "--user", "user@acme.test", "--now"], env)
     assert sent.returncode == 0, sent.stderr
     assert "1 digest(s) sent for tenant Acme" in sent.stdout
+    assert re.search(r"^digest \S+ sent to user@acme\.test$", sent.stdout, re.M), sent.stdout
     (got,) = sink.wait_count(1)
     assert got.rcpts == ["user@acme.test"] and got.mail_from == "quarantine@acme.test"
     mail = message_from_bytes(got.data, policy=policy.default)

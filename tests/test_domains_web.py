@@ -188,6 +188,26 @@ def test_dns_down_shows_could_not_check_not_an_error(web_app, world, cfg, dns, m
     assert "could not check" in text(client.get(f"/portal/domains/{domain_id}"))
 
 
+def test_checklist_never_proposes_mx_localhost_when_the_hostname_is_not_public(world, cfg, dns):
+    """MAILWARD_HOSTNAME defaulted to ``localhost`` (or a bare name): MX and SPF say the record is not known yet
+    instead of proposing ``MX 10 localhost.``; the other items are checked as usual."""
+    import dataclasses
+
+    from app import create_app
+
+    domain_id = domain_row(cfg, "acme.test")[0]
+    dns.add("_dmarc.acme.test", "TXT", "v=DMARC1; p=reject")
+    for bad in ("localhost", "mailhost"):
+        app = create_app(dataclasses.replace(cfg, hostname=bad))
+        page = text(sign_in(app, "admin@acme.test").get(f"/portal/domains/{domain_id}"))
+        for item in ("MX", "SPF"):
+            row = _row(page, item)
+            assert row.startswith("unset") and "not known yet" in row and "not configured" in row, row
+            assert bad not in row, row
+        assert f"MX 10 {bad}" not in page and f"a:{bad}" not in page
+        assert _row(page, "DMARC").startswith("ok") and _row(page, "Ownership").startswith("missing")
+
+
 # --- a tenant admin adds a domain ---------------------------------------------------------------------------------
 
 def test_tenant_admin_adds_a_domain_and_lands_on_its_checklist(web_app, world, cfg, dns):

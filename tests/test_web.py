@@ -337,12 +337,34 @@ def test_pages_hold_to_the_csp_no_inline_script_or_style(web_app, world):
         assert "/static/mailward.css" in html
 
 
-def test_every_page_warns_when_virus_scanning_is_off(web_app, world, cfg):
-    """No clamd configured (the embedded default without ClamAV): operators see it on every page."""
+def test_console_warns_when_virus_scanning_is_off_but_tenant_pages_do_not(web_app, world, cfg):
+    """No clamd configured (the embedded default without ClamAV): the MSP staff see it on every console page; tenant
+    admins, end users and an MSP admin viewing as a tenant do not (a setting customers cannot act on)."""
     assert cfg.clamd is None
-    for email, page in (("admin@msp.test", "/console/"), ("admin@acme.test", "/portal/")):
-        body = text(sign_in(web_app, email).get(page))
-        assert "Virus scanning is off" in body, page
+    for email in ("admin@msp.test", "helpdesk@msp.test"):
+        body = text(sign_in(web_app, email).get("/console/"))
+        assert "Virus scanning is off" in body and "MAILWARD_CLAMD" in body, email
+    for email, page in (("admin@acme.test", "/portal/"), ("admin@acme.test", "/portal/lists"),
+                        ("auditor@acme.test", "/portal/"), ("user@acme.test", "/q/")):
+        resp = sign_in(web_app, email).get(page)
+        assert resp.status_code == 200, page
+        body = text(resp)
+        assert "Virus scanning is off" not in body and "MAILWARD_" not in body, (email, page)
+    viewing = sign_in(web_app, "admin@msp.test")
+    assert post_form(viewing, "/console/", "/console/view-as", {"tenant_id": str(world["acme"].id)}).status_code == 302
+    body = text(viewing.get("/portal/"))
+    assert "Viewing as tenant Acme" in body and "Virus scanning is off" not in body
+
+
+def test_console_warns_when_the_hostname_is_not_a_public_name(cfg, world):
+    """MAILWARD_HOSTNAME left to a default like ``localhost``: the console names the setting; a proper name: no warning;
+    tenant pages never show it."""
+    assert "MAILWARD_HOSTNAME" not in text(sign_in(create_app(cfg), "admin@msp.test").get("/console/"))
+    for bad in ("localhost", "mailhost", "localhost.localdomain"):
+        app = create_app(dataclasses.replace(cfg, hostname=bad))
+        body = text(sign_in(app, "admin@msp.test").get("/console/"))
+        assert "MAILWARD_HOSTNAME" in body and bad in body, bad
+        assert "MAILWARD_HOSTNAME" not in text(sign_in(app, "admin@acme.test").get("/portal/")), bad
 
 
 def test_no_virus_warning_when_clamd_is_configured(cfg, world):

@@ -3,10 +3,11 @@
 Schedule: the scheduler calls :func:`schedule_digests` every few minutes; a tenant with ``digest_enabled`` whose
 local time (``timezone``) has reached ``digest_hour`` gets one :func:`tenant_job` per local day (a Redis key per
 tenant and date). That job queues one :func:`user_job` per user (role ``user`` or ``tenant_admin``) whose login
-e-mail or aliases have spam held since their last digest. Spam only: virus and attachment quarantines are for
-admins and never appear in digests.
+e-mail or aliases have spam or attachment-held mail held since their last digest. Virus quarantines never appear in
+digests. Attachment holds are listed apart, with their reason and without links: only an administrator releases them
+(as in the end-user quarantine), so the digest says to ask one.
 
-Each listed mail has one-click links (release, delete, allow sender, block sender): signed, single-use tokens that
+Each listed spam mail has one-click links (release, delete, allow sender, block sender): signed, single-use tokens that
 expire (:mod:`tenants.tokens`), opened at ``/q/action/<token>`` on the web; a magic link signs the user in to the
 portal. The digest is stored and delivered like any mail (``direction="digest"``), through the worker's delivery
 path with its retries. ``User.last_digest_at`` moves with a compare-and-set in the digest's own transaction, so a
@@ -47,6 +48,8 @@ from tenants.tokens import ACTION_TOKEN_MAX_AGE, action_url, login_url, make_act
 log = logging.getLogger(__name__)
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
+#: Quarantine kinds a digest lists: spam (with one-click links) and attachment holds (an administrator releases those).
+DIGEST_KINDS: tuple[str, ...] = ("spam", "attachment")
 #: Roles that get digests (auditors and MSP staff do not).
 DIGEST_ROLES: tuple[str, ...] = (Role.USER.value, Role.TENANT_ADMIN.value)
 #: A digest never lists mail older than this (nor older than its links live), e.g. after digests were off a while.
@@ -79,6 +82,10 @@ class DigestItem:
     received: str
     score: float
     links: dict[str, str]
+    #: "spam", or "attachment" (no links: an administrator releases it).
+    kind: str = "spam"
+    #: Why it was held (the scan's explanation), shown for attachment holds.
+    reason: str = ""
 
 
 @dataclass
@@ -95,11 +102,12 @@ class Digest:
 # --- who gets one ---------------------------------------------------------------------------------------------------
 
 def held_spam(session: Session, addresses: list[str], *, since: datetime, until: datetime,
-              limit: int = MAX_ITEMS) -> list[tuple[Message, list[str]]]:
-    """Spam held for any of ``addresses`` that arrived in (since, until], newest first, with the addresses."""
+              limit: int = MAX_ITEMS, kinds: tuple[str, ...] = ("spam",)) -> list[tuple[Message, list[str]]]:
+    """Mail of ``kinds`` (spam by default) held for any of ``addresses`` that arrived in (since, until], newest first,
+    with the addresses."""
     rows = session.execute(
         select(Message, Delivery.rcpt).join(Delivery, Delivery.message_id == Message.id)
-        .where(Message.quarantine_kind == "spam", Message.received_at > since, Message.received_at <= until,
+        .where(Message.quarantine_kind.in_(kinds), Message.received_at > since, Message.received_at <= until,
                Delivery.status == DeliveryStatus.QUARANTINED.value, rcpt_in(Delivery.rcpt, addresses))
         .order_by(Message.received_at.desc(), Message.id.desc(), Delivery.id)
     ).all()
@@ -114,13 +122,13 @@ def held_spam(session: Session, addresses: list[str], *, since: datetime, until:
 
 
 def digest_users(session: Session, tenant_id: int, *, now: datetime | None = None) -> list[int]:
-    """Ids of the tenant's users (digest roles, active) with spam held for one of their addresses since their
-    last digest; run in the tenant's scope."""
+    """Ids of the tenant's users (digest roles, active) with spam or attachment-held mail held for one of their
+    addresses since their last digest; run in the tenant's scope."""
     now = now or utcnow()
     oldest = now - MAX_LOOKBACK
     rcpts = set(session.scalars(
         select(Delivery.rcpt).join(Message, Message.id == Delivery.message_id)
-        .where(Message.quarantine_kind == "spam", Message.received_at > oldest,
+        .where(Message.quarantine_kind.in_(DIGEST_KINDS), Message.received_at > oldest,
                Delivery.status == DeliveryStatus.QUARANTINED.value).distinct()))
     owners = address_owners(session, tenant_id)
     candidates = {owners[a] for a in map(normalize_address, rcpts) if a in owners}
@@ -135,7 +143,7 @@ def digest_users(session: Session, tenant_id: int, *, now: datetime | None = Non
     for user in users:
         since = max(user.last_digest_at or oldest, oldest)
         mine = by_user.get(user.id, [])
-        if held_spam(session, mine, since=since, until=now, limit=1):
+        if held_spam(session, mine, since=since, until=now, limit=1, kinds=DIGEST_KINDS):
             out.append(user.id)
     return out
 
@@ -148,11 +156,17 @@ def _local(when: datetime, policy: Policy) -> str:
 
 def build_digest(cfg: Config, tenant: Tenant, user: User, policy: Policy,
                  held: list[tuple[Message, list[str]]], *, now: datetime | None = None) -> Digest:
-    """Render the digest mail (text and HTML alternatives, tenant-branded) with fresh action and login links."""
+    """Render the digest mail (text and HTML alternatives, tenant-branded) with fresh action and login links; spam
+    first, then attachment holds (listed with their reason, without links)."""
     now = now or utcnow()
     secret = cfg.resolve_secret_key()
     items = []
     for msg, rcpts in held:
+        if msg.quarantine_kind == "attachment":
+            items.append(DigestItem(msg.id, tuple(rcpts), msg.header_from or msg.mail_from or "<>",
+                                    msg.subject or "(no subject)", _local(msg.received_at, policy), msg.score, {},
+                                    kind="attachment", reason=msg.explanation or "a blocked attachment"))
+            continue
         links = {action: action_url(cfg, make_action_token(secret, tenant_id=tenant.id, message_id=msg.id,
                                                            rcpts=rcpts, action=action, user_id=user.id))
                  for action in ("release", "delete", "allow", "block")}
@@ -162,8 +176,11 @@ def build_digest(cfg: Config, tenant: Tenant, user: User, policy: Policy,
     portal = login_url(cfg, make_login_token(secret, tenant_id=tenant.id, user_id=user.id, email=user.email))
     sender = policy.digest_sender or cfg.bounce_sender
     subject = f"{brand.name}: {len(items)} new message{'s' if len(items) != 1 else ''} in your quarantine"
-    context = dict(brand=brand, user=user.email, items=items, portal_url=portal, subject=subject,
-                   expires_days=ACTION_TOKEN_MAX_AGE.days, generated=_local(now, policy), timezone=policy.timezone)
+    spam = [i for i in items if i.kind == "spam"]
+    held_attachments = [i for i in items if i.kind == "attachment"]
+    context = dict(brand=brand, user=user.email, items=spam, attachments=held_attachments, portal_url=portal,
+                   subject=subject, expires_days=ACTION_TOKEN_MAX_AGE.days, generated=_local(now, policy),
+                   timezone=policy.timezone)
     mail = EmailMessage(policy=email.policy.SMTP)
     local, _, domain = sender.rpartition("@")
     mail["From"] = Address(display_name=brand.name, username=local, domain=domain)
@@ -192,7 +209,7 @@ def send_user_digest(cfg: Config, tenant_id: int, user_id: int, *, now: datetime
         policy = load_policy(session, tenant_id)
         previous = user.last_digest_at
         since = max(previous or now - MAX_LOOKBACK, now - MAX_LOOKBACK)
-        held = held_spam(session, user_addresses(session, user), since=since, until=now)
+        held = held_spam(session, user_addresses(session, user), since=since, until=now, kinds=DIGEST_KINDS)
         if not held:
             return None
         unchanged = User.last_digest_at.is_(None) if previous is None else User.last_digest_at == previous
