@@ -26,6 +26,7 @@ from tenants import accounts, users
 from tenants.exceptions import MailwardError, TokenExpired, TokenInvalid, TokenUsed, ValidationError
 from tenants.models import Role, User
 from tenants.scope import msp_scope
+from tenants.services import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +36,14 @@ FORGOT_ANSWER = ("If an account exists for that address, a link to set a new pas
 
 
 def _new_password_fields(label: str = "New password") -> tuple[PasswordField, PasswordField]:
-    new = PasswordField(label, validators=[DataRequired(), Length(min=accounts.MIN_PASSWORD_LENGTH,
-                                                                   max=accounts.MAX_PASSWORD_LENGTH)])
+    new = PasswordField(label, validators=[DataRequired(), Length(min=MIN_PASSWORD_LENGTH,
+                                                                   max=MAX_PASSWORD_LENGTH)])
     again = PasswordField("Repeat it", validators=[DataRequired(), EqualTo("new", "The two passwords differ.")])
     return new, again
 
 
 class ChangePasswordForm(FlaskForm):
-    current = PasswordField("Current password", validators=[DataRequired(), Length(max=accounts.MAX_PASSWORD_LENGTH)])
+    current = PasswordField("Current password", validators=[DataRequired(), Length(max=MAX_PASSWORD_LENGTH)])
     new, again = _new_password_fields()
     submit = SubmitField("Change password")
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import shutil
 import sys
 import time
@@ -168,7 +167,7 @@ def main() -> None:
                   f"{len(symbols)} mails, Bayes cross-fitted in halves, content out of collection")
         CALIBRATION_FILE.write_text(layer_toml(result, source=source))
         print(f"\nwrote {CALIBRATION_FILE.relative_to(ROOT)} ({len(result.scores)} scores)")
-    elif not math.isnan(result.loss_prior):
+    else:
         print("\n(nothing written; --write writes the layer)")
 
 

@@ -31,9 +31,9 @@ from tenants.jobs import after_commit, enqueue_job
 from tenants.models import User
 from tenants.passwords import hash_password, verify_password
 from tenants.scope import msp_scope
-from tenants.services import MIN_PASSWORD_LENGTH
-from tenants.tokens import _serializer
-from tenants.users import _keep_an_admin, end_sessions, unlock
+from tenants.services import check_new_password
+from tenants.tokens import serializer
+from tenants.users import end_sessions, keep_an_admin, unlock
 
 #: Salt of set-password tokens: a digest's action or login token never passes as one.
 LINK_SALT = "mailward.set-password.v1"
@@ -41,8 +41,6 @@ LINK_SALT = "mailward.set-password.v1"
 PURPOSES: tuple[str, ...] = ("reset", "invite")
 #: Path of the page a link opens, ``{token}`` filled in.
 SET_PASSWORD_PATH = "/password/set/{token}"
-#: Longest password accepted (argon2 hashes anything, but a megabyte of "password" is an attack on the CPU).
-MAX_PASSWORD_LENGTH = 1024
 #: The worker job that builds and sends a link's mail.
 LINK_JOB = "worker.accountmail.link_job"
 #: Seconds the link job may run, and how often it is retried.
@@ -54,14 +52,6 @@ FORGOT_KEY = "mailward:password:forgot:{user_id}"
 FORGOT_INTERVAL = 300
 #: The one answer of a link that does not work (used, superseded by a newer password, or of a removed user).
 LINK_SPENT = "this link was already used or is no longer valid: ask for a new one"
-
-
-def check_new_password(password: str) -> None:
-    """The rules every password follows (those of user creation): :class:`ValidationError` if it breaks one."""
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise ValidationError(f"password too short: at least {MIN_PASSWORD_LENGTH} characters")
-    if len(password) > MAX_PASSWORD_LENGTH:
-        raise ValidationError(f"password too long: at most {MAX_PASSWORD_LENGTH} characters")
 
 
 def set_password(user: User, password: str) -> None:
@@ -98,7 +88,7 @@ def make_link_token(cfg: Config, user: User, purpose: str, *, issued_at: float |
     """A set-password token for ``user`` (``purpose`` reset or invite), valid until the password changes."""
     max_age(cfg, purpose)
     payload = {"u": user.id, "p": purpose, "f": fingerprint(user)}
-    return str(_serializer(cfg.resolve_secret_key(), LINK_SALT, issued_at).dumps(payload))
+    return str(serializer(cfg.resolve_secret_key(), LINK_SALT, issued_at).dumps(payload))
 
 
 def link_url(cfg: Config, token: str) -> str:
@@ -117,7 +107,7 @@ def _claim(cfg: Config, token: str) -> LinkClaim:
     longest = max(cfg.reset_link_max_age, cfg.invite_link_max_age)
     try:
         data: Any
-        data, stamp = _serializer(cfg.resolve_secret_key(), LINK_SALT).loads(token, max_age=longest,
+        data, stamp = serializer(cfg.resolve_secret_key(), LINK_SALT).loads(token, max_age=longest,
                                                                              return_timestamp=True)
     except SignatureExpired:
         raise TokenExpired("this link has expired: ask for a new one") from None
@@ -199,6 +189,6 @@ def delete_user(session: Session, user: User, *, actor_id: int | None) -> None:
     last active admin of a tenant or of the MSP."""
     if user.id == actor_id:
         raise ValidationError("you cannot delete your own account; ask another admin")
-    _keep_an_admin(user)
+    keep_an_admin(user)
     session.delete(user)
     session.flush()

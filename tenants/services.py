@@ -24,6 +24,8 @@ _DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[
 _EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,253}$")
 _TENANT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}$")
 MIN_PASSWORD_LENGTH = 10
+#: Longest password accepted (argon2 hashes anything, but a megabyte of "password" is an attack on the CPU).
+MAX_PASSWORD_LENGTH = 1024
 
 
 def default_msp(session: Session) -> Msp:
@@ -167,8 +169,8 @@ def create_user(
         raise ValidationError(f"role {r.value} is an MSP role and takes no tenant")
     if not r.is_msp and tenant is None:
         raise ValidationError(f"role {r.value} needs a tenant (--tenant)")
-    if password is not None and len(password) < MIN_PASSWORD_LENGTH:
-        raise ValidationError(f"password too short: at least {MIN_PASSWORD_LENGTH} characters")
+    if password is not None:
+        check_new_password(password)
     with msp_scope():
         if session.scalar(select(User.id).where(User.email == email)) is not None:
             raise ValidationError(f"user {email} already exists")
@@ -177,3 +179,11 @@ def create_user(
     session.add(user)
     session.flush()
     return user
+
+
+def check_new_password(password: str) -> None:
+    """The rules every password follows: :class:`ValidationError` if it breaks one."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise ValidationError(f"password too short: at least {MIN_PASSWORD_LENGTH} characters")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise ValidationError(f"password too long: at most {MAX_PASSWORD_LENGTH} characters")

@@ -68,7 +68,7 @@ class LoginClaim:
     jti: str
 
 
-def _serializer(secret_key: str, salt: str, issued_at: float | None = None) -> URLSafeTimedSerializer:
+def serializer(secret_key: str, salt: str, issued_at: float | None = None) -> URLSafeTimedSerializer:
     if not secret_key:
         raise TokenInvalid("no secret key configured to sign links")
     if issued_at is None:
@@ -86,7 +86,7 @@ def _serializer(secret_key: str, salt: str, issued_at: float | None = None) -> U
 
 def _loads(secret_key: str, salt: str, token: str, max_age: timedelta) -> dict[str, Any]:
     try:
-        data = _serializer(secret_key, salt).loads(token, max_age=int(max_age.total_seconds()))
+        data = serializer(secret_key, salt).loads(token, max_age=int(max_age.total_seconds()))
     except SignatureExpired:
         raise TokenExpired("this link has expired") from None
     except BadSignature:
@@ -103,7 +103,7 @@ def make_action_token(secret_key: str, *, tenant_id: int, message_id: str, rcpts
         raise ValueError(f"unknown action {action!r}")
     payload = {"t": tenant_id, "m": message_id, "r": list(rcpts), "a": action, "u": user_id,
                "j": secrets.token_urlsafe(16)}
-    return str(_serializer(secret_key, ACTION_SALT, issued_at).dumps(payload))
+    return str(serializer(secret_key, ACTION_SALT, issued_at).dumps(payload))
 
 
 def verify_action_token(secret_key: str, token: str, *, max_age: timedelta = ACTION_TOKEN_MAX_AGE) -> ActionClaim:
@@ -123,7 +123,7 @@ def make_login_token(secret_key: str, *, tenant_id: int, user_id: int, email: st
                      issued_at: float | None = None) -> str:
     """A magic-link token that signs a user in to the quarantine portal once."""
     payload = {"t": tenant_id, "u": user_id, "e": email, "j": secrets.token_urlsafe(16)}
-    return str(_serializer(secret_key, LOGIN_SALT, issued_at).dumps(payload))
+    return str(serializer(secret_key, LOGIN_SALT, issued_at).dumps(payload))
 
 
 def verify_login_token(secret_key: str, token: str, *, max_age: timedelta = LOGIN_TOKEN_MAX_AGE) -> LoginClaim:

@@ -73,7 +73,7 @@ def create_user(session: Session, email: str, role: str, tenant: Tenant | None,
     return _create_user(session, email, r.value, tenant, password or None)
 
 
-def _keep_an_admin(user: User) -> None:
+def keep_an_admin(user: User) -> None:
     """Refuse to take away the last active admin of a tenant (or of the MSP): nobody could manage it any more."""
     if not (user.active and Role(user.role) in ADMIN_ROLES):
         return
@@ -94,7 +94,7 @@ def set_role(user: User, role: str, *, actor_id: int | None) -> bool:
         return False
     if user.id == actor_id:
         raise ValidationError("you cannot change your own role; ask another admin")
-    _keep_an_admin(user)
+    keep_an_admin(user)
     user.role = r.value
     return True
 
@@ -107,7 +107,7 @@ def set_active(user: User, active: bool, *, actor_id: int | None) -> bool:
     if not active and user.id == actor_id:
         raise ValidationError("you cannot deactivate your own account; ask another admin")
     if not active:
-        _keep_an_admin(user)
+        keep_an_admin(user)
         end_sessions(user)
     user.active = active
     return True

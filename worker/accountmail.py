@@ -18,20 +18,16 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 
-from sqlalchemy import select
-
 from smtp.outbound import Router, SmtpPool
-from smtp.queue import NewMessage, store_message
 from tenants.accounts import link_url, make_link_token, max_age
 from tenants.addresses import normalize_address
 from tenants.branding import brand_of
 from tenants.config import Config, get_config
 from tenants.db import session_scope
 from tenants.exceptions import MailwardError
-from tenants.ids import new_id
-from tenants.jobs import request_delivery_after_commit
-from tenants.models import Domain, Tenant, User, utcnow
+from tenants.models import Tenant, User, utcnow
 from tenants.scope import msp_scope, tenant_scope
+from worker.usermail import queue_user_mail
 
 log = logging.getLogger(__name__)
 
@@ -113,17 +109,11 @@ def send_link(cfg: Config, user_id: int, purpose: str) -> Sent | None:
         assert user is not None and tenant is not None, "loaded a moment ago; a removal cascades"
         data = build_link_mail(cfg, user, purpose, brand_of(tenant).name)
         to = normalize_address(user.email)
-        own = session.scalar(select(Domain.id).where(Domain.tenant_id == tenant_id,
-                                                     Domain.name == to.rpartition("@")[2]))
-        msg = store_message(session, NewMessage(
-            tenant_id=tenant_id, queue_id=new_id(), mail_from=cfg.bounce_sender, rcpts=[to], data=data,
-            route="transport" if own is not None else "mx", direction="notice", header_from=cfg.bounce_sender,
+        message_id = queue_user_mail(
+            session, cfg, tenant_id, to, sender=cfg.bounce_sender, data=data, direction="notice",
             subject="set-password link" if purpose == "reset" else "invitation link",
             explanation=f"{purpose} link for {to}",
-            retention_days=math.ceil(max_age(cfg, purpose).total_seconds() / 86400) + 1,
-        ))
-        request_delivery_after_commit(session, cfg, tenant_id, msg.id)
-        message_id = msg.id
+            retention_days=math.ceil(max_age(cfg, purpose).total_seconds() / 86400) + 1)
     log.info("%s link to %s queued as %s", purpose, to, message_id)
     return Sent(to, tenant_id, message_id)
 

@@ -31,19 +31,18 @@ from rq import Retry
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from smtp.queue import NewMessage, store_message
 from tenants.addresses import address_owners, normalize_address, rcpt_in, user_addresses
 from tenants.branding import brand_of
 from tenants.config import Config, get_config
 from tenants.db import session_scope
 from tenants.exceptions import NotFound
-from tenants.ids import new_id
-from tenants.jobs import enqueue_job, request_delivery_after_commit
-from tenants.models import Delivery, DeliveryStatus, Domain, Message, Role, Tenant, User, utcnow
+from tenants.jobs import enqueue_job
+from tenants.models import Delivery, DeliveryStatus, Message, Role, Tenant, User, utcnow
 from tenants.policy import Policy, load_policy
 from tenants.redisconn import redis_client
 from tenants.scope import load, msp_scope, tenant_scope
 from tenants.tokens import ACTION_TOKEN_MAX_AGE, action_url, login_url, make_action_token, make_login_token
+from worker.usermail import queue_user_mail
 
 log = logging.getLogger(__name__)
 
@@ -219,17 +218,10 @@ def send_user_digest(cfg: Config, tenant_id: int, user_id: int, *, now: datetime
             log.info("digest of %s: another run was first", user.email)
             return None
         digest = build_digest(cfg, tenant, user, policy, held, now=now)
-        to = normalize_address(user.email)
-        domain = to.rpartition("@")[2]
-        own = session.scalar(select(Domain.id).where(Domain.tenant_id == tenant_id, Domain.name == domain))
-        msg = store_message(session, NewMessage(
-            tenant_id=tenant_id, queue_id=new_id(), mail_from=digest.sender, rcpts=[to], data=digest.data,
-            route="transport" if own is not None else "mx", direction="digest", header_from=digest.sender,
-            subject=digest.subject, explanation=f"quarantine digest: {len(digest.items)} message(s)",
-            retention_days=DIGEST_RETENTION_DAYS,
-        ))
-        request_delivery_after_commit(session, cfg, tenant_id, msg.id)
-        message_id = msg.id
+        message_id = queue_user_mail(
+            session, cfg, tenant_id, normalize_address(user.email), sender=digest.sender, data=digest.data,
+            direction="digest", subject=digest.subject,
+            explanation=f"quarantine digest: {len(digest.items)} message(s)", retention_days=DIGEST_RETENTION_DAYS)
     log.info("digest %s to %s: %d message(s)", message_id, user.email, len(digest.items))
     return message_id
 

@@ -25,10 +25,7 @@ from tenants.apikeys import SCOPES
 from tenants.exceptions import ValidationError
 from tenants.models import Role, User
 from tenants.scope import load
-from tenants.services import MIN_PASSWORD_LENGTH
-
-#: Longest password accepted (argon2 takes any length; this bounds the work one request can ask for).
-MAX_PASSWORD_LENGTH = 1024
+from tenants.services import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 
 
 class UserCreateSchema(Schema):
