@@ -8,22 +8,26 @@ tracking events are committed together (:func:`one_transaction`). If the commit 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any, TypeVar
 
 from aiosmtpd.smtp import Envelope, Session
+from sqlalchemy import select
 from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import sessionmaker
 
 from smtp.checks import CheckContext
 from smtp.mime import prefix_subject, summarize_headers
 from smtp.queue import NewMessage, add_rejected_rows, store_message
+from smtp.ruleactions import apply_actions
 from smtp.verdict import Action, Verdict, header_block, subject_tag
 from tenants import metrics
 from tenants.config import Config
-from tenants.models import Delivery, DeliveryStatus
+from tenants.jobs import request_delivery_after_commit
+from tenants.mailrules.service import count_hits
+from tenants.models import Delivery, DeliveryStatus, Role, User
 from tenants.policy import Policy
 from tenants.scope import msp_scope, tenant_scope
 
@@ -96,12 +100,23 @@ class Commit:
         stored = await self._committed(asyncio.to_thread(self._inbound, queue_id, mail_from, groups, received,
                                                          content, verdicts, ctx, peer_ip, helo, token))
         self._count("inbound", [verdicts[judged].action.value for judged in groups])
+        self._count_hits(verdicts)
         return stored
 
-    async def outbound(self, new: NewMessage) -> list[Stored]:
-        """Store a sending tenant's signed mail."""
-        stored = await self._committed(asyncio.to_thread(self.store_all, [new]))
-        self._count("outbound", [new.verdict])
+    def _count_hits(self, verdicts: dict[Judged, Verdict]) -> None:
+        """Count the matched rules in Redis from a task of its own (the rules page shows the hits)."""
+        hits: dict[int, list[int]] = {}
+        for (tenant_id, _), verdict in verdicts.items():
+            if verdict.rules is not None:
+                hits.setdefault(tenant_id, []).extend(r.id for r in verdict.rules.outcome.matched)
+        if hits and self.redis is not None:
+            self._background(count_hits(self.redis, hits))
+
+    async def outbound(self, new: list[NewMessage], verdicts: dict[Judged, Verdict]) -> list[Stored]:
+        """Store a sending tenant's signed mail (one message per group its rules made, and what the rules add)."""
+        stored = await self._committed(asyncio.to_thread(self.store_all, new))
+        self._count("outbound", [v.action.value for v in verdicts.values()])
+        self._count_hits(verdicts)
         return stored
 
     async def _committed(self, commit: Awaitable[list[Stored]]) -> list[Stored]:
@@ -118,9 +133,12 @@ class Commit:
         """Count a committed mail here, and in Redis from a task of its own: the 250 never waits for it."""
         counts = metrics.count_accepted(direction, verdicts)
         if self.redis is not None:
-            task = asyncio.create_task(metrics.count_in_redis(self.redis, counts))
-            self._counting.add(task)
-            task.add_done_callback(self._counting.discard)
+            self._background(metrics.count_in_redis(self.redis, counts))
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._counting.add(task)
+        task.add_done_callback(self._counting.discard)
 
     def _inbound(
         self, queue_id: str, mail_from: str, groups: dict[Judged, list[str]], received: bytes, content: bytes,
@@ -131,9 +149,13 @@ class Commit:
         new = []
         for (tenant_id, outcome), rcpts in groups.items():
             verdict = verdicts[(tenant_id, outcome)]
+            policy = ctx.policies[tenant_id]
+            applied = apply_actions(
+                self.cfg, verdict, self._tenant_content(received, content, verdict, ctx, policy), received + content,
+                tenant_id=tenant_id, rcpts=rcpts, admins=lambda tid=tenant_id: self.admins(tid),  # type: ignore[misc]
+                retention_days=policy.retention_days("attachment"))
             new.append(NewMessage(
-                tenant_id=tenant_id, queue_id=queue_id, mail_from=mail_from, rcpts=rcpts,
-                data=self._tenant_content(received, content, verdict, ctx, ctx.policies[tenant_id]),
+                tenant_id=tenant_id, queue_id=queue_id, mail_from=mail_from, rcpts=rcpts, data=applied.data,
                 client_ip=peer_ip, client_helo=helo, header_from=headers.header_from,
                 subject=headers.subject, message_id_header=headers.message_id,
                 claim_token=token, lease_seconds=self.cfg.delivery_lease,
@@ -142,9 +164,11 @@ class Commit:
                 findings=[(f.symbol, f.score, f.reason) for f in verdict.findings],
                 deliver=verdict.delivers,
                 # A rejected share (this tenant refused, another accepted) is purged like quarantined mail.
-                retention_days=ctx.policies[tenant_id].retention_days(verdict.kind or "spam")
+                retention_days=policy.retention_days(verdict.kind or "spam")
                 if verdict.action in (Action.QUARANTINE, Action.REJECT) else None,
+                next_hop=applied.next_hop, events=applied.events,
             ))
+            new.extend(applied.extra)
         return self.store_all(new)
 
     def _tenant_content(
@@ -156,6 +180,16 @@ class Commit:
             data = prefix_subject(data, subject_tag(policy.subject_prefix))  # one line, RFC 2047: no injection
         return data
 
+    def admins(self, tenant_id: int) -> list[str]:
+        """The tenant's active admins' addresses (a rule notifies them)."""
+        with tenant_scope(tenant_id):
+            session = self.sessions()
+            try:
+                return list(session.scalars(select(User.email).where(
+                    User.tenant_id == tenant_id, User.role == Role.TENANT_ADMIN.value, User.active.is_(True))))
+            finally:
+                session.close()
+
     def store_all(self, new: list[NewMessage]) -> list[Stored]:
         """Store one message per tenant in one transaction; (tenant, message id, claimed rows, bytes) of each."""
         def work(session: DbSession) -> list[Stored]:
@@ -165,6 +199,8 @@ class Commit:
                     msg = store_message(session, item)
                     if item.verdict == Action.REJECT.value:
                         add_rejected_rows(session, msg, item)
+                    elif item.claim_token is None and item.deliver:  # a rule's copy or notification
+                        request_delivery_after_commit(session, self.cfg, item.tenant_id, msg.id)
                     session.flush()
                 # Only rows claimed for the fast path; quarantined rows wait for a release.
                 claimed = [d for d in msg.deliveries if d.status == DeliveryStatus.DELIVERING.value]

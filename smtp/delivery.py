@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from smtp.outbound import NextHop, RcptResult, Router, SendResult, SmtpPool
 from smtp.queue import record_results
+from smtp.ruleactions import parse_next_hop
 from tenants.blobs import blob_store
 from tenants.config import Config
 from tenants.db import session_factory
@@ -70,7 +71,10 @@ class Deliverer:
         by_hop: dict[NextHop, list[Delivery]] = defaultdict(list)
         for row in rows:
             domain = _domain_of(row.rcpt)
-            if row.route == "transport":
+            if row.next_hop:  # a mail rule rerouted it
+                host, port, tls = parse_next_hop(row.next_hop)
+                hop = Router.transport(host, port, tls)
+            elif row.route == "transport":
                 hop = transports.get(domain) or NextHop((), failure=(451, f"4.3.5 no transport for {domain}"))
             else:
                 hop = await self.router.mx(domain)

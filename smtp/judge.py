@@ -8,6 +8,7 @@ import asyncio
 from smtp.checks import Check, CheckContext, Stage
 from smtp.checks.lists import findings_for_rcpt, rcpt_groups
 from smtp.commit import Judged
+from smtp.mailrules import judge_rules
 from smtp.mime import parse_mail
 from smtp.pipeline import run_stage
 from smtp.routing import Routing
@@ -24,9 +25,10 @@ class Judge:
         self.routing = routing
 
     async def inbound(
-        self, envelope: MailEnvelope, raw: bytes, by_tenant: dict[int, list[str]]
+        self, envelope: MailEnvelope, raw: bytes, by_tenant: dict[int, list[str]], queue_id: str = ""
     ) -> tuple[dict[Judged, Verdict], dict[Judged, list[str]], CheckContext]:
-        """Verdicts and recipients of each (tenant, own list decision) group, and the checks' context."""
+        """Verdicts and recipients of each (tenant, own list decision, rules matched) group, and the checks'
+        context."""
         ctx = envelope.ctx or CheckContext(cfg=self.cfg, client_ip="127.0.0.1", helo="", mail_from="")
         ctx.rcpts = list(envelope.rcpt_tos)
         ctx.tenant_ids = list(by_tenant)
@@ -41,6 +43,7 @@ class Judge:
                 findings = findings_for_rcpt(ctx, tid, group[0]) if outcome else ctx.findings
                 groups[(tid, outcome)] = group
                 verdicts[(tid, outcome)] = decide(findings, tid, ctx.policies[tid])
+        verdicts, groups = await judge_rules(self.routing, ctx, queue_id, verdicts, groups)
         return verdicts, groups, ctx
 
     async def outbound(self, envelope: MailEnvelope, raw: bytes, tenant_id: int) -> tuple[Verdict, CheckContext]:

@@ -59,6 +59,10 @@ class NewMessage:
     #: If set, the rows are written already claimed by this token (the ingress delivers them itself at once).
     claim_token: str | None = None
     lease_seconds: int = 0
+    #: ``host|port|tls`` when a mail rule rerouted the recipients (:mod:`smtp.ruleactions`).
+    next_hop: str | None = None
+    #: More (kind, detail) timeline events, e.g. the mail rules that matched.
+    events: Sequence[tuple[str, str]] = ()
 
 
 def store_message(session: Session, new: NewMessage) -> Message:
@@ -86,13 +90,16 @@ def store_message(session: Session, new: NewMessage) -> Message:
         status = DeliveryStatus.QUEUED
     for rcpt in new.rcpts if new.deliver or held else ():
         deliveries.create(session, msg, rcpt, status, route=new.route, now=now,
-                          claim_token=new.claim_token if claimed else None, lease_seconds=new.lease_seconds)
+                          claim_token=new.claim_token if claimed else None, lease_seconds=new.lease_seconds,
+                          next_hop=new.next_hop)
     rcpt_list = ", ".join(new.rcpts)
     sender = new.mail_from or "<>"
     session.add(Event(tenant_id=new.tenant_id, message=msg, at=now, kind="received",
                       detail=f"from {sender} to {rcpt_list} ({len(new.data)} bytes)"))
     if new.explanation and new.direction in ("inbound", "outbound"):
         session.add(Event(tenant_id=new.tenant_id, message=msg, at=now, kind="scanned", detail=new.explanation))
+    for kind, detail in new.events:
+        session.add(Event(tenant_id=new.tenant_id, message=msg, at=now, kind=kind, detail=detail))
     return msg
 
 

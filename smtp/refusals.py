@@ -40,6 +40,8 @@ def rejected_reply(verdict: Verdict, *, outbound: bool = False) -> str:
     """The 554 to a mail whose verdict is reject, saying why in general terms."""
     if verdict.kind == "virus":
         return f"554 5.7.1 Message rejected: virus found ({verdict.explanation[:200]})"
+    if verdict.kind == "rule":
+        return f"554 5.7.1 {verdict.reply or 'Message rejected by policy'}"
     if outbound:
         return "554 5.7.1 Message rejected: unsafe content"
     return "554 5.7.1 Message rejected as spam" + (" or unsafe content" if verdict.kind == "attachment" else "")

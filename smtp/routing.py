@@ -10,6 +10,8 @@ from typing import TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from tenants.mailrules.evaluate import TenantRules
+from tenants.mailrules.service import directory_groups, internal_domains, load_rules
 from tenants.metrics import store_error
 from tenants.policy import DomainRoute, Policy, find_domain_route, load_policy, normalize_domain
 from tenants.scope import tenant_scope
@@ -37,12 +39,14 @@ class DomainCache:
     def __init__(self) -> None:
         self.routes: dict[str, DomainRoute] = {}
         self.policies: dict[int, Policy] = {}
+        self.rules: dict[int, TenantRules] = {}
         self.version: int | None = None
 
     def check_version(self, version: int | None) -> None:
         if version != self.version:
             self.routes.clear()
             self.policies.clear()
+            self.rules.clear()
             self.version = version
 
 
@@ -78,6 +82,31 @@ class Routing:
             return find_domain_route(session, name)
         finally:
             session.close()
+
+    async def rules(self, tenant_id: int) -> TenantRules:
+        """The tenant's mail rules in evaluation order, and its domains (cached like policies)."""
+        rules = self.cache.rules.get(tenant_id)
+        if rules is None:
+            rules = await _counting_errors(asyncio.to_thread(self._load_rules, tenant_id))
+            self.cache.rules[tenant_id] = rules
+        return rules
+
+    def _load_rules(self, tenant_id: int) -> TenantRules:
+        with tenant_scope(tenant_id):
+            session = self.sessions()
+            try:
+                return TenantRules(tuple(load_rules(session, tenant_id)), internal_domains(session, tenant_id))
+            finally:
+                session.close()
+
+    def groups(self, tenant_id: int, addresses: list[str]) -> dict[str, frozenset[str]]:
+        """Directory groups of some addresses (blocking: call it in a thread). Not cached: a sync changes them."""
+        with tenant_scope(tenant_id):
+            session = self.sessions()
+            try:
+                return directory_groups(session, tenant_id, addresses)
+            finally:
+                session.close()
 
     def _load_policy(self, tenant_id: int) -> Policy:
         with tenant_scope(tenant_id):

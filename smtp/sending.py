@@ -20,12 +20,14 @@ from smtp.dkimsign import header_from_domain
 from smtp.envelope import peer_ip
 from smtp.fastpath import FastPath
 from smtp.judge import Judge
+from smtp.mailrules import judge_rules
 from smtp.mime import check_limits, summarize_headers
 from smtp.pipeline import run_stage
 from smtp.queue import NewMessage
 from smtp.ratelimit import REPLY_LIMITED
 from smtp.refusals import Refusals
 from smtp.routing import REPLY_LOOKUP_FAILED, Routing
+from smtp.ruleactions import apply_actions
 from smtp.session import IngressSession, IngressSMTP, MailEnvelope, Submitter
 from smtp.submission import REPLY_AUTH_REQUIRED, REPLY_SENDER_NOT_ALLOWED, Outbound
 from smtp.verdict import Action
@@ -183,26 +185,45 @@ class SendingHandler:
         received = received_header(self.cfg, session, envelope, queue_id, client_ip,
                                    tls=server._tls_protocol is not None)
         try:
-            data, signed = await self.outbound.sign(tenant_id, received + prepare_for_relay(raw, queue_id), mail_from)
+            verdicts, groups = await judge_rules(self.routing, ctx, queue_id, {(tenant_id, None): verdict},
+                                                 {(tenant_id, None): list(envelope.rcpt_tos)})
         except Exception:
-            log.exception("DKIM signing of outbound %s (tenant %d) failed; answering 451", queue_id, tenant_id)
-            return REPLY_SIGNING_FAILED
+            log.exception("mail rules of outbound %s failed; answering 451", queue_id)
+            return "451 4.3.0 Temporary failure while scanning, try again later"
+        if all(v.action == Action.REJECT and not v.discard for v in verdicts.values()):
+            first = next(iter(verdicts.values()))
+            return await self.refusals.rejected_outbound(session, envelope, raw, queue_id, tenant_id, first, ctx)
         headers = summarize_headers(raw)
         token = secrets.token_hex(8)
         policy = ctx.policies[tenant_id]
-        new = NewMessage(
-            tenant_id=tenant_id, queue_id=queue_id, mail_from=mail_from, rcpts=list(envelope.rcpt_tos), data=data,
-            route="mx", direction="outbound", client_ip=client_ip, client_helo=session.host_name,
-            header_from=headers.header_from, subject=headers.subject, message_id_header=headers.message_id,
-            claim_token=token, lease_seconds=self.cfg.delivery_lease,
-            verdict=verdict.action.value, score=verdict.score, explanation=verdict.explanation,
-            quarantine_kind=verdict.kind if verdict.action == Action.QUARANTINE else None,
-            findings=[(f.symbol, f.score, f.reason) for f in verdict.findings], deliver=verdict.delivers,
-            retention_days=policy.retention_days(verdict.kind or "spam") if verdict.action == Action.QUARANTINE
-            else None,
-        )
+        original = received + prepare_for_relay(raw, queue_id)
+        new: list[NewMessage] = []
+        signed = ""
+        for judged, rcpts in groups.items():
+            v = verdicts[judged]
+            applied = apply_actions(self.cfg, v, original, original, tenant_id=tenant_id, rcpts=rcpts,
+                                    admins=lambda: self.commit.admins(tenant_id),
+                                    retention_days=policy.retention_days("attachment"))
+            try:  # signed after the rules' edits (a disclaimer), so the signature covers what is sent
+                data, signed = await self.outbound.sign(tenant_id, applied.data, mail_from)
+            except Exception:
+                log.exception("DKIM signing of outbound %s (tenant %d) failed; answering 451", queue_id, tenant_id)
+                return REPLY_SIGNING_FAILED
+            new.append(NewMessage(
+                tenant_id=tenant_id, queue_id=queue_id, mail_from=mail_from, rcpts=rcpts, data=data,
+                route="mx", direction="outbound", client_ip=client_ip, client_helo=session.host_name,
+                header_from=headers.header_from, subject=headers.subject, message_id_header=headers.message_id,
+                claim_token=token, lease_seconds=self.cfg.delivery_lease,
+                verdict=v.action.value, score=v.score, explanation=v.explanation,
+                quarantine_kind=v.kind if v.action == Action.QUARANTINE else None,
+                findings=[(f.symbol, f.score, f.reason) for f in v.findings], deliver=v.delivers,
+                retention_days=policy.retention_days(v.kind or "spam")
+                if v.action in (Action.QUARANTINE, Action.REJECT) else None,
+                next_hop=applied.next_hop, events=applied.events,
+            ))
+            new.extend(applied.extra)
         try:
-            stored = await self.commit.outbound(new)
+            stored = await self.commit.outbound(new, verdicts)
         except Exception:
             log.exception("commit of outbound %s failed; answering 451", queue_id)
             return REPLY_STORE_FAILED

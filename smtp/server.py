@@ -190,7 +190,7 @@ class IngressHandler:
         if over is not None:
             return await self.refusals.over_limits(session, envelope, raw, queue_id, by_tenant, over)
         try:
-            verdicts, groups, ctx = await self.judge.inbound(envelope, raw, by_tenant)
+            verdicts, groups, ctx = await self.judge.inbound(envelope, raw, by_tenant, queue_id)
         except Exception:
             log.exception("checks of %s failed; answering 451", queue_id)
             return "451 4.3.0 Temporary failure while scanning, try again later"
@@ -198,7 +198,7 @@ class IngressHandler:
             why = next(v.explanation for v in verdicts.values() if v.action == Action.TEMPFAIL)
             log.warning("%s from %s deferred: %s", queue_id, client_ip, why)
             return "451 4.7.0 Temporary failure: content scan unavailable, try again later"
-        if all(v.action == Action.REJECT for v in verdicts.values()):
+        if all(v.action == Action.REJECT and not v.discard for v in verdicts.values()):
             return await self.refusals.rejected_inbound(session, raw, queue_id, verdicts, groups, ctx)
         token = secrets.token_hex(8)
         mail_from = ctx.mail_from

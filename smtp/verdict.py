@@ -11,6 +11,7 @@ import base64
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from smtp.checks.base import Finding
 from tenants.policy import Policy
@@ -41,6 +42,12 @@ class Verdict:
     #: spam, virus or attachment, when the action is quarantine (or reject).
     kind: str | None = None
     explanation: str = ""
+    #: What the tenant's mail rules matched and do to this recipient group (:class:`smtp.mailrules.RuleEffects`).
+    rules: Any = None
+    #: A rule blocked the mail by discarding it: recorded as rejected, but the client is told 250.
+    discard: bool = False
+    #: A rule's own words for the 554 (block with a message).
+    reply: str | None = None
 
     @property
     def delivers(self) -> bool:

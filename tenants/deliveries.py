@@ -112,7 +112,7 @@ def _move(session: Session, to: DeliveryStatus, frm: Sequence[DeliveryStatus], w
 
 def create(session: Session, msg: Message, rcpt: str, status: DeliveryStatus, *, route: str,
            now: datetime | None = None, claim_token: str | None = None, lease_seconds: int = 0,
-           last_reply: str | None = None) -> Delivery:
+           last_reply: str | None = None, next_hop: str | None = None) -> Delivery:
     """Add a new row for ``rcpt`` of ``msg`` in one of the :data:`INITIAL` statuses (no flush). A row is born
     ``delivering`` exactly when it is born claimed (``claim_token``, held for ``lease_seconds``)."""
     if status not in INITIAL:
@@ -122,7 +122,7 @@ def create(session: Session, msg: Message, rcpt: str, status: DeliveryStatus, *,
         raise IllegalTransition("a delivery row is created delivering exactly when it is created claimed")
     now = now or utcnow()
     row = Delivery(tenant_id=msg.tenant_id, message=msg, rcpt=rcpt, route=route, status=status.value,
-                   claim_token=claim_token,
+                   claim_token=claim_token, next_hop=next_hop,
                    lease_until=now + timedelta(seconds=lease_seconds) if claim_token is not None else None,
                    last_reply=last_reply[:REPLY_MAX] if last_reply is not None else None,
                    next_attempt_at=now, created_at=now, updated_at=now)

@@ -18,7 +18,9 @@ and by ``*`` for a sync (every entry with such an attribute).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import ldap3
 from ldap3.core.exceptions import LDAPException
@@ -31,6 +33,7 @@ from tenants.config import Config
 from tenants.dkimkeys import decrypt_private_key
 from tenants.egress import LDAP, EgressPolicy, literal_address
 from tenants.exceptions import ValidationError
+from tenants.mailrules.service import replace_directory_groups
 from tenants.models import Domain, RecipientVerification, utcnow
 from tenants.recipients import (
     ADDRESS_PLACEHOLDER,
@@ -54,6 +57,8 @@ PAGE_SIZE = 500
 MAX_ADDRESSES = 200000
 #: Longest result text stored on the settings.
 MAX_RESULT = 500
+#: Group objects read for the mail rules' ldap_group condition (OpenLDAP's and Active Directory's kinds).
+GROUP_FILTER = "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames)(objectClass=group))"
 #: Address prefixes in ``proxyAddresses``-style values that mean SMTP (case-insensitive).
 SMTP_PREFIX = "smtp:"
 
@@ -140,26 +145,64 @@ def addresses_of(values: object) -> list[str]:
 
 def _search(conn: ldap3.Connection, settings: Settings, search_filter: str) -> list[str]:
     """Every address in the configured attributes of the entries the filter matches, page by page."""
-    found: dict[str, None] = {}
+    return list(_entries(conn, settings, search_filter))
+
+
+def _paged(conn: ldap3.Connection, base: str, search_filter: str, attributes: list[str]) -> Iterator[dict[str, Any]]:
+    """The entries of a paged search; :class:`DirectoryError` when the search fails."""
     try:
-        pages = conn.extend.standard.paged_search(settings.ldap_base_dn, search_filter, ldap3.SUBTREE,
-                                                  attributes=settings.attribute_list, paged_size=PAGE_SIZE,
-                                                  generator=True)
+        pages = conn.extend.standard.paged_search(base, search_filter, ldap3.SUBTREE, attributes=attributes,
+                                                  paged_size=PAGE_SIZE, generator=True)
         for entry in pages:
-            if entry.get("type") != "searchResEntry":
-                continue
-            for values in (entry.get("attributes") or {}).values():
-                for addr in addresses_of(values):
-                    found[addr] = None
-            if len(found) > MAX_ADDRESSES:
-                raise DirectoryError(f"more than {MAX_ADDRESSES} addresses: narrow the base DN or the filter")
+            if entry.get("type") == "searchResEntry":
+                yield entry
     except LDAPException as exc:
-        raise DirectoryError(f"search under {settings.ldap_base_dn} failed: {exc}") from exc
+        raise DirectoryError(f"search under {base} failed: {exc}") from exc
     result = conn.result or {}
     if result.get("result", 0) not in (0, None):
-        raise DirectoryError(f"search under {settings.ldap_base_dn} failed: {result.get('description')} "
+        raise DirectoryError(f"search under {base} failed: {result.get('description')} "
                              f"{result.get('message', '')}".strip())
-    return list(found)
+
+
+def _entries(conn: ldap3.Connection, settings: Settings, search_filter: str, *,
+             groups: dict[str, set[str]] | None = None) -> dict[str, str]:
+    """Address → the DN of its entry, for every address in the configured attributes of the matching entries;
+    with ``groups``, also each address's ``memberOf`` groups (Active Directory) by their CN."""
+    found: dict[str, str] = {}
+    attributes = settings.attribute_list + (["memberOf"] if groups is not None else [])
+    for entry in _paged(conn, settings.ldap_base_dn, search_filter, attributes):
+        attrs = dict(entry.get("attributes") or {})
+        member_of = attrs.pop("memberOf", None) or []
+        for values in attrs.values():
+            for addr in addresses_of(values):
+                found[addr] = str(entry.get("dn", "")).lower()
+                if groups is not None:
+                    groups.setdefault(addr, set()).update(filter(None, map(group_name, member_of)))
+        if len(found) > MAX_ADDRESSES:
+            raise DirectoryError(f"more than {MAX_ADDRESSES} addresses: narrow the base DN or the filter")
+    return found
+
+
+def group_name(dn: object) -> str:
+    """A group's name from its DN (its first CN), e.g. ``cn=Finance,ou=Groups,dc=acme`` → ``Finance``."""
+    first = str(dn).split(",", 1)[0].strip()
+    key, sep, value = first.partition("=")
+    return value.strip() if sep and key.strip().lower() == "cn" else ""
+
+
+def _group_members(conn: ldap3.Connection, settings: Settings, by_dn: dict[str, list[str]],
+                   groups: dict[str, set[str]]) -> None:
+    """Add the groups found as objects under the base DN (groupOfNames, groupOfUniqueNames, AD groups) to the
+    addresses of their members."""
+    for entry in _paged(conn, settings.ldap_base_dn, GROUP_FILTER, ["cn", "member", "uniqueMember"]):
+        attrs = entry.get("attributes") or {}
+        cn = attrs.get("cn")
+        name = (cn[0] if isinstance(cn, list) and cn else str(cn or "")).strip()
+        if not name:
+            continue
+        for member in list(attrs.get("member") or []) + list(attrs.get("uniqueMember") or []):
+            for addr in by_dn.get(str(member).lower(), []):
+                groups.setdefault(addr, set()).add(name)
 
 
 def lookup(session: Session, cfg: Config, tenant_id: int, address: str) -> bool:
@@ -190,15 +233,25 @@ def test_connection(session: Session, cfg: Config, tenant_id: int, address: str 
         conn.unbind()
 
 
-def fetch(session: Session, cfg: Config, tenant_id: int) -> list[str]:
-    """Every address the directory holds in the tenant's domains. Raises :class:`DirectoryError`."""
+def fetch(session: Session, cfg: Config, tenant_id: int,
+          groups: dict[str, set[str]] | None = None) -> list[str]:
+    """Every address the directory holds in the tenant's domains; with ``groups``, each one's directory groups are
+    put there too (the mail rules' ldap_group condition). Raises :class:`DirectoryError`."""
     settings = get_settings(session, tenant_id)
     conn = _connect(cfg, settings, _password(cfg, find_row(session, tenant_id)))
     try:
-        found = _search(conn, settings, sync_filter(settings))
+        found = _entries(conn, settings, sync_filter(settings), groups=groups)
+        if groups is not None:
+            by_dn: dict[str, list[str]] = {}
+            for addr, dn in found.items():
+                by_dn.setdefault(dn, []).append(addr)
+            _group_members(conn, settings, by_dn, groups)
     finally:
         conn.unbind()
     domains = set(session.scalars(select(Domain.name).where(Domain.tenant_id == tenant_id)))
+    if groups is not None:
+        for addr in [a for a in groups if a.rpartition("@")[2] not in domains]:
+            del groups[addr]
     return [a for a in found if a.rpartition("@")[2] in domains]
 
 
@@ -207,8 +260,9 @@ def sync(session: Session, cfg: Config, tenant_id: int) -> SyncResult:
     commits (rows and outcome in one transaction). A failure — or an empty answer, which is far likelier a wrong
     base DN or filter than a company without mailboxes — keeps the previous rows."""
     row = settings_row(session, tenant_id)
+    groups: dict[str, set[str]] = {}
     try:
-        addresses = fetch(session, cfg, tenant_id)
+        addresses = fetch(session, cfg, tenant_id, groups)
         if not addresses:
             raise DirectoryError("the directory returned no address in your domains (check the base DN, the filter "
                                  "and the attributes)")
@@ -218,8 +272,9 @@ def sync(session: Session, cfg: Config, tenant_id: int) -> SyncResult:
         log.warning("directory sync of tenant %d failed: %s", tenant_id, exc)
     else:
         added, removed = replace_directory_rows(session, tenant_id, addresses)
-        result = SyncResult(True, f"{len(addresses)} address(es): {added} added, {removed} removed",
-                            len(addresses), added, removed)
+        memberships = replace_directory_groups(session, tenant_id, {a: g for a, g in groups.items() if g})
+        result = SyncResult(True, f"{len(addresses)} address(es): {added} added, {removed} removed; "
+                                  f"{memberships} group membership(s)", len(addresses), added, removed)
         row.synced_at = utcnow()
         row.last_sync_count = len(addresses)
         log.info("directory sync of tenant %d: %s", tenant_id, result.message)

@@ -281,6 +281,8 @@ class Delivery(TenantScoped, Base):
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     claim_token: Mapped[str | None] = mapped_column(String(32))
     last_reply: Mapped[str | None] = mapped_column(Text)
+    #: ``host|port|tls`` when a mail rule rerouted the row to a transport of its own; None: by ``route``.
+    next_hop: Mapped[str | None] = mapped_column(String(300))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -614,3 +616,4 @@ __all__ = [
 # The feedback-learning tables live in their own module; importing it here puts them in Base.metadata wherever the
 # models are imported.
 from tenants import learning_models as learning_models  # noqa: E402
+from tenants.mailrules import model as model  # noqa: E402

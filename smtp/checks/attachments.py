@@ -51,6 +51,8 @@ MAX_ARCHIVE_ENTRIES = 2 * MAX_ARCHIVE_MEMBERS
 MAX_UNPACKED_BYTES = 100 * 1024 * 1024
 #: Seconds of inspection per mail; the worker thread cannot be cancelled, so it stops itself (ARCHIVE_LIMIT).
 MAX_INSPECT_SECONDS = 20.0
+#: Most archive members listed per mail for the mail rules (the inspection itself is bounded apart).
+MAX_LISTED_MEMBERS = 500
 #: Bytes given to libmagic to find a type (ISO 9660 is recognised at 32 KiB; libmagic reads no more than 1 MiB).
 SNIFF_BYTES = 1024 * 1024
 #: Bytes read from each part of an Office document to see whether it is an OLE file, a zip or an executable.
@@ -178,6 +180,8 @@ class Inspection:
 
     findings: dict[str, list[str]] = field(default_factory=dict)
     listing: list[tuple[str, str, int]] = field(default_factory=list)
+    #: (name, real type) of the files inside archives, up to :data:`MAX_LISTED_MEMBERS`.
+    members: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -190,6 +194,8 @@ class _Walk:
     unpacked: int = 0
     #: Set when a per-mail bound was hit: nothing more is unpacked.
     stopped: bool = False
+    #: (name, real type) of the files found inside archives (mail rules' archive_member condition reads them).
+    found: list[tuple[str, str]] = field(default_factory=list)
 
     def add(self, symbol: str, reason: str) -> None:
         reason = reason.translate(_UNPRINTABLE)
@@ -590,6 +596,8 @@ def _inspect(walk: _Walk, path: str, name: str, declared_type: str, data: bytes,
     """Inspect one attachment or archive member (``real``: its type when already sniffed); returns its real type."""
     if real is None:
         real = sniff(data)
+    if depth > 0 and len(walk.found) < MAX_LISTED_MEMBERS:
+        walk.found.append((name, real))
     if not names_checked:
         _check_name(walk, path, name)
     if real in DANGEROUS_TYPES:
@@ -628,6 +636,7 @@ def inspect_attachments(attachments: Sequence[Attachment]) -> Inspection:
             log.exception("attachment inspection failed on %s", path)
             real = "application/octet-stream"
         result.listing.append((name, real, len(att.data)))
+    result.members = walk.found
     return result
 
 
@@ -653,5 +662,6 @@ class AttachmentCheck(Check):
             return
         result = await asyncio.to_thread(inspect_attachments, mail.attachments)
         ctx.facts["attachments"] = result.listing
+        ctx.facts["archive_members"] = result.members
         for symbol, reasons in result.findings.items():
             ctx.add(symbol, _summary(reasons))
