@@ -131,12 +131,15 @@ def _register_blueprints(app: Flask) -> None:
     # (one blueprint per audience).
     # security and cluster add theirs to the console and portal blueprints (audit log, settings, view-as, cluster);
     # tracking and stats theirs too (tracking center and statistics); policy the baseline and tenant policy pages.
+    # rules adds the mail rules pages to both (the tenant's one list, the MSP's baseline).
     from app import (  # noqa: F401
         account,
         auth,
         cluster,
         console,
         console_admin,
+        console_backups,
+        console_onboarding,
         health,
         held,
         metrics,
@@ -149,6 +152,8 @@ def _register_blueprints(app: Flask) -> None:
         portal_quarantine,
         portal_recipients,
         quarantine,
+        rules,
+        rules_preview,
         security,
         stats,
         tracking,

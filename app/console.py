@@ -1,4 +1,6 @@
-"""The MSP console: every tenant and its domains; msp_admin creates tenants and adds domains, msp_helpdesk reads.
+"""The MSP console: its home is the dashboard (:mod:`tenants.dashboard`: mail, queue, held mail and what needs
+attention) above the tenant list with its domains (searched, sorted and paged in SQL); msp_admin creates tenants and
+adds domains, msp_helpdesk reads.
 
 A tenant's page shows its domains, admins, this month's usage and its state; msp_admin suspends and resumes it,
 downloads its export (only msp_admin: the export holds every mail) and, once it is suspended and exported, deletes it
@@ -7,8 +9,6 @@ so the lists span all tenants.
 """
 
 from __future__ import annotations
-
-from collections import defaultdict
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
@@ -23,9 +23,9 @@ from wtforms.validators import DataRequired, Length
 from app import domain_removal
 from app.access import MSP_ROLES, allow
 from app.exports import tenant_zip
-from app.extensions import config, db
+from app.extensions import config, db, redis
 from app.forms import DomainForm, TenantForm
-from tenants import lifecycle, services
+from tenants import dashboard, lifecycle, services
 from tenants.egress import EgressPolicy
 from tenants.exceptions import NotFound, ValidationError
 from tenants.models import Domain, Role, Tenant, User
@@ -41,19 +41,31 @@ def _audit(action: str, target: str, detail: str = "", *, tenant_id: int | None)
     audit(action, target, detail, tenant_id=tenant_id)
 
 
+def _list_args() -> tuple[dashboard.ListArgs, int]:
+    """The tenant list's ``?q=&sort=&dir=&page=``; bad ones are flashed and the default list shown (400)."""
+    a = request.args
+    try:
+        return dashboard.list_args(a.get("q"), a.get("sort"), a.get("dir"), a.get("page")), 200
+    except ValidationError as exc:
+        flash(str(exc), "error")
+        return dashboard.ListArgs(), 400
+
+
 def _page(tenant_form: TenantForm | None = None, domain_form: DomainForm | None = None,
           status: int = 200) -> ResponseReturnValue:
-    """The console page; a form given here was submitted and is shown again with its values and errors."""
+    """The console home; a form given here was submitted and is shown again with its values and errors."""
     s = db.session
-    tenants: list[Tenant] = services.list_tenants(s)
-    domains: dict[int, list[Domain]] = defaultdict(list)
-    for d in services.list_domains(s):
-        domains[d.tenant_id].append(d)
+    args, bad = _list_args()
+    listing = dashboard.tenant_page(s, args)
+    domains = dashboard.domains_of(s, [t.id for t in listing.rows])
     tenant_form = tenant_form or TenantForm(formdata=None, prefix="tenant")
     domain_form = domain_form or DomainForm(formdata=None, prefix="domain")
-    domain_form.tenant.choices = [SelectChoice(t.id, t.name) for t in tenants]
-    return render_template("console/index.html", tenants=tenants, domains=domains, tenant_form=tenant_form,
-                           domain_form=domain_form, can_edit=current_user.role is Role.MSP_ADMIN), status
+    domain_form.tenant.choices = [SelectChoice(i, n) for i, n in
+                                  s.execute(select(Tenant.id, Tenant.name).order_by(Tenant.name))]
+    return render_template("console/index.html", board=dashboard.build(s, config(), redis()), listing=listing,
+                           domains=domains, sorts=dashboard.SORTS, default_dirs=dashboard.DEFAULT_DIRS,
+                           duration=dashboard.duration, tenant_form=tenant_form, domain_form=domain_form,
+                           can_edit=current_user.role is Role.MSP_ADMIN), max(status, bad)
 
 
 @bp.route("/")

@@ -1,9 +1,10 @@
 """The MSP's own administration in the console (``console`` blueprint): MSP-wide API keys, MSP staff, and the
 default allow and block lists every tenant inherits.
 
-msp_admin creates and revokes keys and creates, deactivates and reactivates staff; msp_helpdesk reads. Requests here
-run in the MSP scope; the pages touch only MSP-level rows (keys and users without a tenant): a tenant's key or user
-id posted here is 404. Tenants manage their own keys and users in the portal (:mod:`app.portal_admin`).
+msp_admin creates and revokes keys and creates, deactivates, reactivates and deletes staff; msp_helpdesk reads.
+Requests here run in the MSP scope; the pages touch only MSP-level rows (keys and users without a tenant): a
+tenant's key or user id posted here is 404. Tenants manage their own keys and users in the portal
+(:mod:`app.portal_admin`).
 """
 
 from __future__ import annotations
@@ -98,6 +99,12 @@ def staff_active(user_id: int) -> ResponseReturnValue:
 @allow(Role.MSP_ADMIN)
 def staff_unlock(user_id: int) -> ResponseReturnValue:
     return portal_admin.unlock_user(user_id, None, "console.staff")
+
+
+@bp.route("/staff/<int:user_id>/delete", methods=["POST"])
+@allow(Role.MSP_ADMIN)
+def staff_delete(user_id: int) -> ResponseReturnValue:
+    return portal_admin.delete_user_of(user_id, None, "console.staff")
 
 
 # --- MSP-wide allow and block lists ---------------------------------------------------------------------------------

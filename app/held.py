@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from tenants import quarantine as q
 from tenants.blobs import blob_store
 from tenants.exceptions import ValidationError
+from tenants.mailsort import Order
 from tenants.models import Message
 from tenants.preview import Preview, parse_view
 from tenants.quarantine import BulkResult
@@ -67,17 +68,44 @@ def list_page(session: Session, template: str, form_class: type[FormT],
     items: list[q.QuarantineItem] = []
     cursor = None
     status = 200
+    order, total = Order(), None
     if form.validate():
         try:
+            order = order_of_request()
             items, cursor = q.search(session, **filters(form), after=request.args.get("after") or None,
-                                     limit=page_size())
+                                     limit=page_size(), order=order)
+            total = q.count(session, **filters(form))
         except ValidationError as exc:
             flash(str(exc), "error")
             status = 400
     else:
         status = 422
     return render_template(template, form=form, items=items, next_args=page_args(cursor), first_args=first_args(),
-                           back=request.query_string.decode("latin-1"), **context), status
+                           back=request.query_string.decode("latin-1"), order=order, total=total,
+                           **context), status
+
+
+def order_of_request() -> Order:
+    """The list order that ``?sort=`` and ``?dir=`` ask for (ValidationError for an unknown one)."""
+    return Order.parse(request.args.get("sort"), request.args.get("dir"))
+
+
+def sort_args(order: Order, key: str) -> dict[str, str]:
+    """The current query for a column head's link: sorted by ``key`` (the other way round if it already is), from
+    the first page. The default order (newest first) carries no ``sort``/``dir``."""
+    args = {k: v for k, v in request.args.items() if k not in ("after", "sort", "dir", "submit") and v}
+    wanted = Order(key, not order.descending) if key == order.sort else Order.parse(key, None)
+    if not wanted.is_default:
+        args.update(sort=wanted.sort, dir="desc" if wanted.descending else "asc")
+    return args
+
+
+def count_words(total: tuple[int, bool] | None, noun: str = "message") -> str:
+    """"1 message", "12 messages", "10,000+ messages" for a capped count."""
+    if total is None:
+        return ""
+    n, more = total
+    return f"{n:,}{'+' if more else ''} {noun}{'' if n == 1 and not more else 's'}"
 
 
 def safe_query(raw: str) -> str:
@@ -139,3 +167,5 @@ def init_app(app: Flask) -> None:
     app.add_template_filter(_when, "when")
     app.add_template_filter(_score, "score")
     app.add_template_filter(_sentence, "sentence")
+    app.add_template_global(sort_args, "sort_args")
+    app.add_template_global(count_words, "count_words")

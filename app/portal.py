@@ -13,9 +13,9 @@ from sqlalchemy.exc import IntegrityError
 
 from app import domain_removal
 from app.access import allow
-from app.extensions import config, db
+from app.extensions import config, db, redis
 from app.forms import PortalDomainForm, TransportForm, transport_prefix
-from tenants import claims, dnsreadiness, services, verification
+from tenants import claims, dnscache, onboarding, services, transportcheck, verification
 from tenants.egress import EgressPolicy
 from tenants.exceptions import ValidationError
 from tenants.models import Domain, Role
@@ -45,10 +45,11 @@ def _transport_form(domain: Domain, back: str) -> TransportForm:
 
 
 def _domain_page(domain: Domain, form: TransportForm | None, status: int = 200) -> ResponseReturnValue:
+    """The domain's page; its DNS checklist comes from the worker's cache (:mod:`tenants.dnscache`), never live."""
     cfg = config()
     return render_template("portal/domain.html", domain=domain, form=form, can_edit=_can_edit(),
                            verification_record=verification.zone_line(cfg, domain),
-                           checklist=dnsreadiness.checklist(db.session, cfg, domain)), status
+                           dns=dnscache.for_page(db.session, cfg, redis(), domain)), status
 
 
 def _index_page(add_form: PortalDomainForm | None = None, status: int = 200) -> ResponseReturnValue:
@@ -144,6 +145,32 @@ def verify_domain(domain_id: int) -> ResponseReturnValue:
     if d.verified != was:
         bump_policy_version(config())  # the ingresses' sender-domain caches hold "nobody's" for it until then
     flash(result.message, "success" if result.verified else "error")
+    dnscache.recheck(config(), redis(), d)  # the checklist's ownership row follows (Redis away: its card says so)
+    return redirect(url_for("portal.domain", domain_id=d.id))
+
+
+@bp.route("/domains/<int:domain_id>/transport-test", methods=["POST"])
+@allow(Role.TENANT_ADMIN)
+def transport_test(domain_id: int) -> ResponseReturnValue:
+    """Test connection: ask the saved transport whether it takes mail for the domain (:mod:`tenants.transportcheck`,
+    through the egress policy; nothing is sent); the outcome is audited."""
+    s = db.session
+    d = load(s, Domain, domain_id)
+    result = transportcheck.check_transport(config(), d, EgressPolicy(config()))
+    _audit(onboarding.TRANSPORT_TEST_ACTION, onboarding.transport_test_target(d),
+           onboarding.transport_test_detail(d, result))
+    s.commit()
+    flash(f"Connection tested: {result.message}." if result.ok else f"The connection test failed: {result.message}.",
+          "success" if result.ok else "error")
+    return redirect(url_for("portal.domain", domain_id=d.id))
+
+
+@bp.route("/domains/<int:domain_id>/dns-check", methods=["POST"])
+@allow(Role.TENANT_ADMIN)
+def recheck_dns(domain_id: int) -> ResponseReturnValue:
+    """Have the worker look the domain's DNS records up again ("Re-check"); the page shows the result when ready."""
+    d = load(db.session, Domain, domain_id)
+    flash(*dnscache.recheck(config(), redis(), d))
     return redirect(url_for("portal.domain", domain_id=d.id))
 
 

@@ -25,7 +25,7 @@ from app.extensions import config, db
 from app.forms import ApiKeyForm, NewUserForm
 from app.portal import TENANT_ROLES, bp
 from app.security import audit
-from tenants import apikeys, dkimkeys, relay, services, users
+from tenants import accounts, apikeys, dkimkeys, relay, services, users
 from tenants.exceptions import NotFound, ValidationError
 from tenants.models import RelayNetwork, Role, SmtpCredential, Tenant, utcnow
 from tenants.redisconn import bump_policy_version
@@ -198,6 +198,37 @@ def unlock_user(user_id: int, tenant_id: int | None, endpoint: str) -> ResponseR
 @allow(Role.TENANT_ADMIN)
 def user_unlock(user_id: int) -> ResponseReturnValue:
     return unlock_user(user_id, current_user.tenant_id, "portal.users_page")
+
+
+def delete_user_of(user_id: int, tenant_id: int | None, endpoint: str) -> ResponseReturnValue:
+    """Delete a user of this level after a confirmation step (shared with the console's staff page). Nobody deletes
+    themselves or the last active admin; the user's sessions end with the account."""
+    s = db.session
+    user = users.get_user(s, user_id, tenant_id)
+    form = ConfirmForm()
+    if not form.validate_on_submit():
+        flash("Bad request: reload the page and try again.", "error")
+        return redirect(url_for(endpoint))
+    email, role = user.email, user.role
+    try:
+        if form.confirm.data != "1":
+            users.keep_an_admin(user)  # say so now, not after the confirmation
+            return render_template("user_delete.html", user=user, back=endpoint)
+        accounts.delete_user(s, user, actor_id=current_user.user_id)
+    except ValidationError as exc:
+        s.rollback()
+        flash(str(exc), "error")
+        return redirect(url_for(endpoint))
+    audit("user.delete", f"user {email}", f"role {role}", tenant_id=tenant_id)
+    s.commit()
+    flash(f"User {email} is deleted: they can no longer sign in.", "success")
+    return redirect(url_for(endpoint))
+
+
+@bp.route("/users/<int:user_id>/delete", methods=["POST"])
+@allow(Role.TENANT_ADMIN)
+def user_delete(user_id: int) -> ResponseReturnValue:
+    return delete_user_of(user_id, current_user.tenant_id, "portal.users_page")
 
 
 # --- API keys -------------------------------------------------------------------------------------------------------

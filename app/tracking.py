@@ -2,7 +2,8 @@
 console (``/console/tracking``: msp_admin, msp_helpdesk, across tenants with a tenant filter).
 
 A filtered search paged by keyset cursor, one message's timeline (envelope, findings, verdict, every delivery attempt
-with the remote reply), and a streamed CSV export of a search with the same filters (at most
+with the remote reply) with its actions (release a held mail, allow or block its sender: the quarantine's services,
+audited), and a streamed CSV export of a search with the same filters (at most
 :data:`tenants.tracking.EXPORT_MAX_ROWS` rows). Every read goes through :mod:`tenants.tracking` in the request's
 scope: another tenant's message is a 404 like a missing one. Opening a timeline is recorded as envelope-level access.
 """
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 
-from flask import Response, flash, render_template, request, stream_with_context
+from flask import Response, abort, flash, redirect, render_template, request, stream_with_context, url_for
 from flask.typing import ResponseReturnValue
 from flask_login import current_user
 from flask_wtf import FlaskForm
@@ -25,18 +26,22 @@ from wtforms.fields.choices import SelectChoice
 from wtforms.validators import Length, Optional
 
 from app import held
-from app.access import MSP_ROLES, allow
+from app.access import MSP_ROLES, QUARANTINE_HELPDESK, allow
 from app.console import bp as console_bp
-from app.extensions import db
+from app.extensions import config, db
 from app.portal import TENANT_ROLES
 from app.portal import bp as portal_bp
-from tenants import tracking
-from tenants.exceptions import ValidationError
-from tenants.models import Tenant
+from tenants import lists, tracking
+from tenants import quarantine as q
+from tenants.exceptions import PermissionDenied, ValidationError
+from tenants.mailsort import Order
+from tenants.models import DeliveryStatus, Role, Tenant
 from tenants.scope import current_scope, reset_scope, set_scope
 
 #: Longest text a filter field accepts.
 FIELD_MAX = 320
+#: What a tracked message's page may do (``action``): release it, allow or block its sender.
+ACTIONS: tuple[str, ...] = ("release", "allow", "block")
 
 
 def _choices(values: tuple[str, ...]) -> list[SelectChoice]:
@@ -135,21 +140,26 @@ def _search(audience: Audience) -> ResponseReturnValue:
     rcpts: dict[str, list[tuple[str, str]]] = {}
     cursor = None
     status = 200
+    order, total = Order(), None
     if form.validate():
         try:
-            items, cursor = tracking.search_page(db.session, _filters(form, audience),
-                                                 after=request.args.get("after") or None, limit=held.page_size())
+            order = held.order_of_request()
+            filters = _filters(form, audience)
+            items, cursor = tracking.search_page(db.session, filters, after=request.args.get("after") or None,
+                                                 limit=held.page_size(), order=order)
+            total = tracking.count(db.session, filters)
             rcpts = tracking.recipients(db.session, [m.id for m in items])
         except ValidationError as exc:
             flash(str(exc), "error")
             status = 400
     else:
         status = 422
-    export_args = {k: v for k, v in request.args.items() if k not in ("after", "limit", "submit") and v}
+    export_args = {k: v for k, v in request.args.items()
+                   if k not in ("after", "limit", "submit", "sort", "dir") and v}
     return render_template("tracking/search.html", form=form, items=items, rcpts=rcpts, a=audience,
                            tenants=_tenant_names() if audience.msp else {}, next_args=held.page_args(cursor),
                            first_args=held.first_args(), export_args=export_args,
-                           max_rows=tracking.EXPORT_MAX_ROWS), status
+                           max_rows=tracking.EXPORT_MAX_ROWS, order=order, total=total), status
 
 
 def _csv_line(row: list[str]) -> str:
@@ -199,7 +209,73 @@ def _message(audience: Audience, message_id: str) -> ResponseReturnValue:
     s.commit()
     tenant = s.get(Tenant, d.message.tenant_id) if audience.msp else None
     return render_template("tracking/message.html", d=d, m=d.message, steps=tracking.timeline(d), a=audience,
-                           tenant=tenant)
+                           tenant=tenant, actions=_actions_on(d, audience))
+
+
+def _allowed(audience: Audience) -> tuple[str, ...]:
+    """What the viewer may do to a tracked message: admins all of :data:`ACTIONS`, the helpdesk (in the console, or
+    viewing a tenant as it) releases only, as in the quarantine; a tenant's auditor nothing."""
+    if audience.msp:
+        return ACTIONS if current_user.role is Role.MSP_ADMIN else ("release",)
+    if current_user.role is Role.TENANT_ADMIN:
+        return ACTIONS
+    return ("release",) if current_user.acting_as and current_user.real_role in QUARANTINE_HELPDESK else ()
+
+
+def _actions_on(d: tracking.MessageDetail, audience: Audience) -> tuple[str, ...]:
+    """The buttons a message's page shows: release while a recipient is held (never a virus: that is released from
+    its quarantine page, after a confirmation); allow or block the sender of inbound mail."""
+    m = d.message
+    held_now = any(r.status == DeliveryStatus.QUARANTINED.value for r in d.deliveries)
+    shown = []
+    if held_now and m.quarantine_kind != "virus":
+        shown.append("release")
+    if m.direction == "inbound" and (m.header_from or m.mail_from):
+        shown += ["allow"] if m.quarantine_kind != "virus" else []
+        shown.append("block")
+    return tuple(a for a in shown if a in _allowed(audience))
+
+
+def _act(audience: Audience, message_id: str) -> ResponseReturnValue:
+    """Release a tracked message, or allow or block its sender (releasing or deleting it while it is held), with the
+    quarantine's services; audited like the quarantine's actions."""
+    s, cfg, actor = db.session, config(), current_user.email
+    d = tracking.detail(s, message_id)  # NotFound (404) for another tenant's message
+    m, action = d.message, request.form.get("action", "")
+    if action not in ACTIONS:
+        abort(400)
+    if action not in _allowed(audience):
+        abort(404)  # as for a view the role may not call: no oracle of what exists
+    back = redirect(url_for(audience.ep("tracking_message"), message_id=m.id))
+    if action not in _actions_on(d, audience):
+        flash("That action does not apply to this message.", "error")
+        return back
+    held_now = any(r.status == DeliveryStatus.QUARANTINED.value for r in d.deliveries)
+    admin = current_user.role in (Role.TENANT_ADMIN, Role.MSP_ADMIN)
+    try:
+        if action == "release":
+            done = f"Message {q.release(s, cfg, m.id, actor=actor, actor_is_admin=admin)}."
+        elif held_now and action == "allow":
+            entry, result = q.allow_sender_and_release(s, cfg, m.id, actor=actor, actor_is_admin=True)
+            done = f"{entry.value} is on the tenant's allow list; message {result}."
+        elif held_now:
+            entry, gone = q.block_sender_and_delete(s, cfg, m.id, actor=actor)
+            done = f"{entry.value} is on the tenant's block list; message deleted for {', '.join(gone)}."
+        else:
+            kind = "allow" if action == "allow" else "block"
+            entry = lists.add_entry(s, kind=kind, value=lists.sender_of(m.mail_from, m.header_from),
+                                    value_type="address", tenant_id=m.tenant_id, created_by=actor,
+                                    comment=f"from tracked message {m.id}")
+            lists.reload_after_commit(s, cfg)
+            done = f"{entry.value} is on the tenant's {kind} list."
+        _audit(f"tracking.{action}", f"message {m.id}", done, tenant_id=m.tenant_id)
+        s.commit()
+    except (ValidationError, PermissionDenied) as exc:
+        s.rollback()
+        flash(str(exc), "error")
+    else:
+        flash(done, "success")
+    return back
 
 
 @portal_bp.route("/tracking")
@@ -220,6 +296,12 @@ def tracking_message(message_id: str) -> ResponseReturnValue:
     return _message(PORTAL, message_id)
 
 
+@portal_bp.route("/tracking/<message_id>/act", methods=["POST"])
+@allow(Role.TENANT_ADMIN, viewing_as=QUARANTINE_HELPDESK)
+def tracking_act(message_id: str) -> ResponseReturnValue:
+    return _act(PORTAL, message_id)
+
+
 @console_bp.route("/tracking", endpoint="tracking_search")
 @allow(*MSP_ROLES)
 def tracking_search_msp() -> ResponseReturnValue:
@@ -237,3 +319,8 @@ def tracking_export_msp() -> ResponseReturnValue:
 def tracking_message_msp(message_id: str) -> ResponseReturnValue:
     return _message(CONSOLE, message_id)
 
+
+@console_bp.route("/tracking/<message_id>/act", endpoint="tracking_act", methods=["POST"])
+@allow(*MSP_ROLES)
+def tracking_act_msp(message_id: str) -> ResponseReturnValue:
+    return _act(CONSOLE, message_id)

@@ -7,7 +7,6 @@ imported lazily by the command that runs it (so ``mailward smtp`` never imports 
 from __future__ import annotations
 
 import logging
-import secrets
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -273,25 +272,6 @@ def user() -> None:
     """Console and portal users."""
 
 
-@user.command("create")
-@click.argument("email")
-@click.option("--role", required=True,
-              type=click.Choice(["msp_admin", "msp_helpdesk", "tenant_admin", "tenant_auditor", "user"]))
-@click.option("--tenant", "tenant_ref", metavar="TENANT", help="The tenant (for tenant roles).")
-@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
-def user_create(email: str, role: str, tenant_ref: str | None, password_stdin: bool) -> None:
-    """Create a user; without --password-stdin a random password is printed once."""
-    from tenants.services import create_user, get_tenant
-
-    password = sys.stdin.readline().rstrip("\r\n") if password_stdin else secrets.token_urlsafe(12)
-    with _db() as session:
-        t = get_tenant(session, tenant_ref) if tenant_ref else None
-        u = create_user(session, email, role, t, password)
-        click.echo(f"user {u.email} created with role {u.role}" + (f" in tenant {t.name}" if t else ""))
-    if not password_stdin:
-        click.echo(f"password: {password}")
-
-
 # --- queue --------------------------------------------------------------------------------------------------------
 
 @cli.group()
@@ -528,16 +508,24 @@ from mailward.stats_cli import stats  # noqa: E402  (statistics roll-up)
 
 cli.add_command(stats)
 
+from mailward.backup_cli import backup  # noqa: E402  (encrypted backup and restore)
+
+cli.add_command(backup)
+
 from mailward.sarules_cli import sarules  # noqa: E402  (SpamAssassin's rules: load report, sa-update)
 
 cli.add_command(sarules)
+
+from mailward.rules_cli import rules  # noqa: E402  (mail rules: list, add, remove, enable, disable, export, import)
+
+cli.add_command(rules)
 
 from mailward.domain_cli import remove as domain_remove  # noqa: E402  (domain removal)
 from mailward.domain_cli import verify as domain_verify  # noqa: E402  (domain ownership proof)
 
 domain.add_command(domain_verify)
 
-from mailward import user_cli  # noqa: E402  (passwords, reset links, disabling and deleting users)
+from mailward import user_cli  # noqa: E402  (creating and inviting users, passwords, reset links, disabling, deleting)
 
 for _command in user_cli.COMMANDS:
     user.add_command(_command)

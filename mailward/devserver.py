@@ -5,6 +5,11 @@ worker, scheduler and web as child processes with the same environment, under th
 :mod:`smtp.supervisor`: one that dies is logged and started again after a back-off (1 s doubling to 30 s); only
 Ctrl-C (or SIGTERM) stops them all. Everything runs under a umask of 077, with the data directory made private
 first: raw mail, logs and Valkey's files are readable by their owner alone.
+
+Virus scanning (unless ``MAILWARD_CLAMD`` names a scanner): a running system clamd is used; else, where ClamAV and its
+signatures are installed, a private clamd is supervised with the others (:mod:`mailward.localclamd`) and the children
+get its socket as ``MAILWARD_CLAMD`` at once. It loads its signatures while everything else starts; until it answers,
+the ingress's virus check finds the scanner unavailable and the tenant's policy decides (451 by default).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from mailward.localclamd import find_or_start
+from mailward import localclamd
 from smtp.supervisor import DRAIN_TIMEOUT, Child, Supervisor
 from tenants.config import Config
 from tenants.db import PRIVATE_UMASK, migrate, private_dir, secure_data_dir, session_scope
@@ -52,25 +57,43 @@ def run_all(cfg: Config) -> int:
     logs = private_dir(cfg.data_dir / "logs")
 
     env = dict(os.environ)
-    clamd_proc = None
-    if cfg.clamd is None:
-        clamd, virus_scan, clamd_proc = find_or_start(cfg.data_dir)
-        if clamd:
-            env["MAILWARD_CLAMD"] = clamd
-    else:
-        virus_scan = f"clamd at {cfg.clamd}"
     # The supervisor's exits and restarts go to the terminal, with the time they happened.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s mailward run: %(message)s")
     supervisor = Supervisor(drain_timeout=STOP_GRACE)
+    virus_scan, watch = virus_scanning(cfg, env, supervisor, logs)
     for name in PROCESSES:
         supervisor.add(name, _starter(name, env, logs))
-    supervisor.run(on_started=lambda: _banner(cfg, logs, virus_scan, password))
-    if clamd_proc is not None:
-        clamd_proc.terminate()
-        clamd_proc.wait(STOP_GRACE)
+    try:
+        supervisor.run(on_started=lambda: _started(cfg, logs, virus_scan, password, watch))
+    finally:
+        if watch is not None:
+            watch.stop()
     stop_private_redis(cfg)
     print("stopped.")
     return 0
+
+
+def virus_scanning(cfg: Config, env: dict[str, str], supervisor: Supervisor,
+                   logs: Path) -> tuple[str, localclamd.ReadyWatch | None]:
+    """Wire virus scanning into ``env`` (MAILWARD_CLAMD) and, for a private clamd, add it to ``supervisor`` (first,
+    so that it starts loading its signatures before the others start). What the banner says, and the watch that
+    notes when a private clamd answers (start it once the supervisor has started clamd)."""
+    if cfg.clamd is not None:
+        return f"ON (MAILWARD_CLAMD={cfg.clamd})", None
+    plan = localclamd.plan(cfg.data_dir)
+    if plan.address is not None:
+        env["MAILWARD_CLAMD"] = plan.address
+    if plan.private is None:
+        return plan.banner, None
+    supervisor.add("clamd", plan.private.starter(logs / "clamd.log"))
+    return plan.banner, localclamd.ReadyWatch(plan.private.socket)
+
+
+def _started(cfg: Config, logs: Path, virus_scan: str, password: str | None,
+             watch: localclamd.ReadyWatch | None) -> None:
+    _banner(cfg, logs, virus_scan, password)
+    if watch is not None:
+        watch.start()
 
 
 def _starter(name: str, env: dict[str, str], logs: Path) -> Callable[[], Child]:

@@ -167,6 +167,7 @@ class Commit:
                 retention_days=policy.retention_days(verdict.kind or "spam")
                 if verdict.action in (Action.QUARANTINE, Action.REJECT) else None,
                 next_hop=applied.next_hop, events=applied.events,
+                verdict_before_rules=verdict.rules.before if verdict.rules is not None else None,
             ))
             new.extend(applied.extra)
         return self.store_all(new)

@@ -30,6 +30,8 @@ class RuleEffects:
     facts: MailFacts
     #: The group's first recipient ({recipient} in templates).
     rcpt: str
+    #: The verdict the checks gave, when a final action changed it (stored for the dry-run replay).
+    before: str | None = None
 
     def macros(self, verdict: Verdict, *, rule: str = "", filename: str = "") -> dict[str, str]:
         facts = self.facts
@@ -75,6 +77,7 @@ def apply_final(verdict: Verdict, outcome: Outcome, facts: MailFacts, rcpt: str)
     if outcome.final is None:
         return replace(verdict, rules=effects, explanation=f"{verdict.explanation}; matched {names}")
     rule, action = outcome.final
+    effects.before = verdict.action.value
     was = verdict.explanation
     virus = verdict.kind == "virus"
     if action.kind == "accept":

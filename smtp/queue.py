@@ -61,6 +61,8 @@ class NewMessage:
     lease_seconds: int = 0
     #: ``host|port|tls`` when a mail rule rerouted the recipients (:mod:`smtp.ruleactions`).
     next_hop: str | None = None
+    #: The checks' verdict when a mail rule's final action changed it.
+    verdict_before_rules: str | None = None
     #: More (kind, detail) timeline events, e.g. the mail rules that matched.
     events: Sequence[tuple[str, str]] = ()
 
@@ -72,7 +74,8 @@ def store_message(session: Session, new: NewMessage) -> Message:
         id=new_id(), tenant_id=new.tenant_id, queue_id=new.queue_id, direction=new.direction, received_at=now,
         client_ip=new.client_ip, client_helo=new.client_helo, mail_from=new.mail_from,
         header_from=_clip(new.header_from), subject=_clip(new.subject), message_id_header=_clip(new.message_id_header),
-        size=len(new.data), verdict=new.verdict, score=new.score, explanation=new.explanation,
+        size=len(new.data), verdict=new.verdict, verdict_before_rules=new.verdict_before_rules, score=new.score,
+        explanation=new.explanation,
         quarantine_kind=new.quarantine_kind, deliveries=[], findings=[],  # known empty: no lazy load later
         expires_at=now + timedelta(days=new.retention_days) if new.retention_days is not None else None,
     )

@@ -220,6 +220,7 @@ class SendingHandler:
                 retention_days=policy.retention_days(v.kind or "spam")
                 if v.action in (Action.QUARANTINE, Action.REJECT) else None,
                 next_hop=applied.next_hop, events=applied.events,
+                verdict_before_rules=v.rules.before if v.rules is not None else None,
             ))
             new.extend(applied.extra)
         try:

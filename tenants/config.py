@@ -263,6 +263,18 @@ class Config:
     #: Networks whose clients read the web's /metrics without a token (e.g. the Prometheus pods). With neither this
     #: nor a token, /metrics answers 404 to everyone.
     metrics_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    #: Key file of the daily encrypted backup (32 random bytes, raw, hex or base64: ``mailward backup keygen``);
+    #: unset: no scheduled backups. MAILWARD_BACKUP_MASTER_KEY_FILE: an MSP master key that also opens them.
+    backup_key_file: Path | None = None
+    backup_master_key_file: Path | None = None
+    #: Where scheduled backups and their status files go; unset: ``<data_dir>/backups``.
+    backup_dir: Path | None = None
+    #: Scheduled backups kept; older ones are deleted after each new one.
+    backup_keep: int = 7
+
+    @property
+    def effective_backup_dir(self) -> Path:
+        return self.backup_dir or self.data_dir / "backups"
 
     @property
     def sqlite_path(self) -> Path:
@@ -368,12 +380,25 @@ class Config:
         read("METRICS_PORT", _metrics_listen, "metrics_listen")
         read("METRICS_TOKEN", _token, "metrics_token")
         read("METRICS_ALLOW", _networks, "metrics_allow")
+        read("BACKUP_KEY_FILE", _backup_key_file)
+        read("BACKUP_MASTER_KEY_FILE", _backup_key_file)
+        read("BACKUP_DIR", Path)
+        read("BACKUP_KEEP", _positive_int)
         cfg = cls(**values)
         if bool(cfg.tls_cert) != bool(cfg.tls_key):
             raise ConfigError("MAILWARD_TLS_CERT and MAILWARD_TLS_KEY: set both or neither")
         cfg.check_submission()
         cfg.check_redis_password()
+        cfg.check_backup_keys()
         return cfg
+
+    def check_backup_keys(self) -> None:
+        """A backup key is never kept beside the backups it opens (whoever takes the backups would have it too)."""
+        for name, key in (("BACKUP_KEY_FILE", self.backup_key_file),
+                          ("BACKUP_MASTER_KEY_FILE", self.backup_master_key_file)):
+            if key is not None and key.resolve().parent == self.effective_backup_dir.resolve():
+                raise ConfigError(f"{PREFIX}{name}: the key is in the backup directory {self.effective_backup_dir}; "
+                                  "keep it elsewhere")
 
     def check_redis_password(self) -> None:
         """A password goes with a configured Redis, and in one place only (the URL or MAILWARD_REDIS_PASSWORD)."""
@@ -454,6 +479,14 @@ def _metrics_listen(value: str) -> HostPort | None:
     if not 0 <= hp.port <= 65535:
         raise ValueError(f"{value!r}: port must be a number from 0 to 65535")
     return hp if hp.port else None
+
+
+def _backup_key_file(value: str) -> Path:
+    """A key file that exists, is readable and holds a 32-byte key (checked at start, not at the first backup)."""
+    from tenants.backup_format import read_key_file
+
+    read_key_file(value)  # a BackupKeyError is a ValueError: the message gets the variable's name
+    return Path(value)
 
 
 def _log_level(value: str) -> str:

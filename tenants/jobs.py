@@ -35,6 +35,8 @@ DELIVERY_QUEUE, DEFAULT_QUEUE = QUEUES
 DELIVER_JOB = "worker.jobs.deliver"
 #: Seconds one delivery job may run (several hosts, each with the SMTP timeout per step).
 DELIVERY_JOB_TIMEOUT = 900
+#: The job that looks up one domain's DNS checklist and caches it (:mod:`tenants.dnscache`, :mod:`worker.dnscheck`).
+DNSCHECK_JOB = "worker.dnscheck.check_job"
 #: Seconds a failed job is kept for inspection.
 FAILURE_TTL = 86400
 #: How every queue, worker and reader of Mailward's jobs (de)serializes them: JSON, so that a job written into Redis

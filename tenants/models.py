@@ -236,6 +236,8 @@ class Message(TenantScoped, Base):
     message_id_header: Mapped[str | None] = mapped_column(String(998))
     size: Mapped[int] = mapped_column(BigInteger)
     verdict: Mapped[str] = mapped_column(String(20), default="deliver")
+    #: The verdict the checks gave when a mail rule's final action changed it (the dry-run replay starts there).
+    verdict_before_rules: Mapped[str | None] = mapped_column(String(20))
     score: Mapped[float] = mapped_column(Float, default=0.0)
     explanation: Mapped[str] = mapped_column(Text, default="")
     #: spam, virus or attachment when the verdict is ``quarantine``.

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from tenants.exceptions import ValidationError
 from tenants.models import Domain, PolicySettings, Tenant, utcnow
+from tenants.presets import PRESET, PRESETS, PRESETS_KEY, chosen_preset, presets_of
 from tenants.scope import msp_scope
 
 #: Redis key counting policy changes; every change INCRs it and ingress replicas reload when it moves.
@@ -78,7 +79,8 @@ def find_domain_route(session: Session, domain: str) -> DomainRoute | None:
 
 @dataclass(frozen=True)
 class Policy:
-    """What a tenant's mail is judged by: code defaults, overlaid by the MSP baseline, overlaid by the tenant.
+    """What a tenant's mail is judged by: code defaults, overlaid by the MSP baseline, the tenant's preset
+    (:mod:`tenants.presets`) and the tenant's own settings.
 
     Stored as JSON in :class:`tenants.models.PolicySettings`; :func:`load_policy` merges and validates.
     """
@@ -137,6 +139,10 @@ class Policy:
 
 #: Keys the MSP baseline may forbid tenants to change (``locked`` in the baseline JSON).
 POLICY_KEYS: tuple[str, ...] = tuple(f for f in Policy.__dataclass_fields__)
+#: Stored keys that are not policy values: the baseline's locks, the preset pick, the baseline's preset definitions.
+META_KEYS = frozenset({"locked", PRESET, PRESETS_KEY})
+#: Stored keys that hold an object merged entry by entry (``scores.SYMBOL``, ``presets.NAME``).
+NESTED_KEYS = ("scores", PRESETS_KEY)
 _SENDER_RE = re.compile(r"^[^@\s<>]{1,64}@[^@\s<>]{1,253}$")
 _CHOICES = {
     "virus_action": ("quarantine", "reject"),
@@ -151,7 +157,7 @@ def policy_from(*layers: dict[str, Any]) -> Policy:
     scores: dict[str, float] = {}
     for layer in layers:
         for key, value in layer.items():
-            if key == "locked":
+            if key in META_KEYS:
                 continue
             if key not in Policy.__dataclass_fields__:
                 raise ValidationError(f"unknown policy setting {key!r}")
@@ -209,12 +215,38 @@ def _settings_of(session: Session, tenant_id: int | None) -> dict[str, Any]:
     return dict(json.loads(row.settings)) if row is not None else {}
 
 
-def load_policy(session: Session, tenant_id: int) -> Policy:
-    """The tenant's effective policy: defaults, the MSP baseline, then what the baseline lets the tenant change."""
-    baseline = _settings_of(session, None)
+def policy_layers(baseline: dict[str, Any], own: dict[str, Any]) -> list[dict[str, Any]]:
+    """The layers of a tenant's policy over the code defaults: the baseline, the tenant's preset, its own settings;
+    keys the baseline locks only from the baseline."""
     locked = set(baseline.get("locked", ()))
-    own = {k: v for k, v in _settings_of(session, tenant_id).items() if k not in locked}
-    return policy_from(baseline, own)
+    name = chosen_preset(baseline, own)
+    if name not in PRESETS:
+        raise ValidationError(f"policy setting preset: {name!r} is not one of {', '.join(PRESETS)}")
+    preset = {k: v for k, v in presets_of(baseline)[name].items() if k not in locked}
+    return [baseline, preset, {k: v for k, v in own.items() if k not in locked}]
+
+
+def load_policy(session: Session, tenant_id: int) -> Policy:
+    """The tenant's effective policy: defaults, the MSP baseline, the tenant's preset, then what the baseline lets
+    the tenant change."""
+    return policy_from(*policy_layers(_settings_of(session, None), _settings_of(session, tenant_id)))
+
+
+def _check_presets(baseline: dict[str, Any]) -> None:
+    """The baseline's preset definitions: known names, policy keys only, each a valid policy over the baseline."""
+    stored = baseline.get(PRESETS_KEY, {})
+    if not isinstance(stored, dict):
+        raise ValidationError("presets must be an object of preset name: settings")
+    for name, values in stored.items():
+        if name not in PRESETS:
+            raise ValidationError(f"presets: {name!r} is not one of {', '.join(PRESETS)}")
+        if not isinstance(values, dict) or META_KEYS & set(values):
+            raise ValidationError(f"preset {name}: an object of policy settings")
+    for name in PRESETS:
+        try:
+            policy_from(*policy_layers(baseline, {PRESET: name}))
+        except ValidationError as exc:
+            raise ValidationError(f"preset {name}: {exc}") from None
 
 
 def stored_settings(session: Session, tenant_id: int | None) -> dict[str, Any]:
@@ -227,18 +259,27 @@ def save_settings(session: Session, tenant_id: int | None, changes: dict[str, An
     """Merge ``changes`` into the stored settings of a tenant (or the baseline for None), validate, and stage it.
 
     ``remove``: keys this layer stops setting (the layer below applies again); ``scores.SYMBOL`` stops overriding
-    one symbol's score.
+    one symbol's score, ``presets.NAME`` (baseline) brings back the shipped definition of a preset.
     """
     current = _settings_of(session, tenant_id)
     merged = {k: v for k, v in {**current, **changes}.items() if k not in remove}
-    if "scores" in changes and "scores" in current:
-        merged["scores"] = {**current["scores"], **changes["scores"]}
-    dropped = {k.partition(".")[2] for k in remove if k.startswith("scores.")}
-    if dropped and isinstance(merged.get("scores"), dict):
-        merged["scores"] = {k: v for k, v in merged["scores"].items() if k not in dropped}
-        if not merged["scores"]:
-            del merged["scores"]
-    policy = policy_from(_settings_of(session, None), merged) if tenant_id is not None else policy_from(merged)
+    for nested in NESTED_KEYS:
+        if isinstance(changes.get(nested), dict) and isinstance(current.get(nested), dict) and nested not in remove:
+            merged[nested] = {**current[nested], **changes[nested]}
+        dropped = {k.partition(".")[2] for k in remove if k.startswith(nested + ".")}
+        if dropped and isinstance(merged.get(nested), dict):
+            merged[nested] = {k: v for k, v in merged[nested].items() if k not in dropped}
+            if not merged[nested]:
+                del merged[nested]
+    if PRESET in merged and merged[PRESET] not in PRESETS:
+        raise ValidationError(f"policy setting preset: {merged[PRESET]!r} is not one of {', '.join(PRESETS)}")
+    if tenant_id is None:
+        _check_presets(merged)
+        policy = policy_from(merged)
+    else:
+        if PRESETS_KEY in merged:
+            raise ValidationError("presets are defined by the provider; a tenant picks one with preset")
+        policy = policy_from(*policy_layers(_settings_of(session, None), merged))
     row = _settings_row(session, tenant_id)
     if row is None:
         row = PolicySettings(tenant_id=tenant_id)

@@ -22,14 +22,12 @@ A held mail is a :class:`~tenants.models.Message` with a ``quarantine_kind`` and
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TypeVar
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from tenants import deliveries, learning, lists
@@ -39,6 +37,9 @@ from tenants.blobs import blob_store
 from tenants.config import Config
 from tenants.exceptions import MailwardError, NotFound, PermissionDenied, ValidationError
 from tenants.jobs import after_commit, enqueue_job, request_delivery_after_commit
+from tenants.mailsort import Order, capped_count
+from tenants.mailsort import decode_cursor as decode_cursor  # noqa: F401 - re-exported for older callers
+from tenants.mailsort import encode_cursor as encode_cursor  # noqa: F401
 from tenants.models import (
     Delivery,
     DeliveryStatus,
@@ -136,24 +137,6 @@ class BulkResult:
 
 # --- finding mail ---------------------------------------------------------------------------------------------------
 
-def encode_cursor(received_at: datetime, message_id: str) -> str:
-    """An opaque keyset cursor: the position after the last item of a page."""
-    raw = f"{received_at.isoformat()}|{message_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        at, _, message_id = raw.partition("|")
-        when = datetime.fromisoformat(at)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise ValidationError("bad page cursor") from None
-    if not message_id or when.tzinfo is None:
-        raise ValidationError("bad page cursor")
-    return when, message_id
-
-
 def _like(text: str) -> str:
     return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
@@ -167,26 +150,10 @@ def _addresses(rcpt: str | None, rcpts: Sequence[str] | None) -> list[str] | Non
     return [wanted] if allowed is None or wanted in allowed else []
 
 
-def search(session: Session, *, kind: str | None = None, rcpt: str | None = None,
-           rcpts: Sequence[str] | None = None, sender: str | None = None, since: datetime | None = None,
-           until: datetime | None = None, min_score: float | None = None, max_score: float | None = None,
-           text: str | None = None, after: str | None = None, limit: int = DEFAULT_LIMIT,
-           held_only: bool = True) -> tuple[list[QuarantineItem], str | None]:
-    """Held mail of the current scope, newest first, one page at a time: (items, cursor of the next page or None).
-
-    ``rcpt`` filters by one recipient, ``rcpts`` restricts to a user's addresses; ``sender`` matches part of the
-    envelope sender or the From header, ``text`` part of the subject; ``since``/``until`` bound the receipt time
-    (until exclusive). ``after`` is the cursor a previous page returned. Paging is a keyset on (received_at, id):
-    no OFFSET and no count, so page 1,000 costs what page 1 does. ``held_only=False`` includes mail that was
-    already released or deleted.
-    """
-    if kind is not None and kind not in KINDS:
-        raise ValidationError(f"quarantine kind {kind!r}: use one of {', '.join(KINDS)}")
-    if not 1 <= limit <= MAX_LIMIT:
-        raise ValidationError(f"page size {limit}: from 1 to {MAX_LIMIT}")
-    addresses = _addresses(rcpt, rcpts)
-    if addresses == []:
-        return [], None
+def _statement(*, kind: str | None, addresses: list[str] | None, sender: str | None, since: datetime | None,
+               until: datetime | None, min_score: float | None, max_score: float | None, text: str | None,
+               held_only: bool):  # type: ignore[no-untyped-def]
+    """The filtered SELECT of held mail (no order, no paging)."""
     stmt = select(Message).where(Message.quarantine_kind == kind if kind else Message.quarantine_kind.in_(KINDS))
     rows = select(Delivery.id).where(Delivery.message_id == Message.id)
     if held_only:
@@ -208,16 +175,51 @@ def search(session: Session, *, kind: str | None = None, rcpt: str | None = None
         stmt = stmt.where(Message.score >= min_score)
     if max_score is not None:
         stmt = stmt.where(Message.score <= max_score)
-    if after:
-        at, last_id = decode_cursor(after)
-        stmt = stmt.where(or_(Message.received_at < at, and_(Message.received_at == at, Message.id < last_id)))
-    found = list(session.scalars(stmt.order_by(Message.received_at.desc(), Message.id.desc()).limit(limit + 1)))
+    return stmt
+
+
+def search(session: Session, *, kind: str | None = None, rcpt: str | None = None,
+           rcpts: Sequence[str] | None = None, sender: str | None = None, since: datetime | None = None,
+           until: datetime | None = None, min_score: float | None = None, max_score: float | None = None,
+           text: str | None = None, after: str | None = None, limit: int = DEFAULT_LIMIT,
+           held_only: bool = True, order: Order | None = None) -> tuple[list[QuarantineItem], str | None]:
+    """Held mail of the current scope, newest first, one page at a time: (items, cursor of the next page or None).
+
+    ``rcpt`` filters by one recipient, ``rcpts`` restricts to a user's addresses; ``sender`` matches part of the
+    envelope sender or the From header, ``text`` part of the subject; ``since``/``until`` bound the receipt time
+    (until exclusive). ``after`` is the cursor a previous page returned. Paging is a keyset on (received_at, id),
+    or on another :class:`~tenants.mailsort.Order`'s column and id: no OFFSET and no count, so page 1,000 costs
+    what page 1 does. ``held_only=False`` includes mail that was already released or deleted.
+    """
+    if kind is not None and kind not in KINDS:
+        raise ValidationError(f"quarantine kind {kind!r}: use one of {', '.join(KINDS)}")
+    if not 1 <= limit <= MAX_LIMIT:
+        raise ValidationError(f"page size {limit}: from 1 to {MAX_LIMIT}")
+    order = order or Order()
+    addresses = _addresses(rcpt, rcpts)
+    if addresses == []:
+        return [], None
+    stmt = _statement(kind=kind, addresses=addresses, sender=sender, since=since, until=until, min_score=min_score,
+                      max_score=max_score, text=text, held_only=held_only)
+    found = list(session.scalars(order.apply(stmt, after).limit(limit + 1)))
     page = found[:limit]
     held = _held_rcpts(session, [m.id for m in page], addresses, held_only)
     items = [QuarantineItem(m.id, m.tenant_id, m.quarantine_kind or "", m.received_at, m.mail_from, m.header_from,
                             m.subject, m.score, m.expires_at, tuple(held.get(m.id, ()))) for m in page]
     more = len(found) > limit
-    return items, encode_cursor(page[-1].received_at, page[-1].id) if more and page else None
+    return items, order.cursor(page[-1]) if more and page else None
+
+
+def count(session: Session, *, kind: str | None = None, rcpt: str | None = None, rcpts: Sequence[str] | None = None,
+          sender: str | None = None, since: datetime | None = None, until: datetime | None = None,
+          min_score: float | None = None, max_score: float | None = None, text: str | None = None,
+          held_only: bool = True) -> tuple[int, bool]:
+    """How many mails :func:`search` with the same filters finds in all its pages, capped: (count, more than it)."""
+    addresses = _addresses(rcpt, rcpts)
+    if addresses == []:
+        return 0, False
+    return capped_count(session, _statement(kind=kind, addresses=addresses, sender=sender, since=since, until=until,
+                                            min_score=min_score, max_score=max_score, text=text, held_only=held_only))
 
 
 def _held_rcpts(session: Session, ids: list[str], addresses: list[str] | None,

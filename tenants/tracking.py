@@ -20,13 +20,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from tenants.addresses import normalize_address, rcpt_in
 from tenants.exceptions import ValidationError
+from tenants.mailsort import Order, capped_count
 from tenants.models import Blob, Delivery, DeliveryStatus, Event, Finding, Message, MessageView, utcnow
-from tenants.quarantine import decode_cursor, encode_cursor
 from tenants.scope import load
 
 #: Verdicts a message can carry (smtp.verdict.Action).
@@ -132,19 +132,23 @@ def search(session: Session, *, sender: str | None = None, rcpt: str | None = No
     return search_page(session, f, after=after, limit=limit)
 
 
-def search_page(session: Session, f: Filters, *, after: str | None = None,
-                limit: int = DEFAULT_LIMIT) -> tuple[list[Message], str | None]:
-    """One page of :class:`Filters` results, newest first, and the next page's cursor (None on the last)."""
+def search_page(session: Session, f: Filters, *, after: str | None = None, limit: int = DEFAULT_LIMIT,
+                order: Order | None = None) -> tuple[list[Message], str | None]:
+    """One page of :class:`Filters` results, newest first (or in ``order``), and the next page's cursor (None on
+    the last)."""
     if not 1 <= limit <= MAX_LIMIT:
         raise ValidationError(f"page size {limit}: from 1 to {MAX_LIMIT}")
-    stmt = _statement(f)
-    if after:
-        at, last_id = decode_cursor(after)
-        stmt = stmt.where(or_(Message.received_at < at, and_(Message.received_at == at, Message.id < last_id)))
-    found = list(session.scalars(stmt.order_by(Message.received_at.desc(), Message.id.desc()).limit(limit + 1)))
+    order = order or Order()
+    found = list(session.scalars(order.apply(_statement(f), after).limit(limit + 1)))
     page = found[:limit]
     more = len(found) > limit
-    return page, encode_cursor(page[-1].received_at, page[-1].id) if more and page else None
+    return page, order.cursor(page[-1]) if more and page else None
+
+
+def count(session: Session, f: Filters) -> tuple[int, bool]:
+    """How many messages a search finds in all its pages, capped (:data:`tenants.mailsort.COUNT_CAP`):
+    (count, more than that)."""
+    return capped_count(session, _statement(f))
 
 
 def _statement(f: Filters):  # type: ignore[no-untyped-def]

@@ -22,6 +22,8 @@ from tenants import apikeys
 from tenants import db as tdb
 from tenants.dkimkeys import generate_key
 from tenants.lists import add_entry
+from tenants.mailrules.model import MailRule
+from tenants.mailrules.service import add_rule
 from tenants.models import ApiKey, Delivery, Domain, ListEntry, Message, Tenant, User, ValidRecipient, utcnow
 from tenants.recipients import add_static
 from tenants.scope import msp_scope, tenant_scope
@@ -190,8 +192,9 @@ def beta_objects(cfg, world, keys) -> dict[str, Any]:
         dkim_key_id = generate_key(s, cfg, "beta.test", "beta1", bits=1024).id
         user_id = s.scalars(select(User.id).where(User.email == "admin@beta.test")).one()
         recipient_id = add_static(s, beta, "dave@beta.test").id
+        rule_id = add_rule(s, cfg, BETA_RULE, tenant_id=beta, actor="test").id
     return {"domain_id": domain_id, "entry_id": entry_id, "key_id": key_id, "dkim_key_id": dkim_key_id,
-            "user_id": user_id, "tenant_id": beta, "recipient_id": recipient_id,
+            "user_id": user_id, "tenant_id": beta, "recipient_id": recipient_id, "rule_id": rule_id,
             "message_id": hold(cfg, beta, rcpts=("dave@beta.test",))}
 
 
@@ -199,7 +202,9 @@ def beta_objects(cfg, world, keys) -> dict[str, Any]:
 BODIES = {"api.release_quarantined": {}, "api.report_quarantined": {"spam": True},
           "api.update_transport": {"host": "mx.attacker.example", "port": 25, "tls": "none"},
           "api.update_user": {"role": "user", "active": False}, "api.delete_tenant": {"confirm": "Beta"},
-          "api.remove_domain": {"confirm": "beta.test"}}
+          "api.remove_domain": {"confirm": "beta.test"}, "api.update_rule": {"name": "x", "actions": [{"accept": {}}]}}
+#: Beta's mail rule (the rule routes' object).
+BETA_RULE = {"name": "Beta's rule", "what": {"items": [{"symbol": "OLE_MACRO"}]}, "actions": [{"quarantine": {}}]}
 
 
 def api_rules(web_app: Any) -> Iterator[Any]:
@@ -225,20 +230,22 @@ def test_every_route_with_an_id_answers_404_for_another_tenants_object(web_app, 
             probed.append((method, rule.rule))
     assert sorted(probed) == [  # every route with an id: a new one must be walked here too
         ("DELETE", "/api/v1/apikeys/<rowid:key_id>"), ("DELETE", "/api/v1/domains/<rowid:domain_id>"),
-        ("DELETE", "/api/v1/lists/<rowid:entry_id>"),
+        ("DELETE", "/api/v1/lists/<rowid:entry_id>"), ("DELETE", "/api/v1/rules/<rowid:rule_id>"),
         ("DELETE", "/api/v1/tenants/<rowid:tenant_id>"), ("DELETE", "/api/v1/valid-recipients/<rowid:recipient_id>"),
         ("GET", "/api/v1/dkim-keys/<rowid:dkim_key_id>"),
         ("GET", "/api/v1/domains/<rowid:domain_id>"), ("GET", "/api/v1/domains/<rowid:domain_id>/removal"),
         ("GET", "/api/v1/domains/<rowid:domain_id>/transport"),
         ("GET", "/api/v1/messages/<msgid:message_id>"),
-        ("GET", "/api/v1/quarantine/<msgid:message_id>"),
+        ("GET", "/api/v1/quarantine/<msgid:message_id>"), ("GET", "/api/v1/rules/<rowid:rule_id>"),
         ("GET", "/api/v1/tenants/<rowid:tenant_id>"), ("GET", "/api/v1/tenants/<rowid:tenant_id>/export"),
         ("PATCH", "/api/v1/users/<rowid:user_id>"),
         ("POST", "/api/v1/quarantine/<msgid:message_id>/delete"),
         ("POST", "/api/v1/quarantine/<msgid:message_id>/release"),
         ("POST", "/api/v1/quarantine/<msgid:message_id>/report"),
+        ("POST", "/api/v1/rules/<rowid:rule_id>/disable"), ("POST", "/api/v1/rules/<rowid:rule_id>/enable"),
         ("POST", "/api/v1/tenants/<rowid:tenant_id>/resume"), ("POST", "/api/v1/tenants/<rowid:tenant_id>/suspend"),
-        ("PUT", "/api/v1/domains/<rowid:domain_id>/transport")]
+        ("POST", "/api/v1/users/<rowid:user_id>/reset"),
+        ("PUT", "/api/v1/domains/<rowid:domain_id>/transport"), ("PUT", "/api/v1/rules/<rowid:rule_id>")]
     held = read(cfg, lambda s: s.scalars(select(Delivery.status).where(
         Delivery.message_id == beta_objects["message_id"])).all())
     assert held == ["quarantined"]
@@ -246,14 +253,16 @@ def test_every_route_with_an_id_answers_404_for_another_tenants_object(web_app, 
     assert read(cfg, lambda s: s.get(ApiKey, beta_objects["key_id"]).revoked_at) is None
     assert read(cfg, lambda s: s.get(Domain, beta_objects["domain_id"]).transport_host) == "127.0.0.1"
     beta_admin = read(cfg, lambda s: s.get(User, beta_objects["user_id"]))
-    assert (beta_admin.role, beta_admin.active) == ("tenant_admin", True)
+    assert (beta_admin.role, beta_admin.active, beta_admin.password_hash is not None) == ("tenant_admin", True, True)
     assert read(cfg, lambda s: s.get(Tenant, world["beta"].id).suspended) is False
     assert read(cfg, lambda s: s.get(ValidRecipient, beta_objects["recipient_id"])) is not None
+    rule = read(cfg, lambda s: s.get(MailRule, beta_objects["rule_id"]))
+    assert (rule.name, rule.active) == ("Beta's rule", True)
 
 
 def test_naming_another_tenant_is_404_on_every_route_that_takes_a_tenant(acme_api, world, beta_objects):
     beta = world["beta"].id
-    for path in ("/domains", "/users", "/lists", "/quarantine", "/messages", "/apikeys"):
+    for path in ("/domains", "/users", "/lists", "/quarantine", "/messages", "/apikeys", "/rules"):
         error(acme_api.get(path, query_string={"tenant_id": beta}), 404, "not_found")
     error(acme_api.post("/domains", {"name": "new.test", "transport_host": "mx.new.test", "tenant_id": beta}),
           404, "not_found")

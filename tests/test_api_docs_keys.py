@@ -179,7 +179,10 @@ def test_migration_0011_matches_the_models(cfg):
 # --- copy buttons on the domain page ------------------------------------------------------------------------------
 
 def test_domain_page_has_copy_buttons_for_its_dns_records_and_the_script_is_served(web_app, world, cfg, dns):
+    from worker.dnscheck import check
+
     domain_id = domain_row(cfg, "acme.test")[0]
+    check(cfg, world["acme"].id, domain_id)  # the worker's DNS check: the page shows what it cached
     page = text(sign_in(web_app, "admin@acme.test").get(f"/portal/domains/{domain_id}"))
     assert 'data-copy-target="verification-record"' in page
     records = re.findall(r'<code id="(record-\d+)">[^<]+</code><button type="button" class="copy small" '

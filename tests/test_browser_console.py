@@ -23,6 +23,7 @@ import pyotp
 
 from tenants.models import utcnow
 from tests.fixtures_browser import shot
+from tests.servers import run_cli
 from tests.test_ingress import client as smtp_client
 from worker import rollup
 
@@ -106,6 +107,11 @@ def test_tenant_admin_totp_domain_tracking_statistics_and_api_key(env, cfg, ingr
     page.get_by_role("button", name="Add domain").click()
     page.wait_for_url(re.compile(re.escape(web) + r"/portal/domains/\d+$"))
     assert page.locator("#verification-record").inner_text().startswith("_mailward.acme-shop.test.")
+    assert page.locator("#dns-checking").is_visible(), "the page queues the DNS check; it never looks DNS up itself"
+    done = run_cli(["worker", "--burst"], env)
+    assert done.returncode == 0, done.stderr
+    page.reload()
+    assert page.locator("#dns-checked").inner_text().startswith("Checked")
     rows = page.locator("#dns-checklist tr[data-item]")
     assert sorted(rows.evaluate_all("rs => rs.map(r => r.dataset.item)")) == ["DMARC", "MX", "Ownership", "SPF"]
     assert page.locator('#dns-checklist tr[data-item="MX"]').get_attribute("class") == "check-missing"

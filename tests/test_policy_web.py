@@ -105,26 +105,27 @@ def test_baseline_and_tenant_override_symbol_scores_and_clear_them(web_app, worl
     inherits again. The ingress's policy (load_policy) sees each step, every step is audited."""
     acme = world["acme"].id
     admin = sign_in(web_app, "admin@msp.test")
-    page = text(admin.get("/console/policy"))
+    page = text(admin.get("/console/policy/advanced"))
     assert "<code>BAYES_99</code>" in _score_row(page, "BAYES_99")  # every shipped symbol is listed
-    resp = post_form(admin, "/console/policy", "/console/policy", {"s_BAYES_99": "6.5", "s_SPF_FAIL": "2"})
+    resp = post_form(admin, "/console/policy/advanced", "/console/policy/advanced",
+                     {"s_BAYES_99": "6.5", "s_SPF_FAIL": "2"})
     assert resp.status_code == 302, text(resp)
     assert _baseline(cfg)["scores"] == {"BAYES_99": 6.5, "SPF_FAIL": 2.0}
     assert read(cfg, lambda s: load_policy(s, acme).scores) == {"BAYES_99": 6.5, "SPF_FAIL": 2.0}
 
     tenant = sign_in(web_app, "admin@acme.test")
-    row = _score_row(text(tenant.get("/portal/policy")), "BAYES_99")
-    assert '<td class="num">6.5</td>' in row and 'class="num effective">6.5<' in row
-    post_form(tenant, "/portal/policy", "/portal/policy", {"s_BAYES_99": "9", "s_DKIM_VALID": "-2"})
+    row = _score_row(text(tenant.get("/portal/policy/advanced")), "BAYES_99")
+    assert '<td class="num" data-label="Provider">6.5</td>' in row and 'data-label="In effect">6.5<' in row
+    post_form(tenant, "/portal/policy/advanced", "/portal/policy/advanced", {"s_BAYES_99": "9", "s_DKIM_VALID": "-2"})
     assert _own(cfg, acme)["scores"] == {"BAYES_99": 9.0, "DKIM_VALID": -2.0}
     assert read(cfg, lambda s: load_policy(s, acme).scores) == {"BAYES_99": 9.0, "SPF_FAIL": 2.0, "DKIM_VALID": -2.0}
-    post_form(tenant, "/portal/policy", "/portal/policy", {"s_BAYES_99": ""})
+    post_form(tenant, "/portal/policy/advanced", "/portal/policy/advanced", {"s_BAYES_99": ""})
     assert _own(cfg, acme)["scores"] == {"DKIM_VALID": -2.0}
     assert read(cfg, lambda s: load_policy(s, acme).scores)["BAYES_99"] == 6.5
     details = [d for _, d, _ in _audits(cfg)]
     assert any("scores.BAYES_99=9" in d for d in details) and any("scores.BAYES_99 inherited" in d for d in details)
 
-    post_form(admin, "/console/policy", "/console/policy", {"s_BAYES_99": "", "s_SPF_FAIL": ""})
+    post_form(admin, "/console/policy/advanced", "/console/policy/advanced", {"s_BAYES_99": "", "s_SPF_FAIL": ""})
     assert "scores" not in _baseline(cfg)
 
 
@@ -134,17 +135,18 @@ def test_score_validation_and_the_scores_lock(web_app, world, cfg):
     for data, message in (({"s_BAYES_99": "lots"}, "score of BAYES_99: &#39;lots&#39; is not a number"),
                           ({"s_BAYES_99": "1e9"}, "score of BAYES_99: use a number from -1000 to 1000"),
                           ({"s_NO_SUCH_SYMBOL": "1"}, "score of NO_SUCH_SYMBOL: there is no such symbol")):
-        resp = post_form(admin, "/console/policy", "/console/policy", data)
+        resp = post_form(admin, "/console/policy/advanced", "/console/policy/advanced", data)
         assert resp.status_code == 422 and message in text(resp), (data, text(resp))
     assert _baseline(cfg) == {}
-    assert post_form(admin, "/console/policy", "/console/policy", {"locked": "scores"}).status_code == 302
+    assert post_form(admin, "/console/policy/advanced", "/console/policy/advanced",
+                     {"locked": "scores", "section": "advanced"}).status_code == 302
     assert _baseline(cfg)["locked"] == ["scores"]
 
     tenant = sign_in(web_app, "admin@acme.test")
-    page = text(tenant.get("/portal/policy"))
+    page = text(tenant.get("/portal/policy/advanced"))
     assert "Your provider sets the symbol scores" in page
     assert 'id="s_BAYES_99" value="" size="7" inputmode="decimal" disabled' in page
-    resp = post_form(tenant, "/portal/policy", "/portal/policy", {"s_BAYES_99": "0"})
+    resp = post_form(tenant, "/portal/policy/advanced", "/portal/policy/advanced", {"s_BAYES_99": "0"})
     assert resp.status_code == 422 and "locked by your provider: scores" in text(resp)
     assert "scores" not in _own(cfg, acme)
 
@@ -186,8 +188,8 @@ def test_tenant_admin_sets_and_clears_own_values_and_sees_where_each_comes_from(
 def test_tenant_validation_errors_are_shown(web_app, world, cfg):
     acme = world["acme"]
     client = sign_in(web_app, "admin@acme.test")
-    for data, message in (({"v_greylist_delay": "soon"}, "is not a whole number"),
-                          ({"v_greylist_delay": "-5"}, "must not be negative"),
+    for data, message in (({"v_greylist_delay": "soon"}, "Greylist delay: &#39;soon&#39; is not a duration"),
+                          ({"v_greylist_delay": "-5"}, "Greylist delay: &#39;-5&#39; is not a duration"),
                           ({"v_reject_threshold": "1"}, "thresholds must satisfy"),
                           ({"v_digest_sender": "not an address"}, "is not an e-mail address")):
         resp = post_form(client, "/portal/policy", "/portal/policy", data)

@@ -10,6 +10,7 @@ from flask import Flask
 from werkzeug.routing import Rule
 
 from app.access import access_of, allow, allow_public
+from tenants.mailrules.replayjobs import enqueue_replay
 from tenants.models import Role
 from tests.held import hold
 from tests.web import csrf_token, domain_row, sign_in, text
@@ -30,12 +31,14 @@ def undeclared(app: Flask) -> list[str]:
                   if rule.endpoint != "static" and access_of(app.view_functions[rule.endpoint]) is None)
 
 
-def url(rule: Rule, ident: int, message_id: str = "NOSUCHMESSAGE") -> str:
+def url(rule: Rule, ident: int, message_id: str = "NOSUCHMESSAGE", job_id: str = "NOSUCHJOB") -> str:
     """A concrete URL for a rule: ``ident`` for every integer argument, ``message_id`` for a quarantined mail, and a
     made-up token for digest links (those pages are public, so no walk below needs a real one)."""
     path = rule.rule.replace("<int:domain_id>", str(ident)).replace("<int:entry_id>", str(ident))
     path = path.replace("<message_id>", message_id).replace("<token>", "not-a-token")
-    for name in ("user_id", "key_id", "dkim_id", "network_id", "credential_id"):  # users, keys, DKIM, outbound
+    path = path.replace("<job_id>", job_id)  # a rules preview (the dry-run replay)
+    for name in ("user_id", "key_id", "dkim_id", "network_id", "credential_id", "rule_id"):  # users, keys, DKIM,
+        # outbound, mail rules
         path = path.replace(f"<int:{name}>", str(ident))
     path = path.replace("<int:tenant_id>", str(ident))  # the console's tenant pages
     path = re.sub(r"<rowid:\w+>", str(ident), path).replace("<msgid:message_id>", message_id)  # the REST API's
@@ -107,11 +110,12 @@ def test_roles_reach_exactly_the_pages_declared_for_them(web_app, world, cfg, ro
     client = sign_in(web_app, USERS[role])
     own_domain = domain_row(cfg, "acme.test")[0]
     held = hold(cfg, world["acme"].id, rcpts=("user@acme.test", "admin@acme.test"))
+    job = enqueue_replay(cfg, world["acme"].id, 1, None)  # a rules preview of Acme (no worker runs it)
     for rule in routes(web_app, "GET"):
         access: Any = access_of(web_app.view_functions[rule.endpoint])
         if access.public:
             continue
-        resp = client.get(url(rule, own_domain, held))
+        resp = client.get(url(rule, own_domain, held, job))
         expected = 200 if role in access.roles else 404
         if access.api_scope:
             expected = 401  # the REST API takes bearer keys only: a signed-in session is no credential there

@@ -23,7 +23,10 @@ from tenants.config import Config
 from tenants.db import require_current_schema
 from tenants.redisconn import redis_client
 from tenants.sarules.update import SA_UPDATE_INTERVAL
+from worker.backup import BACKUP_INTERVAL, enqueue_backup
 from worker.digest import DIGEST_CHECK_INTERVAL, schedule_digests
+from worker.dnscheck import REFRESH_INTERVAL as DNS_REFRESH_INTERVAL
+from worker.dnscheck import enqueue_refreshes
 from worker.jobs import DIRECTORY_SYNC_INTERVAL, enqueue_directory_syncs, enqueue_sa_update
 from worker.retention import PURGE_INTERVAL, enqueue_purge
 from worker.rollup import ROLLUP_INTERVAL, enqueue_rollup
@@ -60,6 +63,8 @@ def periodic_jobs() -> list[PeriodicJob]:
         PeriodicJob("directory", lambda cfg: DIRECTORY_SYNC_INTERVAL, enqueue_directory_syncs),
         PeriodicJob("domain-verification", lambda cfg: RECHECK_INTERVAL, enqueue_recheck),
         PeriodicJob("sa-update", lambda cfg: SA_UPDATE_INTERVAL, enqueue_sa_update),
+        PeriodicJob("backup", lambda cfg: BACKUP_INTERVAL, enqueue_backup),  # only with MAILWARD_BACKUP_KEY_FILE
+        PeriodicJob("dns-checklists", lambda cfg: DNS_REFRESH_INTERVAL, enqueue_refreshes),
     ]
 
 

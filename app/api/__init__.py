@@ -6,7 +6,8 @@ Callers authenticate with ``Authorization: Bearer <API key>`` (:mod:`app.api.aut
 Errors are JSON with stable codes (:mod:`app.api.errors`). The API takes no session cookie and so needs no CSRF
 token. Resources, one module each: :mod:`~app.api.tenancy` (tenants, domains, users), :mod:`~app.api.lists`,
 :mod:`~app.api.quarantine`, :mod:`~app.api.messages`, :mod:`~app.api.keys`, :mod:`~app.api.transports`,
-:mod:`~app.api.stats` (statistics and usage), :mod:`~app.api.audit`, :mod:`~app.api.dkim`.
+:mod:`~app.api.stats` (statistics and usage), :mod:`~app.api.audit`, :mod:`~app.api.dkim`, :mod:`~app.api.rules`
+(mail rules).
 """
 
 from __future__ import annotations
@@ -61,7 +62,20 @@ class _Api(Api):
 def init_app(app: Flask) -> Api:
     """Mount the API on the application: routes, OpenAPI document, bearer-key check, JSON errors, no cookies."""
     # The resource modules add their views to bp when imported.
-    from app.api import audit, dkim, keys, lists, messages, quarantine, recipients, stats, tenancy, transports, users  # noqa: F401
+    from app.api import (  # noqa: F401
+        audit,
+        dkim,
+        keys,
+        lists,
+        messages,
+        quarantine,
+        recipients,
+        rules,
+        stats,
+        tenancy,
+        transports,
+        users,
+    )
 
     for name, value in API_SETTINGS.items():
         app.config.setdefault(name, value)

@@ -1,5 +1,6 @@
-"""``POST /api/v1/users`` and ``PATCH /api/v1/users/<id>``: create users and change their role or state, through
-:mod:`tenants.users` (the list is in :mod:`app.api.tenancy`).
+"""``POST /api/v1/users`` and ``PATCH /api/v1/users/<id>``: create users (with a password, or invited by mail to set
+one) and change their role or state, through :mod:`tenants.users`; ``POST /api/v1/users/<id>/reset`` mails a
+set-password link through :mod:`tenants.accounts` (the list is in :mod:`app.api.tenancy`).
 
 A tenant key manages its tenant's users; an MSP key names ``tenant_id`` for a tenant's user, or creates MSP staff
 (``msp_admin``, ``msp_helpdesk``) without it. As with keys (a key never grants scopes it lacks), only a key holding
@@ -18,9 +19,9 @@ from app.api import schemas as sch
 from app.api.auth import caller
 from app.api.blueprint import bp, resolve_tenant
 from app.api.errors import ApiError
-from app.extensions import db
+from app.extensions import config, db
+from tenants import accounts, services, users
 from tenants import audit as audit_log
-from tenants import services, users
 from tenants.apikeys import SCOPES
 from tenants.exceptions import ValidationError
 from tenants.models import Role, User
@@ -36,9 +37,18 @@ class UserCreateSchema(Schema):
                        "MSP staff (MSP keys, no tenant_id)"})
     password = fields.String(load_only=True, validate=validate.Length(MIN_PASSWORD_LENGTH, MAX_PASSWORD_LENGTH),
                              metadata={"description": "Initial password; omitted: the user signs in by the links "
-                                                      "in their quarantine digest only"})
+                                                      "in their quarantine digest only (or, with invite, sets one)"})
+    invite = fields.Boolean(load_default=False, metadata={
+        "description": "true (and no password): mail the user an invitation link to set their own password"})
     tenant_id = fields.Integer(validate=validate.Range(1, sch.MAX_ID), metadata={
         "description": "MSP keys: the user's tenant (omitted: MSP staff). Tenant keys: their own"})
+
+
+class LinkMailedSchema(Schema):
+    user_id = fields.Integer(required=True)
+    email = fields.String(required=True, metadata={"description": "Where the link is mailed"})
+    purpose = fields.String(required=True, metadata={"description": "reset or invite"})
+    status = fields.String(required=True, metadata={"description": "queued: the worker mails it"})
 
 
 class UserUpdateSchema(Schema):
@@ -77,11 +87,33 @@ def create_user(body: dict[str, Any]) -> User:
     except ValidationError as exc:
         raise _role_error(str(exc)) from None
     _may_grant(role)
+    if body["invite"] and body.get("password"):
+        message = "either set an initial password or send an invitation, not both"
+        raise ApiError(422, "validation", message, fields={"invite": [message]})
     tenant = services.get_tenant(session, tid) if tid is not None else None
     user = users.create_user(session, body["email"], role.value, tenant, body.get("password"))
-    _audit("user.create", user, f"role {user.role}, {'initial password set' if user.password_hash else 'no password'}")
+    how = "initial password set" if user.password_hash else "invited" if body["invite"] else "no password"
+    _audit("user.create", user, f"role {user.role}, {how}")
+    if body["invite"]:
+        _audit("user.invite", user, "invitation link mailed")
+        accounts.queue_link(session, config(), user, "invite")
     session.commit()
     return user
+
+
+@bp.route("/users/<rowid:user_id>/reset", methods=["POST"], endpoint="reset_user", tags=["users"])
+@allow_api("write")
+@bp.response(202, LinkMailedSchema)
+def reset_user(user_id: int) -> dict[str, Any]:
+    """Reset a user's password: it stops working at once, their sessions end, and the worker mails them a link to
+    set a new one (single use, expiring). A deactivated user is 422."""
+    session = db.session
+    user = load(session, User, user_id)  # another tenant's user (or, for a tenant key, MSP staff) is 404
+    accounts.start_reset(user, actor_id=None)
+    _audit("user.password_reset", user, "reset link mailed")
+    accounts.queue_link(session, config(), user, "reset")
+    session.commit()
+    return {"user_id": user.id, "email": user.email, "purpose": "reset", "status": "queued"}
 
 
 @bp.route("/users/<rowid:user_id>", methods=["PATCH"], endpoint="update_user", tags=["users"])

@@ -60,6 +60,8 @@ def upgrade() -> None:
     op.create_index('ix_directory_group_member_tenant_address', 'directory_group_member', ['tenant_id', 'address'])
     with op.batch_alter_table('delivery', schema=None) as batch_op:
         batch_op.add_column(sa.Column('next_hop', sa.String(length=300), nullable=True))
+    with op.batch_alter_table('message', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('verdict_before_rules', sa.String(length=20), nullable=True))
     # The shipped baseline rules, all inactive (tenants/mailrules/defaults.py says why), as they were at this revision.
     rule = sa.table('mail_rule', sa.column('tenant_id', sa.Integer), sa.column('name', sa.String),
                     sa.column('priority', sa.Integer), sa.column('direction', sa.String),
@@ -94,6 +96,8 @@ _DEFAULTS = [
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('message', schema=None) as batch_op:
+        batch_op.drop_column('verdict_before_rules')
     with op.batch_alter_table('delivery', schema=None) as batch_op:
         batch_op.drop_column('next_hop')
     op.drop_index('ix_directory_group_member_tenant_address', table_name='directory_group_member')
