@@ -8,6 +8,7 @@ import email
 import io
 import json
 import smtplib
+import socket
 import zipfile
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -36,6 +37,7 @@ from tenants.mailrules.service import (
 )
 from tenants.models import Delivery, Event, Message, PolicySettings
 from tenants.scope import msp_scope, tenant_scope
+from tests.clamd import EICAR
 from tests.servers import Process, Sink, wait_for
 from tests.test_ingress import client
 from tests.test_outbound import cli_ok, start_ingress
@@ -463,3 +465,64 @@ def test_a_directory_sync_reads_group_memberships_for_the_ldap_group_condition(c
                      "carol@acme2.test": {"board"}}
     with tenant_scope(factory.tenant("Beta", ("beta.test",)).id), tdb.session_scope(cfg) as s:
         assert directory_groups(s, acme.id, ["alice@acme.test"]) == {}  # not Beta's to read
+
+
+def test_virus_score_symbol_and_form_conditions_with_notify_set_remove_and_processed_bcc(env, cfg, acme, sink,
+                                                                                          tmp_path, session,
+                                                                                          clamd_server, worker):
+    av_env = dict(env, MAILWARD_CLAMD=clamd_server.address)
+    with tenant_scope(acme.id), tdb.session_scope(cfg) as s:  # the form mail is delivered, whatever it scores
+        s.add(PolicySettings(tenant_id=acme.id, settings=json.dumps(
+            {"tag_threshold": 100.0, "quarantine_threshold": 200.0, "reject_threshold": 300.0})))
+    _add(cfg, acme.id, {"name": "Virus notice", "what": [{"virus": True}],
+                        "actions": [{"notify": {"to": "recipient", "subject": "Held: {subject}",
+                                                "body": "A mail from {sender} had {virus}."}},
+                                    {"notify": {"to": "sender", "subject": "Your mail was held",
+                                                "body": "It had {virus}."}}]})
+    _add(cfg, acme.id, {"name": "Form marker", "what": [{"has": "html_form"}],
+                        "actions": [{"set_header": {"name": "X-Form", "value": "yes"}},
+                                    {"remove_header": {"name": "X-Remove-Me"}}]})
+    _add(cfg, acme.id, {"name": "Form audit", "priority": 40,
+                        "what": {"match": "all", "items": [{"score": {"min": -1000}},
+                                                            {"symbol": "PHISH_PASSWORD_FORM"}]},
+                        "actions": [{"bcc": {"to": "audit@acme.test", "copy": "processed"}}]})
+    proc = Process(["smtp"], av_env, tmp_path / "smtp-av.log").start()
+    try:
+        wait_for(lambda: _up(av_env), 20, what="ingress port")
+        virus = EmailMessage()
+        virus["From"], virus["To"], virus["Subject"] = "alice@partner.example", "bob@acme.test", "Invoice"
+        virus.set_content(EICAR.decode() + "\n")
+        _send(av_env, ["bob@acme.test"], virus.as_bytes())
+        form = EmailMessage()
+        form["From"], form["To"], form["Subject"] = "alice@partner.example", "carol@acme.test", "Sign in"
+        form["X-Remove-Me"] = "please"
+        form.set_content("Sign in below.\n")
+        form.add_alternative('<html><body><form action="https://login.example.net/x" method="post">'
+                             '<input type="password" name="p"><input type="submit"></form></body></html>',
+                             subtype="html")
+        _send(av_env, ["carol@acme.test"], form.as_bytes())
+        got = {tuple(m.rcpts): _parsed(m.data) for m in sink.wait_count(3, timeout=60)}
+    finally:
+        proc.stop()
+    assert set(got) == {("bob@acme.test",), ("carol@acme.test",), ("audit@acme.test",)}
+    notice = got[("bob@acme.test",)]
+    assert notice["Subject"] == "Held: Invoice" and "alice@partner.example had" in notice.get_content()
+    delivered, copy = got[("carol@acme.test",)], got[("audit@acme.test",)]
+    assert delivered["X-Form"] == "yes" and delivered["X-Remove-Me"] is None
+    assert copy["X-Form"] == "yes" and copy["Subject"] == "Sign in"  # the processed mail
+    with tenant_scope(acme.id):
+        held = session.scalars(select(Message).where(Message.subject == "Invoice")).one()
+        to_sender = session.scalars(select(Message).where(Message.direction == "notice",
+                                                          Message.subject == "Your mail was held")).one()
+        rows = [d.rcpt for d in session.scalars(select(Delivery).where(Delivery.message_id == to_sender.id))]
+    assert (held.verdict, held.quarantine_kind) == ("quarantine", "virus")
+    assert rows == ["alice@partner.example"]
+
+
+def _up(env: dict[str, str]) -> bool:
+    port = int(env["MAILWARD_SMTP_LISTEN"].rsplit(":", 1)[1])
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
