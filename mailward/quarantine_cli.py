@@ -198,7 +198,7 @@ def digest_send(tenant_ref: str, user_email: str | None, inline: bool) -> None:
     from tenants.redisconn import ensure_redis
     from tenants.scope import tenant_scope
     from tenants.services import get_tenant
-    from worker.digest import DIGEST_JOB_TIMEOUT, digest_users, send_user_digest
+    from worker.digest import DIGEST_JOB_TIMEOUT, DIGEST_TENANT_JOB, digest_users, send_user_digest
 
     cfg = get_config()
     ensure_redis(cfg)
@@ -213,7 +213,7 @@ def digest_send(tenant_ref: str, user_email: str | None, inline: bool) -> None:
                 user_ids = [u for u in user_ids if u == wanted]
             emails = dict(session.execute(select(User.id, User.email).where(User.id.in_(user_ids))).tuples().all())
     if not inline:
-        enqueue_job(cfg, "worker.digest.tenant_job", tenant.id, user_email, timeout=DIGEST_JOB_TIMEOUT,
+        enqueue_job(cfg, DIGEST_TENANT_JOB, tenant.id, user_email, timeout=DIGEST_JOB_TIMEOUT,
                     description=f"digests of {tenant.name}")
         click.echo(f"digest job queued for tenant {tenant.name} ({len(user_ids)} user(s) have new held mail now)")
         return

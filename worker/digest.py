@@ -57,6 +57,9 @@ MAX_LOOKBACK = min(timedelta(days=7), ACTION_TOKEN_MAX_AGE)
 MAX_ITEMS = 200
 #: Seconds between the scheduler's checks of each tenant's local hour.
 DIGEST_CHECK_INTERVAL = 300
+#: The RQ jobs that send one user's digest and queue a tenant's (names resolved by tests/test_job_names.py).
+DIGEST_USER_JOB = "worker.digest.user_job"
+DIGEST_TENANT_JOB = "worker.digest.tenant_job"
 #: How often a failed digest job is retried at once (it only reads and writes the database; delivery retries apart).
 DIGEST_JOB_RETRIES = 3
 #: Seconds one tenant's or one user's digest job may run.
@@ -235,7 +238,7 @@ def user_job(tenant_id: int, user_id: int) -> str | None:
 
 def enqueue_user_digests(cfg: Config, tenant_id: int, user_ids: list[int]) -> int:
     for user_id in user_ids:
-        enqueue_job(cfg, "worker.digest.user_job", tenant_id, user_id, timeout=DIGEST_JOB_TIMEOUT,
+        enqueue_job(cfg, DIGEST_USER_JOB, tenant_id, user_id, timeout=DIGEST_JOB_TIMEOUT,
                     retry=Retry(max=DIGEST_JOB_RETRIES), description=f"digest of user {user_id}")
     return len(user_ids)
 
@@ -278,7 +281,7 @@ def schedule_digests(cfg: Config, *, now: datetime | None = None) -> list[int]:
     queued = []
     for tenant_id, day in due:
         if conn.set(DAY_KEY.format(tenant_id=tenant_id, date=day), 1, nx=True, ex=DAY_KEY_TTL):
-            enqueue_job(cfg, "worker.digest.tenant_job", tenant_id, connection=conn, timeout=DIGEST_JOB_TIMEOUT,
+            enqueue_job(cfg, DIGEST_TENANT_JOB, tenant_id, connection=conn, timeout=DIGEST_JOB_TIMEOUT,
                         description=f"digests of tenant {tenant_id}")
             queued.append(tenant_id)
     if queued:
