@@ -26,8 +26,8 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from smtp.callahead import RecipientVerifier
 from smtp.checks import Check, CheckContext, Stage, build_checks
-from smtp.checks.auth import strip_spoofed_authres
 from smtp.checks.lists import ListsCheck
+from smtp.checks.msgauth import strip_spoofed_authres
 from smtp.commit import REPLY_STORE_FAILED, Commit, received_header
 from smtp.conform import prepare_for_relay
 from smtp.delivery import Deliverer

@@ -15,16 +15,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from smtp.checks.auth import (
-    ArcCheck,
-    DkimCheck,
-    DmarcCheck,
-    aligned,
-    org_domain,
-    parse_dmarc,
-    strip_spoofed_authres,
-)
+from smtp.checks.arc import ArcCheck
 from smtp.checks.base import Check, CheckContext, Stage
+from smtp.checks.dkim import DkimCheck
+from smtp.checks.dmarc import DmarcCheck, parse_dmarc
+from smtp.checks.msgauth import aligned, org_domain, strip_spoofed_authres
 from smtp.checks.spf import SpfCheck
 from smtp.mime import parse_mail
 from smtp.pipeline import run_stage

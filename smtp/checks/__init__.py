@@ -6,11 +6,13 @@ To add a check: a module here with a :class:`~smtp.checks.base.Check` subclass, 
 
 from __future__ import annotations
 
+from smtp.checks.arc import ArcCheck
 from smtp.checks.attachments import AttachmentCheck
-from smtp.checks.auth import ArcCheck, DkimCheck, DmarcCheck
 from smtp.checks.base import Check, CheckContext, Finding, Stage
 from smtp.checks.bayes import BayesCheck
 from smtp.checks.content import ContentCheck
+from smtp.checks.dkim import DkimCheck
+from smtp.checks.dmarc import DmarcCheck
 from smtp.checks.dnsbl import DnsblCheck, UriblCheck
 from smtp.checks.lists import ListsCheck
 from smtp.checks.mimecheck import MimeCheck

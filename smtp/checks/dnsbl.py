@@ -24,8 +24,8 @@ import dns.exception
 import dns.resolver
 from redis.exceptions import RedisError
 
-from smtp.checks.auth import org_domain
 from smtp.checks.base import Check, CheckContext, Stage
+from smtp.checks.msgauth import org_domain
 from smtp.dns import DNS_LIFETIME, async_resolver
 from tenants.config import Config
 from tenants.exceptions import ConfigError
