@@ -19,8 +19,8 @@ from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import sessionmaker
 
 from smtp.checks import CheckContext
+from smtp.mailstore import NewMessage, add_rejected_rows, store_message
 from smtp.mime import prefix_subject, summarize_headers
-from smtp.queue import NewMessage, add_rejected_rows, store_message
 from smtp.ruleactions import apply_actions
 from smtp.verdict import Action, Verdict, header_block, subject_tag
 from tenants import metrics

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
+from smtp.mailstore import record_results
 from smtp.outbound import NextHop, RcptResult, Router, SendResult, SmtpPool
-from smtp.queue import record_results
 from smtp.ruleactions import parse_next_hop
 from tenants.blobs import blob_store
 from tenants.config import Config

@@ -2,7 +2,7 @@
 
 A recipient refused at RCPT for a known tenant, and a mail refused at DATA, become a message with verdict ``reject``,
 no content, a ``rejected`` delivery row per recipient carrying the exact reply, and a ``rejected`` event
-(:func:`smtp.queue.store_refusal`). A refusal needs no durability: if recording fails or is slow, the reply is the
+(:func:`smtp.mailstore.store_refusal`). A refusal needs no durability: if recording fails or is slow, the reply is the
 same and the failure is logged.
 """
 
@@ -18,8 +18,8 @@ from sqlalchemy.orm import sessionmaker
 from smtp.checks import CheckContext
 from smtp.commit import Judged, one_transaction
 from smtp.envelope import peer_ip
+from smtp.mailstore import Refused, store_refusal
 from smtp.mime import OverLimits, summarize_headers
-from smtp.queue import Refused, store_refusal
 from smtp.routing import Routing
 from smtp.session import IngressSession, MailEnvelope
 from smtp.verdict import Verdict

@@ -17,7 +17,7 @@ from email.utils import format_datetime, make_msgid
 from typing import Any
 
 from smtp import rewrite
-from smtp.queue import NewMessage
+from smtp.mailstore import NewMessage
 from smtp.verdict import Action, Verdict
 from tenants.config import Config
 from tenants.ids import new_id

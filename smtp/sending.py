@@ -21,9 +21,9 @@ from smtp.envelope import peer_ip
 from smtp.fastpath import FastPath
 from smtp.judge import Judge
 from smtp.mailrules import judge_rules
+from smtp.mailstore import NewMessage
 from smtp.mime import check_limits, summarize_headers
 from smtp.pipeline import run_stage
-from smtp.queue import NewMessage
 from smtp.ratelimit import REPLY_LIMITED
 from smtp.refusals import Refusals
 from smtp.routing import REPLY_LOOKUP_FAILED, Routing

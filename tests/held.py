@@ -1,4 +1,4 @@
-"""Quarantined mail for tests, stored through the same function the ingress commits with (smtp.queue.store_message)."""
+"""Quarantined mail for tests, stored through the function the ingress commits with (smtp.mailstore.store_message)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from email.message import EmailMessage
 
 from sqlalchemy import update
 
-from smtp.queue import NewMessage, store_message
+from smtp.mailstore import NewMessage, store_message
 from tenants import db as tdb
 from tenants.config import Config
 from tenants.ids import new_id

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import func, select
 
 from mailward.cli import main
-from smtp.queue import NewMessage, store_message
+from smtp.mailstore import NewMessage, store_message
 from tenants import apikeys, backup, backup_data, backup_format, totp
 from tenants import db as tdb
 from tenants import recipients as rcpt

@@ -20,7 +20,7 @@ import pytest
 from werkzeug.routing import Rule
 
 from app.access import access_of
-from smtp.queue import NewMessage, store_message
+from smtp.mailstore import NewMessage, store_message
 from tenants import apikeys, lists
 from tenants import db as tdb
 from tenants.ids import new_id

@@ -14,7 +14,7 @@ from aiosmtpd.controller import Controller
 from sqlalchemy import select, update
 
 from smtp.delivery import Deliverer
-from smtp.queue import NewMessage, claim_due, store_message
+from smtp.mailstore import NewMessage, claim_due, store_message
 from smtp.server import IngressHandler, IngressSMTP
 from tenants.models import Delivery, Event, Message
 from tenants.policy import DomainRoute, Policy

@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from smtp.delivery import deliver_message
-from smtp.queue import NewMessage, store_message
+from smtp.mailstore import NewMessage, store_message
 from tenants import deliveries
 from tenants import quarantine as q
 from tenants.config import Config

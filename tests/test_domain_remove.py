@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from smtp.delivery import deliver_message
-from smtp.queue import NewMessage, store_message
+from smtp.mailstore import NewMessage, store_message
 from tenants import db as tdb
 from tenants import quarantine
 from tenants.dkimkeys import generate_key

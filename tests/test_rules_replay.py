@@ -15,7 +15,7 @@ import pytest
 import yaml
 from sqlalchemy import update
 
-from smtp.queue import NewMessage, store_message
+from smtp.mailstore import NewMessage, store_message
 from tenants import db as tdb
 from tenants.exceptions import ValidationError
 from tenants.ids import new_id

@@ -113,7 +113,7 @@ def test_query_without_scope_raises(session, two_tenants):
 
 def test_relationship_loads_are_filtered_too(session, two_tenants, cfg):
     """A join or relationship from a tenant's row never pulls in another tenant's rows."""
-    from smtp.queue import NewMessage, store_message
+    from smtp.mailstore import NewMessage, store_message
 
     a, b = two_tenants
     with tenant_scope(a.id):

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import func, select
 
 from smtp.delivery import deliver_message
-from smtp.queue import NewMessage, store_message
+from smtp.mailstore import NewMessage, store_message
 from tenants import apikeys, lifecycle
 from tenants import audit as audit_log
 from tenants import db as tdb

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from smtp.queue import NewMessage, store_message
+from smtp.mailstore import NewMessage, store_message
 from tenants import db as tdb
 from tenants import tracking
 from tenants.config import Config
@@ -32,7 +32,7 @@ def put(cfg: Config, tenant_id: int, *, at: datetime, rcpts: Sequence[str] = ("b
         kind: str | None = None, client_ip: str | None = "198.51.100.7", direction: str = "inbound",
         findings: Sequence[tuple[str, float, str]] = (), size: int = 100, explanation: str = "",
         message_id_header: str | None = None, status: str | None = None) -> str:
-    """Store one message the way the ingress does (smtp.queue.store_message), received at ``at``; its id."""
+    """Store one message the way the ingress does (smtp.mailstore.store_message), received at ``at``; its id."""
     with tenant_scope(tenant_id), tdb.session_scope(cfg) as s:
         msg = store_message(s, NewMessage(
             tenant_id=tenant_id, queue_id=new_id(), mail_from=sender, rcpts=list(rcpts), data=b"x" * size,

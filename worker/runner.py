@@ -18,7 +18,7 @@ from tenants.db import require_current_schema
 from tenants.heartbeat import HeartbeatThread
 from tenants.metrics import serve_process_metrics
 from tenants.redisconn import redis_client
-from worker.queues import QUEUES, SERIALIZER, queue
+from worker.rqueues import QUEUES, SERIALIZER, queue
 
 log = logging.getLogger(__name__)
 

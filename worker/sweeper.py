@@ -8,7 +8,7 @@ from tenants import deliveries
 from tenants.config import Config
 from tenants.db import session_scope
 from tenants.scope import msp_scope
-from worker.queues import enqueue_delivery
+from worker.rqueues import enqueue_delivery
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The delivery queue in the database: store accepted and refused mail, record the outcomes of attempts, bounce.
+"""The mail store in the database: store accepted and refused mail, record the outcomes of delivery attempts, bounce.
 
 The database is the truth. A row is delivered only by the process holding its claim (``claim_token`` with a lease);
 a claim is taken with one conditional UPDATE, which is atomic on SQLite and on PostgreSQL alike (PostgreSQL re-checks
