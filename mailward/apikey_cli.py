@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import click
 
+from mailward.clicommon import db_session
 from tenants.apikeys import SCOPES
 
 
@@ -27,13 +28,12 @@ def apikey() -> None:
               help="The key stops working at 00:00 UTC that day (a date after today); default: never.")
 def apikey_create(tenant_ref: str | None, msp: bool, scopes: str, name: str, expires: str) -> None:
     """Create a key for TENANT (or --msp); the key is printed once, on the last line."""
-    from mailward.cli import _db
     from tenants.apikeys import create, parse_expiry
     from tenants.services import get_tenant
 
     if msp == bool(tenant_ref):
         raise click.UsageError("name a TENANT or give --msp (not both)")
-    with _db() as session:
+    with db_session() as session:
         tenant = get_tenant(session, tenant_ref) if tenant_ref else None
         new = create(session, tenant, scopes, name, expires_at=parse_expiry(expires))
         owner = f"tenant {tenant.name}" if tenant else "the MSP (all tenants)"
@@ -49,13 +49,12 @@ def apikey_create(tenant_ref: str | None, msp: bool, scopes: str, name: str, exp
 @click.option("--msp", is_flag=True, help="The MSP-wide keys.")
 def apikey_list(tenant_ref: str | None, msp: bool) -> None:
     """One line per key of TENANT (or --msp): id, prefix, scopes, name, created, last used, expiry, state."""
-    from mailward.cli import _db
     from tenants.apikeys import is_expired, list_keys
     from tenants.services import get_tenant
 
     if msp == bool(tenant_ref):
         raise click.UsageError("name a TENANT or give --msp (not both)")
-    with _db() as session:
+    with db_session() as session:
         tenant_id = get_tenant(session, tenant_ref).id if tenant_ref else None
         keys = list_keys(session, tenant_id)
         if not keys:
@@ -73,9 +72,8 @@ def apikey_list(tenant_ref: str | None, msp: bool) -> None:
 @click.argument("key_id", metavar="ID", type=int)
 def apikey_revoke(key_id: int) -> None:
     """Revoke a key at once (its next request is refused)."""
-    from mailward.cli import _db
     from tenants.apikeys import revoke
 
-    with _db() as session:
+    with db_session() as session:
         key = revoke(session, key_id)
         click.echo(f"api key {key.id} ({key.prefix}) revoked")

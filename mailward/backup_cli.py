@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from mailward.clicommon import CLI_ACTOR
+
 KEY_FILE = click.Path(exists=False, dir_okay=False, path_type=Path)
 
 
@@ -48,7 +50,6 @@ def backup_keygen(output: Path) -> None:
 def backup_create(output: Path, key_file: Path, master_key_file: Path | None, with_quarantine: bool) -> None:
     """Write an encrypted backup of tenants, domains, users, policies, lists, rules, DKIM and API key records,
     branding... to FILE."""
-    from mailward.cli import CLI_ACTOR
     from tenants import backup as service
     from tenants.backup_format import BackupError
     from tenants.config import get_config
@@ -71,7 +72,6 @@ def backup_create(output: Path, key_file: Path, master_key_file: Path | None, wi
 @click.option("--key-file", required=True, type=KEY_FILE, metavar="KEY", help="The backup key or the master key.")
 def backup_restore(path: Path, key_file: Path) -> None:
     """Rebuild an empty installation (no tenants) from FILE, in one transaction, ids as they were."""
-    from mailward.cli import CLI_ACTOR
     from tenants import backup as service
     from tenants.backup_format import read_key_file
     from tenants.config import get_config

@@ -13,6 +13,8 @@ from typing import TypeVar
 
 import click
 
+from mailward.clicommon import db_session
+
 #: The first bytes of an mbox file: its first message's "From " separator line.
 MBOX_MAGIC = b"From "
 T = TypeVar("T")
@@ -70,7 +72,6 @@ def batched(items: Iterator[T], size: int) -> Iterator[list[T]]:
               type=click.Path(exists=True, path_type=Path), help="A directory of mail files or an mbox of ham.")
 def bayes_train(tenant_ref: str, spam_paths: tuple[Path, ...], ham_paths: tuple[Path, ...]) -> None:
     """Train TENANT's Bayes on spam and/or ham (each option may be given more than once)."""
-    from mailward.cli import _db
     from smtp.mime import parse_mail
     from tenants import learning
     from tenants.bayes import stats, train
@@ -79,7 +80,7 @@ def bayes_train(tenant_ref: str, spam_paths: tuple[Path, ...], ham_paths: tuple[
 
     if not spam_paths and not ham_paths:
         raise click.UsageError("give --spam PATH and/or --ham PATH")
-    with _db() as session:
+    with db_session() as session:
         tenant = get_tenant(session, tenant_ref)
         for label, paths in (("spam", spam_paths), ("ham", ham_paths)):
             for path in paths:
@@ -104,13 +105,12 @@ def bayes_train(tenant_ref: str, spam_paths: tuple[Path, ...], ham_paths: tuple[
 @click.argument("tenant_ref", metavar="TENANT")
 def bayes_stats(tenant_ref: str) -> None:
     """Show how much TENANT's Bayes has learnt, and whether it scores mail yet."""
-    from mailward.cli import _db
     from tenants.bayes import stats
     from tenants.policy import load_policy
     from tenants.scope import tenant_scope
     from tenants.services import get_tenant
 
-    with _db() as session:
+    with db_session() as session:
         tenant = get_tenant(session, tenant_ref)
         learnt = stats(session, tenant.id)
         with tenant_scope(tenant.id):

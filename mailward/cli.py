@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -17,9 +15,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from mailward.clicommon import cli_audit, db_session
 from tenants.config import Config, get_config
 from tenants.exceptions import MailwardError
-from tenants.scope import msp_scope
 
 
 def _setup_logging(cfg: Config) -> None:
@@ -28,17 +26,6 @@ def _setup_logging(cfg: Config) -> None:
     quiet = max(logging.WARNING, logging.getLevelName(cfg.log_level))
     for name in ("mail.log", "alembic", "rq.worker"):  # per-command chatter; our own lines say what happened
         logging.getLogger(name).setLevel(quiet if name != "rq.worker" else logging.INFO)
-
-
-@contextmanager
-def _db(cfg: Config | None = None) -> Iterator[Session]:
-    """A session in the MSP scope (the CLI is the operator's tool) on a migrated database; commits on success."""
-    from tenants.db import require_current_schema, session_scope
-
-    cfg = cfg or get_config()
-    require_current_schema(cfg)
-    with msp_scope(), session_scope(cfg) as session:
-        yield session
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -86,7 +73,7 @@ def tenant() -> None:
 def tenant_create(name: str) -> None:
     from tenants.services import create_tenant
 
-    with _db() as session:
+    with db_session() as session:
         t = create_tenant(session, name)
         click.echo(f"tenant {t.id} {t.name} created")
 
@@ -95,21 +82,11 @@ def tenant_create(name: str) -> None:
 def tenant_list() -> None:
     from tenants.services import list_domains, list_tenants
 
-    with _db() as session:
+    with db_session() as session:
         for t in list_tenants(session):
             domains = ", ".join(d.name for d in list_domains(session, t)) or "-"
             state = " (suspended)" if t.suspended else ""
             click.echo(f"{t.id}\t{t.name}{state}\t{domains}")
-
-
-#: Who the audit log names for lifecycle actions taken on the command line (the operator's tool, no signed-in user).
-CLI_ACTOR = "cli"
-
-
-def _cli_audit(session: Session, action: str, target: str, detail: str = "", *, tenant_id: int | None) -> None:
-    from tenants import audit
-
-    audit.record(session, actor=CLI_ACTOR, action=action, target=target, detail=detail, tenant_id=tenant_id)
 
 
 @tenant.command("suspend")
@@ -132,11 +109,11 @@ def _tenant_state(tenant_ref: str, *, suspended: bool) -> None:
     from tenants.services import get_tenant
 
     cfg = get_config()
-    with _db(cfg) as session:
+    with db_session(cfg) as session:
         t = get_tenant(session, tenant_ref)
         changed = lifecycle.suspend(session, t) if suspended else lifecycle.resume(session, t)
         if changed:
-            _cli_audit(session, lifecycle.SUSPEND_ACTION if suspended else lifecycle.RESUME_ACTION,
+            cli_audit(session, lifecycle.SUSPEND_ACTION if suspended else lifecycle.RESUME_ACTION,
                        f"tenant {t.name}", tenant_id=t.id)
         name = t.name
     bump_policy_version(cfg)
@@ -157,7 +134,7 @@ def tenant_export(tenant_ref: str, output: str) -> None:
 
     cfg = get_config()
     partial = f"{output}.part"
-    with _db(cfg) as session:
+    with db_session(cfg) as session:
         t = get_tenant(session, tenant_ref)
         try:
             with open(partial, "wb") as out:
@@ -166,7 +143,7 @@ def tenant_export(tenant_ref: str, output: str) -> None:
         finally:
             if os.path.exists(partial):
                 os.unlink(partial)
-        _cli_audit(session, lifecycle.EXPORT_ACTION, f"tenant {t.name}",
+        cli_audit(session, lifecycle.EXPORT_ACTION, f"tenant {t.name}",
                    f"{report.counts.get('messages', 0)} messages to {output}", tenant_id=t.id)
         click.echo(f"tenant {t.name} exported to {output}: {report.counts.get('messages', 0)} message(s), "
                    f"{report.counts.get('raw_messages', 0)} raw mail(s), {len(report.files) + 1} file(s)")
@@ -182,14 +159,14 @@ def tenant_delete(tenant_ref: str, confirm: str) -> None:
     from tenants.services import get_tenant
 
     cfg = get_config()
-    with _db(cfg) as session:
+    with db_session(cfg) as session:
         t = get_tenant(session, tenant_ref)
         if confirm.strip() != t.name:
             raise click.UsageError(f"--confirm must be the tenant's name, exactly: {t.name}")
         name, tid = t.name, t.id
         counts = lifecycle.delete(session, cfg, t)
         detail = ", ".join(f"{table} {n}" for table, n in sorted(counts.items()) if n)
-        _cli_audit(session, lifecycle.DELETE_ACTION, f"tenant {name} (id {tid})", detail, tenant_id=None)
+        cli_audit(session, lifecycle.DELETE_ACTION, f"tenant {name} (id {tid})", detail, tenant_id=None)
     bump_policy_version(cfg)
     click.echo(f"tenant {name} deleted: {detail or 'nothing else'}")
 
@@ -213,7 +190,7 @@ def domain_add(tenant_ref: str, name: str, transport: str, tls: str) -> None:
 
     cfg = get_config()
     host, port = parse_transport(transport)
-    with _db(cfg) as session:
+    with db_session(cfg) as session:
         d = add_domain(session, get_tenant(session, tenant_ref), name, host, port, tls,
                        egress=EgressPolicy.unchecked(cfg))
         click.echo(f"domain {d.name} added to tenant {tenant_ref}, transport {d.transport} (TLS {d.transport_tls})")
@@ -238,7 +215,7 @@ def domain_transport(name: str, transport: str, tls: str) -> None:
 
     cfg = get_config()
     host, port = parse_transport(transport)
-    with _db(cfg) as session:
+    with db_session(cfg) as session:
         d = session.scalar(select(Domain).where(Domain.name == normalize_domain(name)))
         if d is None:
             raise NotFound(f"no domain {name}")
@@ -252,7 +229,7 @@ def domain_transport(name: str, transport: str, tls: str) -> None:
 def domain_list(tenant_ref: str | None) -> None:
     from tenants.services import get_tenant, list_domains
 
-    with _db() as session:
+    with db_session() as session:
         t = get_tenant(session, tenant_ref) if tenant_ref else None
         names = {} if t else {x.id: x.name for x in _all_tenants(session)}
         for d in list_domains(session, t):
@@ -284,7 +261,7 @@ def queue_list() -> None:
     """Show every recipient still waiting for delivery, and why."""
     from tenants.models import PENDING_STATUSES, Delivery, Message
 
-    with _db() as session:
+    with db_session() as session:
         rows = session.execute(
             select(Delivery, Message.queue_id, Message.mail_from).join(Message, Message.id == Delivery.message_id)
             .where(Delivery.status.in_([s.value for s in PENDING_STATUSES]))
@@ -327,7 +304,7 @@ def message_show(ident: str) -> None:
     """Show a message (its id or queue id): envelope, verdict, every finding with its score, and its timeline."""
     from tenants.models import Event, Message
 
-    with _db() as session:
+    with db_session() as session:
         msgs = session.scalars(select(Message).where((Message.id == ident) | (Message.queue_id == ident))
                                .order_by(Message.tenant_id)).all()
         if not msgs:
@@ -364,7 +341,7 @@ def policy_show(tenant_ref: str | None) -> None:
     from tenants.policy import _settings_of as settings_of
     from tenants.services import get_tenant
 
-    with _db() as session:
+    with db_session() as session:
         if tenant_ref:
             effective: Policy = load_policy(session, get_tenant(session, tenant_ref).id)
         else:
@@ -407,7 +384,7 @@ def policy_set(tenant_ref: str, assignments: tuple[str, ...]) -> None:
 
         changes["subject_prefix"] = check_subject_prefix(str(changes["subject_prefix"]))
     cfg = get_config()
-    with _db(cfg) as session:
+    with db_session(cfg) as session:
         tenant_id = None if tenant_ref.lower() == "msp" else get_tenant(session, tenant_ref).id
         save_settings(session, tenant_id, changes)
     bump_policy_version(cfg)
@@ -548,7 +525,7 @@ def recipients_mode(tenant_ref: str, mode: str) -> None:
     from tenants.services import get_tenant
 
     cfg = get_config()
-    with _db(cfg) as session:
+    with db_session(cfg) as session:
         t = get_tenant(session, tenant_ref)
         rcpt.set_mode(session, t.id, mode)
         rcpt.reload_after_commit(session, cfg)
@@ -562,7 +539,7 @@ def _edit_static(tenant_ref: str, addresses: tuple[str, ...], remove: bool) -> N
 
     edit = rcpt.remove_static if remove else rcpt.add_static
     cfg = get_config()
-    with _db(cfg) as session:
+    with db_session(cfg) as session:
         t = get_tenant(session, tenant_ref)
         done = [edit(session, t.id, a).address for a in addresses]
         rcpt.reload_after_commit(session, cfg)
@@ -603,7 +580,7 @@ def recipients_ldap(tenant_ref: str, url: str, base_dn: str, bind_dn: str, passw
 
     password = sys.stdin.readline().rstrip("\r\n") if password_stdin else None
     cfg = get_config()
-    with _db(cfg) as session:
+    with db_session(cfg) as session:
         t = get_tenant(session, tenant_ref)
         rcpt.set_ldap(session, cfg, t.id, url=url, base_dn=base_dn, bind_dn=bind_dn, password=password,
                       search_filter=search_filter, attributes=attributes, egress=EgressPolicy.unchecked(cfg))
@@ -620,7 +597,7 @@ def recipients_sync(tenant_ref: str) -> None:
     from tenants.services import get_tenant
 
     cfg = get_config()
-    with _db(cfg) as session:
+    with db_session(cfg) as session:
         t = get_tenant(session, tenant_ref)
         result = directory.sync(session, cfg, t.id)
         rcpt.reload_after_commit(session, cfg)

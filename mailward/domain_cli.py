@@ -13,6 +13,8 @@ import sys
 
 import click
 
+from mailward.clicommon import cli_audit, db_session
+
 
 @click.command("verify")
 @click.argument("name", metavar="DOMAIN")
@@ -58,7 +60,6 @@ def remove(name: str, confirm: str) -> None:
     quarantined mail stays until its retention (and can be released). Audited."""
     from sqlalchemy import select
 
-    from mailward.cli import _cli_audit, _db
     from tenants import domains
     from tenants.config import get_config
     from tenants.exceptions import NotFound
@@ -67,7 +68,7 @@ def remove(name: str, confirm: str) -> None:
     from tenants.redisconn import bump_policy_version
 
     cfg = get_config()
-    with _db(cfg) as session:
+    with db_session(cfg) as session:
         domain = session.scalar(select(Domain).where(Domain.name == normalize_domain(name)))
         if domain is None:
             raise NotFound(f"no domain {name}")
@@ -78,6 +79,6 @@ def remove(name: str, confirm: str) -> None:
             sys.exit(1)
         dname, tenant_id = domain.name, domain.tenant_id
         found = domains.remove(session, domain, confirm)
-        _cli_audit(session, domains.REMOVE_ACTION, f"domain {dname}", found.summary(), tenant_id=tenant_id)
+        cli_audit(session, domains.REMOVE_ACTION, f"domain {dname}", found.summary(), tenant_id=tenant_id)
     bump_policy_version(cfg)  # every ingress forgets it: RCPT to it is refused from now on
     click.echo(f"domain {dname} removed: {found.summary()}")

@@ -11,6 +11,7 @@ import sys
 
 import click
 
+from mailward.clicommon import db_session
 from tenants.config import get_config
 
 #: Bytes of randomness in a generated SMTP password (shown once).
@@ -35,11 +36,10 @@ def relay() -> None:
 @click.argument("cidr", metavar="CIDR")
 def relay_add(tenant_ref: str, cidr: str) -> None:
     """Let the tenant's servers in CIDR send out through port 25 (as the tenant's domains only)."""
-    from mailward.cli import _db
     from tenants.relay import add_relay_network
     from tenants.services import get_tenant
 
-    with _db() as session:
+    with db_session() as session:
         t = get_tenant(session, tenant_ref)
         row = add_relay_network(session, t, cidr)
         click.echo(f"relay network {row.cidr} added to tenant {t.name}")
@@ -49,11 +49,10 @@ def relay_add(tenant_ref: str, cidr: str) -> None:
 @relay.command("list")
 @click.argument("tenant_ref", metavar="[TENANT]", required=False)
 def relay_list(tenant_ref: str | None) -> None:
-    from mailward.cli import _db
     from tenants.relay import list_relay_networks
     from tenants.services import get_tenant, list_tenants
 
-    with _db() as session:
+    with db_session() as session:
         t = get_tenant(session, tenant_ref) if tenant_ref else None
         names = {x.id: x.name for x in list_tenants(session)}
         for row in list_relay_networks(session, t):
@@ -73,13 +72,12 @@ def smtp_credential() -> None:
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
 def credential_create(tenant_ref: str, username: str, password_stdin: bool) -> None:
     """Create a login; without --password-stdin a random password is printed once."""
-    from mailward.cli import _db
     from tenants.relay import create_smtp_credential
     from tenants.services import get_tenant
 
     password = (sys.stdin.readline().rstrip("\r\n") if password_stdin
                 else secrets.token_urlsafe(GENERATED_PASSWORD_BYTES))
-    with _db() as session:
+    with db_session() as session:
         t = get_tenant(session, tenant_ref)
         cred = create_smtp_credential(session, t, username, password)
         click.echo(f"SMTP login {cred.username} created for tenant {t.name}")
@@ -90,11 +88,10 @@ def credential_create(tenant_ref: str, username: str, password_stdin: bool) -> N
 @smtp_credential.command("list")
 @click.argument("tenant_ref", metavar="[TENANT]", required=False)
 def credential_list(tenant_ref: str | None) -> None:
-    from mailward.cli import _db
     from tenants.relay import list_smtp_credentials
     from tenants.services import get_tenant, list_tenants
 
-    with _db() as session:
+    with db_session() as session:
         t = get_tenant(session, tenant_ref) if tenant_ref else None
         names = {x.id: x.name for x in list_tenants(session)}
         for cred in list_smtp_credentials(session, t):
@@ -106,10 +103,9 @@ def credential_list(tenant_ref: str | None) -> None:
 @click.argument("username")
 def credential_revoke(username: str) -> None:
     """Refuse every further login with USERNAME."""
-    from mailward.cli import _db
     from tenants.relay import revoke_smtp_credential
 
-    with _db() as session:
+    with db_session() as session:
         cred = revoke_smtp_credential(session, username)
         click.echo(f"SMTP login {cred.username} revoked")
 
@@ -127,11 +123,10 @@ def dkim() -> None:
 @click.option("--bits", type=click.Choice(["1024", "2048", "3072", "4096"]), default="2048", show_default=True)
 def dkim_keygen(domain: str, selector: str, bits: str) -> None:
     """Generate a key for DOMAIN (of the tenant owning it) and print the DNS record to publish."""
-    from mailward.cli import _db
     from tenants.dkimkeys import generate_key, txt_record
 
     cfg = get_config()
-    with _db(cfg) as session:
+    with db_session(cfg) as session:
         key = generate_key(session, cfg, domain, selector, bits=int(bits))
         record = txt_record(key)
         click.echo(f"DKIM key {key.selector} for {key.domain} generated ({bits} bits, active); publish:")
@@ -143,11 +138,10 @@ def dkim_keygen(domain: str, selector: str, bits: str) -> None:
 @click.argument("tenant_ref", metavar="[TENANT]", required=False)
 @click.option("--dns", "show_dns", is_flag=True, help="Print each key's DNS record too.")
 def dkim_list(tenant_ref: str | None, show_dns: bool) -> None:
-    from mailward.cli import _db
     from tenants.dkimkeys import list_keys, txt_record
     from tenants.services import get_tenant, list_tenants
 
-    with _db() as session:
+    with db_session() as session:
         t = get_tenant(session, tenant_ref) if tenant_ref else None
         names = {x.id: x.name for x in list_tenants(session)}
         for key in list_keys(session, t.id if t else None):

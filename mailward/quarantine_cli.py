@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING
 
 import click
 
+from mailward.clicommon import CLI_ACTOR, db_session
+
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-#: What the CLI writes to a message's timeline as the one who acted.
-CLI_ACTOR = "cli"
 
 
 def _one_line(value: str | None, width: int = 60) -> str:
@@ -39,12 +39,11 @@ def quarantine() -> None:
 def quarantine_list(tenant_ref: str, kind: str | None, rcpt: str | None, sender: str | None, limit: int,
                     after: str | None) -> None:
     """One line per held mail: id, kind, recipients, sender, subject, score."""
-    from mailward.cli import _db
     from tenants.quarantine import search
     from tenants.scope import tenant_scope
     from tenants.services import get_tenant
 
-    with _db() as session:
+    with db_session() as session:
         tenant = get_tenant(session, tenant_ref)
         with tenant_scope(tenant.id):
             items, cursor = search(session, kind=kind, rcpt=rcpt, sender=sender, limit=limit, after=after)
@@ -62,14 +61,13 @@ def quarantine_list(tenant_ref: str, kind: str | None, rcpt: str | None, sender:
 @click.option("--to", "to", metavar="ADDR", help="Deliver a copy to this address instead of the recipients.")
 def quarantine_release(message_id: str, to: str | None) -> None:
     """Deliver a held mail to its recipients (or --to another address); viruses too (the CLI acts as an admin)."""
-    from mailward.cli import _db
     from tenants.config import get_config
     from tenants.quarantine import release
     from tenants.redisconn import ensure_redis
 
     cfg = get_config()
     ensure_redis(cfg)  # delivery is queued after the commit
-    with _db(cfg) as session:
+    with db_session(cfg) as session:
         result = release(session, cfg, message_id, to=to, actor=CLI_ACTOR, actor_is_admin=True,
                          outside_ok=True)
     click.echo(f"message {result.message_id} {result}")
@@ -79,11 +77,10 @@ def quarantine_release(message_id: str, to: str | None) -> None:
 @click.argument("message_id", metavar="ID")
 def quarantine_delete(message_id: str) -> None:
     """Never deliver a held mail (it stays listed as deleted until the purge)."""
-    from mailward.cli import _db
     from tenants.config import get_config
     from tenants.quarantine import delete
 
-    with _db() as session:
+    with db_session() as session:
         gone = delete(session, message_id, actor=CLI_ACTOR, cfg=get_config())
     click.echo(f"message {message_id} deleted for {', '.join(gone)}")
 
@@ -128,12 +125,11 @@ def _level(session: Session, tenant_ref: str | None, user_email: str | None) -> 
 def list_add(kind: str, value: str, tenant_ref: str | None, user_email: str | None, value_type: str | None,
              comment: str) -> None:
     """Add VALUE (address, domain with its subdomains, or IP network) to an allow or block list."""
-    from mailward.cli import _db
     from tenants.config import get_config
     from tenants.lists import add_entry, reload_after_commit
 
     cfg = get_config()
-    with _db(cfg) as session:
+    with db_session(cfg) as session:
         tenant_id, user_id, where = _level(session, tenant_ref, user_email)
         entry = add_entry(session, kind=kind, value=value, tenant_id=tenant_id, user_id=user_id,
                           value_type=value_type, comment=comment, created_by=CLI_ACTOR)
@@ -145,12 +141,11 @@ def list_add(kind: str, value: str, tenant_ref: str | None, user_email: str | No
 @click.argument("entry_id", type=int, metavar="ID")
 def list_remove(entry_id: int) -> None:
     """Remove the entry ID (as `list show` prints it)."""
-    from mailward.cli import _db
     from tenants.config import get_config
     from tenants.lists import reload_after_commit, remove_entry
 
     cfg = get_config()
-    with _db(cfg) as session:
+    with db_session(cfg) as session:
         entry = remove_entry(session, entry_id)
         reload_after_commit(session, cfg)
         click.echo(f"entry {entry_id} removed: {entry.kind} {entry.value}")
@@ -161,10 +156,9 @@ def list_remove(entry_id: int) -> None:
 @click.option("--user", "user_email", metavar="EMAIL", help="The user's own list.")
 def list_show(tenant_ref: str | None, user_email: str | None) -> None:
     """One line per entry of one level: id, kind, type, value, comment."""
-    from mailward.cli import _db
     from tenants.lists import list_entries
 
-    with _db() as session:
+    with db_session() as session:
         tenant_id, user_id, where = _level(session, tenant_ref, user_email)
         entries = list_entries(session, tenant_id=tenant_id if user_id is None else None, user_id=user_id)
         if not entries:
@@ -188,7 +182,6 @@ def digest_send(tenant_ref: str, user_email: str | None, inline: bool) -> None:
     """Send TENANT's digests of new spam (whatever the hour; each user gets mail held since their last one)."""
     from sqlalchemy import select
 
-    from mailward.cli import _db
     from smtp.delivery import deliver_message
     from tenants.addresses import normalize_address
     from tenants.config import get_config
@@ -202,7 +195,7 @@ def digest_send(tenant_ref: str, user_email: str | None, inline: bool) -> None:
 
     cfg = get_config()
     ensure_redis(cfg)
-    with _db(cfg) as session:
+    with db_session(cfg) as session:
         tenant = get_tenant(session, tenant_ref)
         with tenant_scope(tenant.id):
             user_ids = digest_users(session, tenant.id)

@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 from sqlalchemy.orm import Session
 
+from mailward.clicommon import CLI_ACTOR, db_session
 from tenants.config import Config, get_config
 
 #: What names the MSP's baseline where a tenant is expected.
@@ -31,12 +32,11 @@ def rules() -> None:
 @contextmanager
 def _level(tenant_ref: str) -> Iterator[tuple[Session, Config, int | None]]:
     """A session (committed on success) in the scope of the named tenant, or the MSP's for ``msp``."""
-    from mailward.cli import _db
     from tenants.scope import tenant_scope
     from tenants.services import get_tenant
 
     cfg = get_config()
-    with _db(cfg) as session:
+    with db_session(cfg) as session:
         tenant_id = None if tenant_ref.strip().lower() == MSP_REF else get_tenant(session, tenant_ref).id
         with tenant_scope(tenant_id) if tenant_id is not None else nullcontext():
             yield session, cfg, tenant_id
@@ -69,7 +69,6 @@ def rules_list(tenant_ref: str) -> None:
 @click.option("--file", "path", required=True, metavar="FILE", help="One rule in YAML or JSON (- for stdin).")
 def rules_add(tenant_ref: str, path: str) -> None:
     """Add one rule from a YAML or JSON file."""
-    from mailward.cli import CLI_ACTOR
     from tenants.mailrules.service import add_rule
     from tenants.mailrules.yamlio import load_rule
 
@@ -85,7 +84,6 @@ def rules_add(tenant_ref: str, path: str) -> None:
 @click.argument("ref", metavar="NAME_OR_ID")
 def rules_remove(tenant_ref: str, ref: str) -> None:
     """Remove a rule (a tenant cannot remove its provider's rules: disable an unlocked one instead)."""
-    from mailward.cli import CLI_ACTOR
     from tenants.mailrules.service import find_rule_id, remove_rule
 
     with _level(tenant_ref) as (session, cfg, tenant_id):
@@ -94,7 +92,6 @@ def rules_remove(tenant_ref: str, ref: str) -> None:
 
 
 def _set_active(tenant_ref: str, ref: str, active: bool) -> None:
-    from mailward.cli import CLI_ACTOR
     from tenants.mailrules.service import find_rule_id, set_active
 
     with _level(tenant_ref) as (session, cfg, tenant_id):
@@ -137,7 +134,6 @@ def rules_export(tenant_ref: str) -> None:
 def rules_import(tenant_ref: str, path: str, replace: bool) -> None:
     """Add or update (by name) the rules of a YAML file; every rule is checked first and nothing is written when
     one is wrong."""
-    from mailward.cli import CLI_ACTOR
     from tenants.mailrules.yamlio import import_rules
 
     text = _read(path)

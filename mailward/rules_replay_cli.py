@@ -12,6 +12,8 @@ from datetime import timedelta
 
 import click
 
+from mailward.clicommon import db_session
+
 #: ``--since``: a number of days (``7d``), hours (``12h``) or weeks (``2w``); a bare number is days.
 _SINCE_RE = re.compile(r"^\s*(\d+)\s*([dhw]?)\s*$", re.IGNORECASE)
 
@@ -33,7 +35,6 @@ def register(group: click.Group) -> None:
     @click.option("--draft", "draft_path", metavar="FILE", help="A rule file (YAML) to compare with the current rules.")
     def rules_replay(tenant_ref: str, since: str, draft_path: str | None) -> None:
         """Replay the tenant's stored mail under its rules and under a draft, and print what would change."""
-        from mailward.cli import _db
         from mailward.rules_cli import _read
         from tenants.config import get_config
         from tenants.exceptions import ValidationError
@@ -51,7 +52,7 @@ def register(group: click.Group) -> None:
                 if not isinstance(draft, list):
                     raise ValidationError("a draft is a YAML list of rules (- name: ...)")
             cfg = get_config()
-            with _db(cfg) as session:
+            with db_session(cfg) as session:
                 tenant_id = get_tenant(session, tenant_ref).id
                 with tenant_scope(tenant_id):
                     report = replay(session, cfg, tenant_id, window, draft)

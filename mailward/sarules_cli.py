@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import click
 
+from mailward.clicommon import cli_audit, db_session
 from tenants.config import get_config
 
 
@@ -56,7 +57,6 @@ def score(rule: str, value: str, tenant_ref: str | None) -> None:
     The baseline's lock on symbol scores (policy page, ``scores`` locked) holds here too: a tenant's override of a
     locked score is refused.
     """
-    from mailward.cli import _cli_audit, _db
     from tenants import policyedit
     from tenants.exceptions import ValidationError
     from tenants.redisconn import bump_policy_version
@@ -64,7 +64,7 @@ def score(rule: str, value: str, tenant_ref: str | None) -> None:
     from tenants.services import get_tenant
 
     cfg = get_config()
-    with _db(cfg) as session:
+    with db_session(cfg) as session:
         tenant_id = get_tenant(session, tenant_ref).id if tenant_ref else None
         try:
             if tenant_id is None:
@@ -76,7 +76,7 @@ def score(rule: str, value: str, tenant_ref: str | None) -> None:
             raise click.ClickException(str(exc)) from None
         target = f"tenant {tenant_ref}" if tenant_ref else "MSP baseline"
         if changed:
-            _cli_audit(session, "policy.update", target, "; ".join(changed), tenant_id=tenant_id)
+            cli_audit(session, "policy.update", target, "; ".join(changed), tenant_id=tenant_id)
     if changed:
         bump_policy_version(cfg)
     click.echo(f"{target}: {'; '.join(changed) if changed else 'nothing changed'}")

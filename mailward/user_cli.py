@@ -14,6 +14,7 @@ import click
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from mailward.clicommon import cli_audit, db_session
 from tenants.config import Config
 from tenants.exceptions import NotFound, ValidationError
 from tenants.models import Role, User
@@ -27,9 +28,8 @@ def _user(session: Session, email: str) -> User:
 
 
 def _audit(session: Session, action: str, user: User, detail: str = "") -> None:
-    from mailward.cli import _cli_audit
 
-    _cli_audit(session, action, f"user {user.email}", detail, tenant_id=user.tenant_id)
+    cli_audit(session, action, f"user {user.email}", detail, tenant_id=user.tenant_id)
 
 
 def _mail_link(cfg: Config, user_id: int, email: str, purpose: str) -> str:
@@ -53,7 +53,6 @@ def _mail_link(cfg: Config, user_id: int, email: str, purpose: str) -> str:
 @click.option("--invite", is_flag=True, help="Set no password: mail EMAIL an invitation link to choose one.")
 def user_create(email: str, role: str, tenant_ref: str | None, password_stdin: bool, invite: bool) -> None:
     """Create a user; without --password-stdin or --invite a random password is printed once."""
-    from mailward.cli import _db
     from tenants.config import get_config
     from tenants.redisconn import ensure_redis
     from tenants.services import create_user, get_tenant
@@ -64,7 +63,7 @@ def user_create(email: str, role: str, tenant_ref: str | None, password_stdin: b
     password = None if invite else sys.stdin.readline().rstrip("\r\n") if password_stdin else secrets.token_urlsafe(12)
     if invite:
         ensure_redis(cfg)
-    with _db(cfg) as session:
+    with db_session(cfg) as session:
         t = get_tenant(session, tenant_ref) if tenant_ref else None
         u = create_user(session, email, role, t, password)
         _audit(session, "user.create", u, f"role {u.role}, {'invited' if invite else 'initial password set'}")
@@ -83,14 +82,13 @@ def user_create(email: str, role: str, tenant_ref: str | None, password_stdin: b
 @click.option("--password-stdin", is_flag=True, help="Read the new password from standard input.")
 def user_passwd(email: str, password_stdin: bool) -> None:
     """Set EMAIL's password (asked twice, unless read from standard input); their sessions end."""
-    from mailward.cli import _db
     from tenants.accounts import set_password
 
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
         password = click.prompt("New password", hide_input=True, confirmation_prompt="Repeat it")
-    with _db() as session:
+    with db_session() as session:
         user = _user(session, email)
         set_password(user, password)
         _audit(session, "user.password_set", user, "by the operator")
@@ -102,14 +100,13 @@ def user_passwd(email: str, password_stdin: bool) -> None:
 @click.option("--print-link", is_flag=True, help="Also print the link (it sets the password: hand it over safely).")
 def user_reset(email: str, print_link: bool) -> None:
     """Reset EMAIL's password: it stops working, their sessions end, and a link to set a new one is mailed."""
-    from mailward.cli import _db
     from tenants.accounts import link_url, make_link_token, start_reset
     from tenants.config import get_config
     from tenants.redisconn import ensure_redis
 
     cfg = get_config()
     ensure_redis(cfg)
-    with _db(cfg) as session:
+    with db_session(cfg) as session:
         user = _user(session, email)
         start_reset(user, actor_id=None)
         _audit(session, "user.password_reset", user, "reset link mailed by the operator")
@@ -124,10 +121,9 @@ def user_reset(email: str, print_link: bool) -> None:
 @click.argument("email")
 def user_disable(email: str) -> None:
     """Deactivate EMAIL: they can no longer sign in, and their open sessions end (their mail is still filtered)."""
-    from mailward.cli import _db
     from tenants.users import set_active
 
-    with _db() as session:
+    with db_session() as session:
         user = _user(session, email)
         if set_active(user, False, actor_id=None):
             _audit(session, "user.deactivate", user)
@@ -141,12 +137,11 @@ def user_disable(email: str) -> None:
 @click.option("--confirm", "confirm", required=True, metavar="EMAIL", help="The same address again.")
 def user_delete(email: str, confirm: str) -> None:
     """Delete EMAIL's account for good (their aliases and own list entries go with it)."""
-    from mailward.cli import _db
     from tenants.accounts import delete_user
 
     if confirm.strip().lower() != email.strip().lower():
         raise click.UsageError("--confirm must repeat the address of the user to delete")
-    with _db() as session:
+    with db_session() as session:
         user = _user(session, email)
         _audit(session, "user.delete", user, f"role {user.role}")
         delete_user(session, user, actor_id=None)
