@@ -15,19 +15,17 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
-import logging
 import ssl
 import urllib.parse
 from dataclasses import dataclass
 
 import dns.exception
 
-from smtp.checks.address import service_client
-from smtp.checks.base import Check, CheckContext, Stage
+from smtp.checks.address import ServiceCheck, service_client
+from smtp.checks.base import CheckContext, Stage
 from smtp.dns import async_resolver
+from smtp.mime import ParsedMail
 from tenants.config import Config
-
-log = logging.getLogger(__name__)
 
 #: rspamd's normal worker port, used when MAILWARD_RSPAMD gives no port with http.
 DEFAULT_PORT = 11333
@@ -308,7 +306,7 @@ def describe(result: RspamdResult) -> str:
     return f"{text} ({names})"
 
 
-class RspamdCheck(Check):
+class RspamdCheck(ServiceCheck):
     """rspamd's score as a band symbol, and its reject action as a symbol of its own. Optional."""
 
     name = "rspamd"
@@ -316,27 +314,16 @@ class RspamdCheck(Check):
     #: A little longer than the client's own timeout plus the reverse lookup, so the clearer error is recorded.
     timeout = SCAN_TIMEOUT + RDNS_TIMEOUT + 2.0
     symbols = ("RSPAMD_0_2", "RSPAMD_2_5", "RSPAMD_5_8", "RSPAMD_8_PLUS", "RSPAMD_ACTION_REJECT", "RSPAMD_TEMPFAIL")
+    error = RspamdError
 
     def __init__(self, cfg: Config, *, rspamd: str | None = None) -> None:
         super().__init__(cfg)
         self.client = service_client(RspamdClient, rspamd if rspamd is not None else cfg.rspamd, "MAILWARD_RSPAMD")
 
-    @property
-    def enabled(self) -> bool:
-        return self.client is not None
-
-    async def run(self, ctx: CheckContext) -> None:
-        if ctx.mail is None or self.client is None:
-            return
+    async def scan(self, ctx: CheckContext, mail: ParsedMail) -> None:
         headers = request_headers(ctx, await client_hostname(ctx))
-        try:
-            result = await self.client.check(ctx.mail.raw, headers)
-        except RspamdError as exc:
-            log.warning("rspamd check failed (client %s): %s", ctx.client_ip, exc)
-            ctx.add(self.tempfail_symbol, str(exc))
-            return
+        result = await self.client.check(mail.raw, headers)
         reason = describe(result)
         ctx.add(band(result.score), reason)
         if result.action == REJECT_ACTION:
             ctx.add("RSPAMD_ACTION_REJECT", reason)
-

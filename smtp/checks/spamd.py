@@ -11,7 +11,6 @@ Off unless an address is configured (``MAILWARD_SPAMD``); when spamd cannot answ
 from __future__ import annotations
 
 import email.utils
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,12 +18,11 @@ import aiospamc
 from aiospamc.exceptions import AIOSpamcConnectionFailed, ClientException, TimeoutException
 from aiospamc.responses import ResponseException
 
-from smtp.checks.address import ServiceAddress, service_client
-from smtp.checks.base import Check, CheckContext, Stage
+from smtp.checks.address import ServiceAddress, ServiceCheck, service_client
+from smtp.checks.base import CheckContext, Stage
 from smtp.checks.rspamd import RDNS_TIMEOUT, client_hostname
+from smtp.mime import ParsedMail
 from tenants.config import Config
-
-log = logging.getLogger(__name__)
 
 #: spamd's usual TCP port, used when MAILWARD_SPAMD names a host without one.
 DEFAULT_PORT = 783
@@ -129,7 +127,7 @@ def received_header(ctx: CheckContext, hostname: str | None, crlf: bool) -> byte
     return value.encode("utf-8", "replace")
 
 
-class SpamdCheck(Check):
+class SpamdCheck(ServiceCheck):
     """SpamAssassin's score as a band symbol. Optional, inbound only: SpamAssassin has no notion of a submitter."""
 
     name = "spamd"
@@ -138,31 +136,21 @@ class SpamdCheck(Check):
     timeout = SCAN_TIMEOUT + RDNS_TIMEOUT + 2.0
     symbols = ("SPAMD_0_2", "SPAMD_2_5", "SPAMD_5_8", "SPAMD_8_PLUS", "SPAMD_SKIPPED", "SPAMD_TEMPFAIL")
     directions = ("inbound",)
+    error = SpamdError
 
     def __init__(self, cfg: Config, *, spamd: str | None = None, max_size: int = MAX_SIZE) -> None:
         super().__init__(cfg)
         self.max_size = max_size
         self.client = service_client(SpamdClient, spamd if spamd is not None else cfg.spamd, "MAILWARD_SPAMD")
 
-    @property
-    def enabled(self) -> bool:
-        return self.client is not None
-
-    async def run(self, ctx: CheckContext) -> None:
-        if ctx.mail is None or self.client is None:
-            return
-        raw = ctx.mail.raw
+    async def scan(self, ctx: CheckContext, mail: ParsedMail) -> None:
+        raw = mail.raw
         if len(raw) > self.max_size:
             ctx.add("SPAMD_SKIPPED", f"{len(raw)} bytes, over the {self.max_size} byte limit for spamd")
             return
         hostname = await client_hostname(ctx)
         first_line = raw.split(b"\n", 1)[0]
         message = received_header(ctx, hostname, first_line.endswith(b"\r")) + raw
-        try:
-            result = await self.client.symbols(message)
-        except SpamdError as exc:
-            log.warning("spamd check failed (client %s): %s", ctx.client_ip, exc)
-            ctx.add(self.tempfail_symbol, str(exc))
-            return
+        result = await self.client.symbols(message)
         rules = ", ".join(result.rules) or "no rules"
         ctx.add(band(result.score), f"spamd score {result.score:.1f}/{result.threshold:.1f} ({rules})")

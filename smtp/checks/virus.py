@@ -8,14 +8,12 @@ maintained async clients on PyPI speak TCP only, so a unix socket (the usual loc
 from __future__ import annotations
 
 import asyncio
-import logging
 import struct
 
-from smtp.checks.address import ServiceAddress, service_client
-from smtp.checks.base import Check, CheckContext, Stage
+from smtp.checks.address import ServiceAddress, ServiceCheck, service_client
+from smtp.checks.base import CheckContext, Stage
+from smtp.mime import ParsedMail
 from tenants.config import Config
-
-log = logging.getLogger(__name__)
 
 #: clamd's usual TCP port, used when MAILWARD_CLAMD names a host without one.
 DEFAULT_PORT = 3310
@@ -154,7 +152,7 @@ class ClamdClient:
             await self._close(writer)
 
 
-class VirusCheck(Check):
+class VirusCheck(ServiceCheck):
     """ClamAV over clamd's socket. Required: when clamd cannot answer, CLAM_TEMPFAIL lets the policy decide."""
 
     name = "clam"
@@ -163,23 +161,13 @@ class VirusCheck(Check):
     timeout = SCAN_TIMEOUT + 5.0
     symbols = ("CLAM_VIRUS", "CLAM_TEMPFAIL")
     required = True
+    error = ClamdError
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
         self.client = service_client(ClamdClient, cfg.clamd, "MAILWARD_CLAMD")
 
-    @property
-    def enabled(self) -> bool:
-        return self.client is not None
-
-    async def run(self, ctx: CheckContext) -> None:
-        if ctx.mail is None or self.client is None:
-            return
-        try:
-            signature = await self.client.instream(ctx.mail.raw)
-        except ClamdError as exc:
-            log.warning("virus scan failed (client %s): %s", ctx.client_ip, exc)
-            ctx.add(self.tempfail_symbol, str(exc))
-            return
+    async def scan(self, ctx: CheckContext, mail: ParsedMail) -> None:
+        signature = await self.client.instream(mail.raw)
         if signature is not None:
             ctx.add("CLAM_VIRUS", signature)
