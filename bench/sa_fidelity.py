@@ -113,12 +113,12 @@ def _process_cpu(pid: int) -> float:
 
 
 def start_spamd(rules_dir: Path) -> Any:
-    """spamd as tests/peers.py starts it (-L, Bayes off), reading the same rule directory as Mailward's engine."""
+    """spamd as tests/support/peers.py starts it (-L, Bayes off), reading the rule directory Mailward's engine reads."""
     import shutil
     import tempfile
 
-    from tests.peers import SPAMD_BINARY, SPAMD_SETTINGS, SPAMD_USER, SpamdServer, spamd_ping
-    from tests.servers import free_port, wait_started
+    from tests.support.peers import SPAMD_BINARY, SPAMD_SETTINGS, SPAMD_USER, SpamdServer, spamd_ping
+    from tests.support.servers import free_port, wait_started
 
     workdir = Path(tempfile.mkdtemp(prefix="mw-spamd-"))
     port = free_port()

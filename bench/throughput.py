@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script: the test suite's server helpers (tests/servers.py) live here
+if str(ROOT) not in sys.path:  # run as a script: the test suite's server helpers (tests/support/servers.py) live here
     sys.path.insert(0, str(ROOT))
 
 from bench.procstat import tree_cpu_seconds, tree_peak_rss_mb  # noqa: E402  (re-exported: bench/detection_smtp.py)

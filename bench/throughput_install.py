@@ -93,7 +93,7 @@ class Installation:
 
     def __init__(self, workdir: Path, stack: contextlib.ExitStack, *, database_url: str | None,
                  postgres: bool, extra_env: dict[str, str]) -> None:
-        from tests.servers import free_port, start_postgres, start_redis
+        from tests.support.servers import free_port, start_postgres, start_redis
 
         self.workdir = workdir
         self.stack = stack
@@ -123,7 +123,7 @@ class Installation:
         self.env = env
 
     def cli(self, *args: str) -> str:
-        from tests.servers import run_cli
+        from tests.support.servers import run_cli
 
         done = run_cli(list(args), self.env)
         if done.returncode != 0:
@@ -184,14 +184,14 @@ class Installation:
 
     def start(self, command: str) -> Any:
         """Start ``mailward COMMAND`` as a child process; it is stopped when the benchmark ends."""
-        from tests.servers import Process
+        from tests.support.servers import Process
 
         proc = Process([command], self.env, self.workdir / f"{command}.log").start()
         self.stack.callback(proc.stop)
         return proc
 
     def start_ingress(self) -> Any:
-        from tests.servers import port_open
+        from tests.support.servers import port_open
 
         proc = self.start("smtp")
         deadline = time.monotonic() + START_TIMEOUT

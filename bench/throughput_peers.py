@@ -163,7 +163,7 @@ DNS_RECORDS = (
 
 def _dns_main(port: Any, ready: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from tests.dnsserver import LoopbackDNS
+    from tests.support.dnsserver import LoopbackDNS
 
     server = LoopbackDNS().start()
     for name, qtype, value in DNS_RECORDS:
@@ -183,7 +183,7 @@ class DnsProcess(ChildServer):
 
     @staticmethod
     def available() -> bool:
-        return importlib.util.find_spec("tests.dnsserver") is not None
+        return importlib.util.find_spec("tests.support.dnsserver") is not None
 
 
 # --- the peer: a bare Postfix relay --------------------------------------------------------------------------------
@@ -218,7 +218,7 @@ class PostfixRelay:
     of connections per client, lifted as for the ingress (the load comes from one address)."""
 
     def __init__(self, folder: Path, relay_port: int, max_connections: int) -> None:
-        from tests.servers import free_port
+        from tests.support.servers import free_port
 
         self.folder = folder
         self.port = free_port()
@@ -261,7 +261,7 @@ biff = no
             raise RuntimeError(f"postfix {command} failed: {done.stderr.strip()} {tail}")
 
     def start(self) -> PostfixRelay:
-        from tests.servers import port_open
+        from tests.support.servers import port_open
 
         self._postfix("start")
         deadline = time.monotonic() + START_TIMEOUT

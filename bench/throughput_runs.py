@@ -166,7 +166,7 @@ def _install(args: argparse.Namespace, stack: contextlib.ExitStack, workdir: Pat
         resolver = "the system's DNS resolver (no tests/dnsserver.py)"
     checks = []
     if args.clamd:
-        from tests.clamd import start_clamd
+        from tests.support.clamd import start_clamd
 
         clamd = start_clamd()
         stack.callback(clamd.stop)

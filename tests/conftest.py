@@ -22,7 +22,7 @@ from sqlalchemy import create_engine, text
 from tenants import db as tdb
 from tenants.config import Config, set_config
 from tenants.scope import msp_scope
-from tests.servers import Process, Sink, free_port, start_postgres, start_redis, wait_for
+from tests.support.servers import Process, Sink, free_port, start_postgres, start_redis, wait_for
 
 #: Fixture modules of the real servers the checks need (DNS, clamd, spamd, rspamd), usable from every test module.
 pytest_plugins = ["tests.fixtures_dns", "tests.fixtures_av", "tests.fixtures_peers", "tests.fixtures_browser",

@@ -1,4 +1,4 @@
-"""Antivirus fixtures: one real clamd per session (see :mod:`tests.clamd`).
+"""Antivirus fixtures: one real clamd per session (see :mod:`tests.support.clamd`).
 
 ``clamd_server`` has both test signatures (EICAR by MD5 and by body pattern). ``clamd_hash_only`` has the MD5
 signature alone, so a hit proves clamd decoded the MIME part or archive down to the exact EICAR file itself.
@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.clamd import ClamdServer, start_clamd
+from tests.support.clamd import ClamdServer, start_clamd
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.servers import Process, wait_for
+from tests.support.servers import Process, wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

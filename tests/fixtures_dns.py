@@ -1,7 +1,7 @@
 """DNS fixtures: one real loopback DNS server per session, its records cleared for every test.
 
-``dns_server`` is the session's :class:`~tests.dnsserver.LoopbackDNS`; ``dns`` is the same server, emptied (records,
-dropped names, query counts) before the test that asks for it. Point the code under test at it with
+``dns_server`` is the session's :class:`~tests.support.dnsserver.LoopbackDNS`; ``dns`` is the same server,
+emptied (records, dropped names, query counts) before the test that asks for it. Point the code under test at it with
 ``Config(dns=HostPort("127.0.0.1", dns.port))``.
 """
 
@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.dnsserver import LoopbackDNS
+from tests.support.dnsserver import LoopbackDNS
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""LDAP fixtures: one real slapd per session (see :mod:`tests.ldapserver`), and a fresh branch of it per test.
+"""LDAP fixtures: one real slapd per session (see :mod:`tests.support.ldapserver`), and a fresh branch of it per test.
 
 ``ldap_dir`` adds its own ``ou=`` under the suffix with a few people (``mail`` plus ``proxyAddresses`` aliases), so a
 test may change its entries without touching another test's. A slapd that cannot start fails the tests that need it;
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import ldap3
 import pytest
 
-from tests.ldapserver import ROOT_DN, ROOT_PASSWORD, SLAPD, SUFFIX, LdapServer, add_person, start_slapd
+from tests.support.ldapserver import ROOT_DN, ROOT_PASSWORD, SLAPD, SUFFIX, LdapServer, add_person, start_slapd
 
 _branches = itertools.count()
 

@@ -1,4 +1,4 @@
-"""Optional scorer fixtures: one real spamd and one real rspamd per session (see :mod:`tests.peers`).
+"""Optional scorer fixtures: one real spamd and one real rspamd per session (see :mod:`tests.support.peers`).
 
 rspamd keeps its compiled hyperscan databases in pytest's cache folder (``.pytest_cache/d/rspamd-hyperscan``), so
 only the first run on a machine pays the ~20 s of compiling; later starts take about a second. It resolves through
@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.dnsserver import LoopbackDNS
-from tests.peers import RspamdServer, SpamdServer, start_rspamd, start_spamd
+from tests.support.dnsserver import LoopbackDNS
+from tests.support.peers import RspamdServer, SpamdServer, start_rspamd, start_spamd
 
 #: Folder name of rspamd's hyperscan cache inside pytest's cache.
 RSPAMD_CACHE = "rspamd-hyperscan"

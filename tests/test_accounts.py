@@ -16,7 +16,7 @@ from tenants import accounts
 from tenants.config import Config, ConfigError
 from tenants.jobs import job_queue
 from tenants.models import AuditEntry, User
-from tests.servers import run_cli
+from tests.support.servers import run_cli
 from tests.web import PASSWORD, csrf_token, post_form, read, sign_in, text
 
 LINK = re.compile(r"(http://\S+/password/set/(\S+))")

@@ -29,7 +29,7 @@ from tenants.recipients import add_static
 from tenants.scope import msp_scope, tenant_scope
 from tests.fixtures_api import API, Client, auth, error, make_key
 from tests.held import hold
-from tests.servers import run_cli
+from tests.support.servers import run_cli
 from tests.web import read, sign_in
 
 #: A URL rule's argument, ``<converter:name>`` or ``<name>``; group 1 is the name.

@@ -18,7 +18,7 @@ from tenants.exceptions import ValidationError
 from tenants.models import ApiKey, AuditEntry, Base
 from tenants.scope import msp_scope
 from tests.fixtures_api import API, Client, auth, error, make_key
-from tests.servers import run_cli
+from tests.support.servers import run_cli
 from tests.web import domain_row, post_form, read, sign_in, text
 
 TOMORROW = (datetime.now(UTC) + timedelta(days=1)).date()

@@ -23,7 +23,7 @@ import pyotp
 
 from tenants.models import utcnow
 from tests.fixtures_browser import shot
-from tests.servers import run_cli
+from tests.support.servers import run_cli
 from tests.test_ingress import client as smtp_client
 from worker import rollup
 

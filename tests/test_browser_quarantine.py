@@ -24,7 +24,7 @@ from tenants.models import Delivery, Message
 from tenants.scope import msp_scope
 from tenants.tokens import action_url, login_url, make_action_token, make_login_token
 from tests.fixtures_browser import shot
-from tests.servers import free_port, run_cli, wait_for
+from tests.support.servers import free_port, run_cli, wait_for
 from tests.test_verdicts import BROKEN, send, set_policy
 
 USER = "user@acme.test"

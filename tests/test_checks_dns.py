@@ -26,7 +26,7 @@ from smtp.checks.spf import SpfCheck, valid_helo_domain
 from smtp.mime import parse_mail
 from smtp.pipeline import run_stage
 from tenants.config import Config, HostPort
-from tests.dnsserver import LoopbackDNS
+from tests.support.dnsserver import LoopbackDNS
 
 #: The loopback DNS fixtures (the session's server, and that server emptied for each test).
 

@@ -1,5 +1,6 @@
-"""The optional scorers against the real daemons (tests/peers.py): spamd and rspamd each score GTUBE in their top
-band and a plain ham in their lowest, and a daemon that is down, hangs or answers nonsense gives ``*_TEMPFAIL``."""
+"""The optional scorers against the real daemons (tests/support/peers.py): spamd and rspamd each score GTUBE in
+their top band and a plain ham in their lowest, and a daemon that is down, hangs or answers nonsense gives
+``*_TEMPFAIL``."""
 
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ from smtp.pipeline import run_stage
 from tenants.config import Config, HostPort
 from tenants.exceptions import ConfigError
 from tenants.symbols import lookup
-from tests.dnsserver import LoopbackDNS
-from tests.peers import GTUBE, RspamdServer, SpamdServer
-from tests.servers import free_port
+from tests.support.dnsserver import LoopbackDNS
+from tests.support.peers import GTUBE, RspamdServer, SpamdServer
+from tests.support.servers import free_port
 
 # spamd_server and rspamd_server come from tests/fixtures_peers.py (pytest_plugins in conftest); dns from
 # tests/fixtures_dns.py.

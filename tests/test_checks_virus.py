@@ -20,8 +20,8 @@ from smtp.mime import parse_mail
 from smtp.pipeline import run_stage
 from tenants.config import Config
 from tenants.symbols import lookup
-from tests.clamd import EICAR, STREAM_MAX_LENGTH, ClamdServer
-from tests.servers import free_port
+from tests.support.clamd import EICAR, STREAM_MAX_LENGTH, ClamdServer
+from tests.support.servers import free_port
 
 # clamd_server and clamd_hash_only come from tests/fixtures_av.py, loaded by conftest's pytest_plugins.
 

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from tenants import db as tdb
 from tenants import heartbeat
 from tenants.models import Heartbeat, utcnow
-from tests.servers import wait_for
+from tests.support.servers import wait_for
 from tests.web import read, sign_in, text
 
 

@@ -7,7 +7,7 @@ import pytest
 from smtp.checks import build_checks
 from tenants.config import Config
 from tenants.exceptions import ConfigError
-from tests.servers import run_cli
+from tests.support.servers import run_cli
 
 
 @pytest.mark.parametrize(("name", "value"), [

@@ -23,7 +23,7 @@ from sqlalchemy import select
 
 from tenants.models import PENDING_STATUSES, Delivery
 from tenants.scope import msp_scope
-from tests.servers import Process, wait_for
+from tests.support.servers import Process, wait_for
 from tests.test_ingress import _connectable, smtp_port
 
 pytestmark = pytest.mark.slow

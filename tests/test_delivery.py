@@ -19,7 +19,7 @@ from smtp.server import IngressHandler, IngressSMTP
 from tenants.models import Delivery, Event, Message
 from tenants.policy import DomainRoute, Policy
 from tenants.scope import msp_scope, tenant_scope
-from tests.servers import Process, Sink, free_port, run_cli, wait_for
+from tests.support.servers import Process, Sink, free_port, run_cli, wait_for
 from tests.test_ingress import client, make_mail
 
 

@@ -23,7 +23,7 @@ from tenants.ids import new_id
 from tenants.models import Delivery, DeliveryStatus, Event, Message, utcnow
 from tenants.scope import tenant_scope
 from tests.held import hold
-from tests.servers import Sink, free_port
+from tests.support.servers import Sink, free_port
 
 S = DeliveryStatus
 ROOT = Path(__file__).resolve().parent.parent

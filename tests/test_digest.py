@@ -27,7 +27,7 @@ from tenants.tokens import (
     verify_action_token,
 )
 from tests.held import hold
-from tests.servers import run_cli
+from tests.support.servers import run_cli
 from worker.digest import digest_users, due_tenants, schedule_digests, send_user_digest
 from worker.scheduler import PeriodicJob, run_due
 

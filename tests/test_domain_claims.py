@@ -19,7 +19,7 @@ from tenants import verification
 from tenants.claims import PENDING_CLAIM_DAYS
 from tenants.models import Domain, Message, RelayNetwork, SmtpCredential, utcnow
 from tests.fixtures_api import error
-from tests.servers import run_cli
+from tests.support.servers import run_cli
 from tests.test_ingress import client, make_mail
 from tests.test_outbound import running_ingress
 from tests.web import post_form, read, sign_in, text

@@ -24,7 +24,7 @@ from tenants.models import AuditEntry, DkimKey, Domain, RetiredTransport
 from tenants.scope import msp_scope, tenant_scope
 from tests.fixtures_api import Client, error, make_key
 from tests.held import hold
-from tests.servers import run_cli, wait_for
+from tests.support.servers import run_cli, wait_for
 from tests.test_ingress import client, make_mail
 from tests.web import csrf_token, policy_version, post_form, read, sign_in, text
 

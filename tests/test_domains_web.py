@@ -16,7 +16,7 @@ from tenants.config import Config
 from tenants.dkimkeys import generate_key
 from tenants.jobs import DNSCHECK_JOB, job_queue
 from tenants.models import AuditEntry, Domain
-from tests.servers import run_cli
+from tests.support.servers import run_cli
 from tests.web import domain_row, post_form, read, sign_in, text
 from worker import dnscheck
 

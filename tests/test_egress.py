@@ -32,7 +32,7 @@ from tenants.scope import msp_scope, tenant_scope
 from tenants.services import add_domain, create_tenant
 from tests.conftest import LOOPBACK_EGRESS
 from tests.fixtures_api import Client, error, make_key
-from tests.servers import RedisServer, free_port, run_cli, start_redis, wait_for
+from tests.support.servers import RedisServer, free_port, run_cli, start_redis, wait_for
 from tests.test_ingress import client, make_mail
 from tests.web import csrf_token, read, sign_in, text
 

@@ -438,7 +438,7 @@ def test_redis_password_comes_from_a_secret() -> None:
 def test_worker_probe_authenticates_to_a_redis_with_a_password(tmp_path: Path) -> None:
     """The rendered readiness probe against a real Redis with requirepass, with the environment the chart gives the
     pod (URL and MAILWARD_REDIS_PASSWORD): ready with the password, not ready with a wrong one."""
-    from tests.servers import start_redis
+    from tests.support.servers import start_redis
 
     server = start_redis(tcp=True, password="pw-from-secret")
     try:

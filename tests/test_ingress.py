@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from tenants.models import Delivery, Event, Message
 from tenants.scope import msp_scope
-from tests.servers import Process, run_cli, wait_for
+from tests.support.servers import Process, run_cli, wait_for
 
 
 def make_mail(to: str, subject: str = "Hello", sender: str = "alice@sender.example",

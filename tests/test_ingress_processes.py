@@ -28,7 +28,7 @@ from sqlalchemy import select
 from smtp.supervisor import EX_CONFIG, Supervisor
 from tenants.models import Heartbeat
 from tenants.scope import msp_scope
-from tests.servers import Process, port_open, run_cli, wait_for
+from tests.support.servers import Process, port_open, run_cli, wait_for
 from tests.test_crash import _check, _mail, _pending, _send_one
 from tests.test_ingress import smtp_port
 

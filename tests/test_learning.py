@@ -23,7 +23,7 @@ from tenants.policy import Policy
 from tenants.redisconn import redis_client
 from tenants.scope import msp_scope, tenant_scope
 from tests.held import hold, raw_mail
-from tests.servers import run_cli
+from tests.support.servers import run_cli
 from tests.web import post_form, sign_in, text
 
 #: Text long enough to have a fingerprint, and mail the shipped model reads as a marketing mail.

@@ -34,9 +34,9 @@ from tenants.lists import (
 from tenants.models import Message, User
 from tenants.policy import Policy
 from tenants.scope import msp_scope, tenant_scope
-from tests.clamd import EICAR
 from tests.held import raw_mail
-from tests.servers import run_cli, wait_for
+from tests.support.clamd import EICAR
+from tests.support.servers import run_cli, wait_for
 from tests.test_ingress import client
 
 # --- values ---------------------------------------------------------------------------------------------------------
@@ -297,7 +297,7 @@ def test_ingress_rejects_a_block_listed_sender_and_delivers_an_allow_listed_one(
 
 def test_ingress_quarantines_a_virus_from_an_allow_listed_sender(env, tmp_path, cfg, acme, sink, session,
                                                                  clamd_server):
-    from tests.servers import Process
+    from tests.support.servers import Process
     from tests.test_verdicts import _connectable
 
     assert run_cli(["list", "add", "allow", "junk.example", "--tenant", "Acme"], env).returncode == 0

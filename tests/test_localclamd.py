@@ -1,7 +1,7 @@
 """``make run`` starts a private clamd when ClamAV and signatures are installed, and says so when it cannot.
 
-The private clamd is the real Debian ``clamd`` with the test signature database of :mod:`tests.clamd` standing in
-for the system's (freshclam cannot reach the mirrors here), started through the dev server's own code path
+The private clamd is the real Debian ``clamd`` with the test signature database of :mod:`tests.support.clamd`
+standing in for the system's (freshclam cannot reach the mirrors here), started through the dev server's own code path
 (:func:`mailward.devserver.virus_scanning` and the supervisor).
 """
 
@@ -20,7 +20,7 @@ from mailward import devserver, localclamd
 from smtp.checks.virus import VirusCheck
 from smtp.supervisor import Supervisor
 from tenants.config import Config
-from tests.clamd import EICAR, write_database
+from tests.support.clamd import EICAR, write_database
 from tests.test_checks_virus import make_mail, scan, symbols
 
 #: Seconds the test signatures may take to load (about 0.1 s here).

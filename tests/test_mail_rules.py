@@ -37,8 +37,8 @@ from tenants.mailrules.service import (
 )
 from tenants.models import Delivery, Event, Message, PolicySettings
 from tenants.scope import msp_scope, tenant_scope
-from tests.clamd import EICAR
-from tests.servers import Process, Sink, wait_for
+from tests.support.clamd import EICAR
+from tests.support.servers import Process, Sink, wait_for
 from tests.test_ingress import client
 from tests.test_outbound import cli_ok, start_ingress
 from tests.test_recipients import sync as recipients_sync

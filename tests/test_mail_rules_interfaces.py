@@ -19,7 +19,7 @@ from tenants.mailrules.model import MailRule, MailRuleOptOut
 from tenants.models import AuditEntry
 from tenants.scope import msp_scope, tenant_scope
 from tests.fixtures_api import Client, error, make_key
-from tests.servers import run_cli
+from tests.support.servers import run_cli
 from tests.web import csrf_token, post_form, read, sign_in, text
 
 #: A tenant rule in its dict form (the API's body, one entry of a YAML file).

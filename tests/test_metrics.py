@@ -27,7 +27,7 @@ from tenants.metrics import MAIL_COUNTS_KEY, count_in_redis
 from tenants.models import Delivery, Message
 from tenants.scope import msp_scope
 from tests.held import hold
-from tests.servers import Process, free_port, port_open, wait_for
+from tests.support.servers import Process, free_port, port_open, wait_for
 from tests.test_ingress import client, make_mail, smtp_port
 from tests.test_ingress_processes import _start_ingress
 

@@ -28,7 +28,7 @@ from tenants.models import AuditEntry, Domain, Tenant, User
 from tenants.redisconn import redis_client
 from tenants.scope import load, msp_scope
 from tenants.transportcheck import check_transport
-from tests.servers import free_port, run_cli
+from tests.support.servers import free_port, run_cli
 from tests.web import csrf_token, post_form, read, sign_in, text
 
 HOST = "mx.mailward.test"  # MAILWARD_HOSTNAME of every test installation

@@ -38,7 +38,7 @@ from tenants.config import Config
 from tenants.models import Delivery, DeliveryStatus
 from tenants.scope import msp_scope
 from tests.conftest import TEST_DB
-from tests.servers import PG_BIN, PostgresServer, Process, Sink, _as_postgres_argv, start_postgres, wait_for
+from tests.support.servers import PG_BIN, PostgresServer, Process, Sink, _as_postgres_argv, start_postgres, wait_for
 from tests.test_crash import _mail, _pending
 from tests.test_ingress import smtp_port
 from tests.test_ingress_processes import START_TIMEOUT, _children, _start_ingress
@@ -166,7 +166,7 @@ def _pg_stop_immediate(pg: PostgresServer) -> None:
 
 
 def _pg_start(pg: PostgresServer) -> None:
-    """Start it again on the same port, with the options of :func:`tests.servers.start_postgres`."""
+    """Start it again on the same port, with the options of :func:`tests.support.servers.start_postgres`."""
     subprocess.run(_as_postgres_argv(
         f"{PG_BIN}/pg_ctl -D {pg.workdir}/data -l {pg.workdir}/log -w -o '-p {pg.port} -k {pg.workdir} "
         f"-c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300' start"),

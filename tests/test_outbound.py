@@ -35,8 +35,8 @@ from tenants.models import Delivery, DkimKey, Message
 from tenants.policy import Policy
 from tenants.scope import msp_scope
 from tenants.symbols import symbol_table
-from tests.dnsserver import LoopbackDNS
-from tests.servers import Process, free_port, run_cli, wait_for
+from tests.support.dnsserver import LoopbackDNS
+from tests.support.servers import Process, free_port, run_cli, wait_for
 from tests.test_ingress import _connectable, client, make_mail, smtp_port
 
 #: Password of the SMTP login the submission tests create.

@@ -29,7 +29,7 @@ from tenants.models import Message, ValidRecipient
 from tenants.policy import Policy
 from tenants.scope import msp_scope, tenant_scope
 from tenants.symbols import lookup
-from tests.servers import run_cli, wait_for
+from tests.support.servers import run_cli, wait_for
 from tests.test_ingress import client
 
 #: A host name that imitates acme.test with a Cyrillic "а" (U+0430) in place of the Latin "a".

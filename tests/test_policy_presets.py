@@ -13,7 +13,7 @@ from tenants.exceptions import ValidationError
 from tenants.models import AuditEntry
 from tenants.policy import load_policy, save_settings, stored_settings
 from tenants.presets import SHIPPED_PRESETS
-from tests.servers import wait_for
+from tests.support.servers import wait_for
 from tests.test_verdicts import messages, send, set_policy
 from tests.web import inputs, post_form, read, sign_in, text
 

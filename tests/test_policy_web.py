@@ -14,7 +14,7 @@ from tenants.models import AuditEntry
 from tenants.policy import load_policy, save_settings, stored_settings
 from tenants.policyedit import MAX_SUBJECT_PREFIX
 from tenants.scope import msp_scope
-from tests.servers import run_cli
+from tests.support.servers import run_cli
 from tests.test_verdicts import BROKEN, send
 from tests.web import policy_version, post_form, read, sign_in, text
 

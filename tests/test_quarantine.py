@@ -18,7 +18,7 @@ from tenants.lists import list_entries
 from tenants.models import Blob, Delivery, Event, Finding, Message, MessageView, UsedToken, User, utcnow
 from tenants.scope import msp_scope, tenant_scope
 from tests.held import hold, raw_mail
-from tests.servers import run_cli, wait_for
+from tests.support.servers import run_cli, wait_for
 from tests.test_verdicts import BROKEN, messages, send, set_policy
 from worker.retention import purge
 

@@ -21,7 +21,7 @@ from tenants.jobs import SERIALIZER
 from tenants.models import AuditEntry, RecipientVerification, ValidRecipient
 from tenants.redisconn import bump_policy_version
 from tenants.scope import msp_scope, tenant_scope
-from tests.servers import run_cli, wait_for
+from tests.support.servers import run_cli, wait_for
 from tests.web import csrf_token, read, sign_in, text
 
 API = "/api/v1"

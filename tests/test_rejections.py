@@ -21,7 +21,7 @@ from tenants import recipients, tracking
 from tenants.models import Blob, Delivery, Event, Message, StatHour, StatTop, utcnow
 from tenants.scope import tenant_scope
 from tests.conftest import TEST_DB
-from tests.servers import run_cli, wait_for
+from tests.support.servers import run_cli, wait_for
 from tests.test_ingress import client, make_mail
 from tests.test_recipients import as_tenant
 from tests.test_verdicts import BROKEN, set_policy
@@ -224,7 +224,7 @@ def test_spam_rejected_at_data_is_recorded_before_the_554_without_content(env, c
 
 
 def test_virus_rejected_at_data_counts_as_virus(env, cfg, acme, av_ingress, sink):  # noqa: F811 - the fixture
-    from tests.clamd import EICAR
+    from tests.support.clamd import EICAR
 
     set_policy(env, "virus_action=reject")
     data = b"From: a@sender.example\r\nTo: bob@acme.test\r\nSubject: Invoice\r\n\r\n" + EICAR + b"\r\n"

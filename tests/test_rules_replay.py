@@ -24,7 +24,7 @@ from tenants.mailrules.replay import ReplayReport, replay
 from tenants.mailrules.replayjobs import enqueue_replay, replay_status
 from tenants.models import Message, utcnow
 from tenants.scope import msp_scope, tenant_scope
-from tests.servers import Process, run_cli, wait_for
+from tests.support.servers import Process, run_cli, wait_for
 from tests.web import post_form, sign_in, text
 
 HOLD_MARKED: dict[str, Any] = {"name": "Hold marked", "what": {"items": [{"symbol": "TEST_MARK"}]},

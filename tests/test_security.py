@@ -24,7 +24,7 @@ from tests.fixtures_api import Client as ApiClient
 from tests.fixtures_api import error as api_error
 from tests.fixtures_api import make_key
 from tests.held import hold
-from tests.servers import run_cli
+from tests.support.servers import run_cli
 from tests.web import PASSWORD, csrf_token, post_form, read, sign_in, text
 
 

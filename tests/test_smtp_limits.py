@@ -18,7 +18,7 @@ import pytest
 from smtp.limits import DERIVED_CAP_MAX, FD_RESERVE_MIN, ConnectionLimits, client_key, global_cap
 from tenants.config import Config
 from tenants.exceptions import ConfigError
-from tests.servers import Process, free_port, wait_for
+from tests.support.servers import Process, free_port, wait_for
 from tests.test_ingress import make_mail, smtp_port
 
 #: Project root (the child processes import ``smtp`` from there).

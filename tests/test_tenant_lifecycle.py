@@ -45,7 +45,7 @@ from tenants.scope import TenantScoped, msp_scope, tenant_scope
 from tenants.services import get_tenant
 from tests.fixtures_api import API, auth, make_key
 from tests.held import hold, raw_mail
-from tests.servers import run_cli, wait_for
+from tests.support.servers import run_cli, wait_for
 from tests.test_ingress import client, make_mail
 from tests.web import csrf_token, post_form, read, sign_in, text
 

@@ -19,7 +19,7 @@ from tenants.exceptions import NotFound, ValidationError
 from tenants.ids import new_id
 from tenants.models import AuditEntry, Delivery, Message, MessageView
 from tenants.scope import msp_scope, tenant_scope
-from tests.servers import wait_for
+from tests.support.servers import wait_for
 from tests.test_ingress import client, make_mail
 from tests.web import read, sign_in, text
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.fixtures_api import API, make_key
-from tests.servers import run_cli
+from tests.support.servers import run_cli
 from tests.test_accounts import (
     NEW_PASSWORD,
     audit_actions,

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from tenants.content.model import BANDS
 from tenants.models import Delivery, Event, Finding, Message
 from tenants.scope import msp_scope
-from tests.servers import run_cli, wait_for
+from tests.support.servers import run_cli, wait_for
 from tests.test_ingress import client
 
 #: A multipart mail whose closing boundary is missing: stored and scanned, with a MIME_DEFECT finding.
@@ -143,7 +143,7 @@ def test_a_forged_authentication_results_header_for_our_host_is_removed(env, ing
 @pytest.fixture
 def av_ingress(env, tmp_path, cfg, clamd_server):
     """The ingress with virus scanning on, against the real clamd."""
-    from tests.servers import Process
+    from tests.support.servers import Process
 
     env["MAILWARD_CLAMD"] = clamd_server.address
     proc = Process(["smtp"], env, tmp_path / "smtp-av.log").start()
@@ -166,7 +166,7 @@ def _zip_with_eicar() -> bytes:
     import io
     import zipfile
 
-    from tests.clamd import EICAR
+    from tests.support.clamd import EICAR
 
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
@@ -191,7 +191,7 @@ def test_a_virus_is_quarantined_and_never_delivered(env, av_ingress, acme, sink,
 
 
 def test_a_virus_is_rejected_when_the_policy_says_so(env, av_ingress, acme, sink, session):
-    from tests.clamd import EICAR
+    from tests.support.clamd import EICAR
 
     set_policy(env, "virus_action=reject")
     data = b"From: a@sender.example\r\nTo: bob@acme.test\r\nSubject: x\r\n\r\n" + EICAR + b"\r\n"
@@ -203,7 +203,7 @@ def test_a_virus_is_rejected_when_the_policy_says_so(env, av_ingress, acme, sink
 
 
 def test_clamd_unreachable_answers_451_and_never_passes_unscanned(env, tmp_path, cfg, acme, sink, session):
-    from tests.servers import Process, free_port
+    from tests.support.servers import Process, free_port
 
     env["MAILWARD_CLAMD"] = f"127.0.0.1:{free_port()}"  # nothing listens there
     proc = Process(["smtp"], env, tmp_path / "smtp-noav.log").start()

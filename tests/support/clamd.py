@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.servers import free_port, wait_started
+from tests.support.servers import free_port, wait_started
 
 #: The standard antivirus test file (68 bytes). Built from two halves so this source file itself is no EICAR file.
 EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)" + b"7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"

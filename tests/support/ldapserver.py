@@ -16,7 +16,7 @@ from pathlib import Path
 
 import ldap3
 
-from tests.servers import free_port, port_open, wait_started
+from tests.support.servers import free_port, port_open, wait_started
 
 SLAPD = Path("/usr/sbin/slapd")
 SCHEMA_DIR = Path("/etc/ldap/schema")

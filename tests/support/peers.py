@@ -22,7 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.servers import free_port, wait_started
+from tests.support.servers import free_port, wait_started
 
 #: Where Debian installs the daemons (packages ``spamd`` and ``rspamd``).
 SPAMD_BINARY = "/usr/sbin/spamd"

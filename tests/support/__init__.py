@@ -1,0 +1,3 @@
+"""Real servers the tests (and the benchmarks) start: Redis, PostgreSQL, an SMTP sink, the ingress and other Mailward
+processes (``servers``), clamd, slapd, a loopback DNS server, spamd and rspamd (``peers``). No test lives here:
+``bench/`` imports this package without importing a test."""
