@@ -23,10 +23,10 @@ from werkzeug.wrappers import Response
 from app.access import enforce
 from app.auth import enter_scope, leave_scope, load_principal
 from app.extensions import csrf, db, init_mailward, limiter, limiter_storage_uri, login_manager
-from tenants import db as tdb
 from tenants import dnsreadiness, sarules
-from tenants.config import Config, get_config
 from tenants.exceptions import NotFound
+from tenants.platform import db as tdb
+from tenants.platform.config import Config, get_config
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def _start_heartbeat(app: Flask, cfg: Config) -> None:
     import atexit
     import itertools
 
-    from tenants.heartbeat import HeartbeatThread
+    from tenants.platform.heartbeat import HeartbeatThread
 
     served = itertools.count()
     count = [0]

@@ -1,5 +1,6 @@
 """The cluster view in the MSP console (``/console/cluster``): every ingress, worker, scheduler and web process that
-announced itself (:mod:`tenants.heartbeat`), when it was last seen and how much it handled; silent ones show as down.
+announced itself (:mod:`tenants.platform.heartbeat`), when it was last seen and how much it handled; silent ones
+show as down.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from flask.typing import ResponseReturnValue
 from app.access import MSP_ROLES, allow
 from app.console import bp
 from app.extensions import db
-from tenants import heartbeat
 from tenants.models import utcnow
+from tenants.platform import heartbeat
 
 
 @bp.route("/cluster")

@@ -29,7 +29,7 @@ from tenants import dashboard, lifecycle, services
 from tenants.egress import EgressPolicy
 from tenants.exceptions import NotFound, ValidationError
 from tenants.models import Domain, Role, Tenant, User
-from tenants.redisconn import bump_policy_version
+from tenants.platform.redisconn import bump_policy_version
 from tenants.scope import load, tenant_scope
 
 bp = Blueprint("console", __name__, url_prefix="/console")

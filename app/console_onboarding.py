@@ -25,7 +25,7 @@ from tenants import claims, dnscache, dnsreadiness, onboarding, services, transp
 from tenants.egress import EgressPolicy
 from tenants.exceptions import NotFound, ValidationError
 from tenants.models import Domain, Role, Tenant, TlsMode
-from tenants.redisconn import bump_policy_version
+from tenants.platform.redisconn import bump_policy_version
 
 
 class TenantStepForm(FlaskForm):

@@ -1,6 +1,7 @@
 """Content-Security-Policies beyond the site-wide one: the quarantine preview frame, and tenant-branded pages.
 
-The preview frame shows the sanitised HTML of a quarantined mail (:mod:`tenants.preview`). It is served from its own
+The preview frame shows the sanitised HTML of a quarantined mail (:mod:`tenants.mail.preview`). It is served from
+its own
 URL with a policy that allows nothing but its own fixed inline style (by hash) and carries ``sandbox``, so even
 opened on its own (not inside the page's ``<iframe sandbox="">``) it runs no script, loads nothing, submits no form
 and cannot navigate its parent: a second wall behind the sanitiser.
@@ -20,7 +21,7 @@ from markupsafe import Markup
 from werkzeug.wrappers import Response
 
 from tenants.branding import Brand
-from tenants.preview import Preview
+from tenants.mail.preview import Preview
 
 #: The only style in the preview frame (links and blocked images as the sanitiser marks them).
 PREVIEW_STYLE = (
@@ -47,7 +48,7 @@ PREVIEW_CSP = (
 
 def preview_response(preview: Preview) -> Response:
     """The preview frame's document: the sanitised HTML, else the text part, with :data:`PREVIEW_CSP`."""
-    html = Markup(preview.html) if preview.html else None  # sanitised by tenants.preview: safe to insert
+    html = Markup(preview.html) if preview.html else None  # sanitised by tenants.mail.preview: safe to insert
     body = render_template("quarantine/frame.html", style=Markup(PREVIEW_STYLE), html=html, text=preview.text)
     resp = Response(body, mimetype="text/html")
     resp.headers["Content-Security-Policy"] = PREVIEW_CSP

@@ -16,7 +16,7 @@ from app.extensions import config, db
 from tenants import domains
 from tenants.exceptions import ValidationError
 from tenants.models import Domain
-from tenants.redisconn import bump_policy_version
+from tenants.platform.redisconn import bump_policy_version
 
 
 class RemoveDomainForm(FlaskForm):

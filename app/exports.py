@@ -9,8 +9,8 @@ from flask import Response, send_file
 from sqlalchemy.orm import Session
 
 from tenants import lifecycle
-from tenants.config import Config
 from tenants.models import Tenant, utcnow
+from tenants.platform.config import Config
 
 #: Exports are written to a temporary file first (bounded memory); past this size it leaves memory for the disk.
 EXPORT_SPOOL_BYTES = 8 * 1024 * 1024

@@ -1,11 +1,13 @@
 """Extension singletons, bound to an application with ``init_app`` in :func:`app.create_app`.
 
 The database is not Flask-SQLAlchemy. Its engine comes from ``engine_from_config`` and would miss what
-:func:`tenants.db.make_engine` adds on SQLite (WAL, ``synchronous=FULL``, ``busy_timeout`` and ``BEGIN IMMEDIATE``,
+:func:`tenants.platform.db.make_engine` adds on SQLite (WAL, ``synchronous=FULL``, ``busy_timeout`` and ``BEGIN
+IMMEDIATE``,
 which let the web, the ingress and the worker write one file without ``database is locked`` errors mid-transaction);
 hooking those in means copying them or overriding its private ``_make_engine``, and it would open a second pool on
 the same database. Its model base and query helpers would go unused too: the models are plain SQLAlchemy in
-``tenants``. So :class:`Database` hands out one session per request from :func:`tenants.db.session_factory`, the
+``tenants``. So :class:`Database` hands out one session per request from
+:func:`tenants.platform.db.session_factory`, the
 same engine and sessions as the CLI, the ingress and the worker. The tenant scope hooks listen on every
 ``Session``, so they guard these sessions as they guard the others.
 """
@@ -22,9 +24,9 @@ from flask_wtf.csrf import CSRFProtect
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from tenants import db as tdb
-from tenants.config import Config
-from tenants.redisconn import redis_client
+from tenants.platform import db as tdb
+from tenants.platform.config import Config
+from tenants.platform.redisconn import redis_client
 
 _EXT = "mailward"
 

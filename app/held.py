@@ -18,9 +18,9 @@ from sqlalchemy.orm import Session
 from tenants import quarantine as q
 from tenants.blobs import blob_store
 from tenants.exceptions import ValidationError
+from tenants.mail.preview import Preview, parse_view
 from tenants.mailsort import Order
 from tenants.models import Message
-from tenants.preview import Preview, parse_view
 from tenants.quarantine import BulkResult
 
 #: Mail per page unless ``?limit=`` asks otherwise, and the most one page may show.

@@ -17,9 +17,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.access import allow_public
 from app.extensions import config, redis
-from tenants import db as tdb
-from tenants.config import Config
 from tenants.metrics import cluster_registry
+from tenants.platform import db as tdb
+from tenants.platform.config import Config
 
 bp = Blueprint("metrics", __name__)
 

@@ -22,8 +22,8 @@ from app.security import audit
 from tenants import policyedit, policyscores
 from tenants.exceptions import ValidationError
 from tenants.models import Role
+from tenants.platform.redisconn import bump_policy_version
 from tenants.policy import stored_settings
-from tenants.redisconn import bump_policy_version
 
 #: Longest search text on the advanced page.
 MAX_QUERY = 100

@@ -19,7 +19,7 @@ from tenants import claims, dnscache, onboarding, services, transportcheck, veri
 from tenants.egress import EgressPolicy
 from tenants.exceptions import ValidationError
 from tenants.models import Domain, Role
-from tenants.redisconn import bump_policy_version
+from tenants.platform.redisconn import bump_policy_version
 from tenants.scope import load
 
 bp = Blueprint("portal", __name__, url_prefix="/portal")

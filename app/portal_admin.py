@@ -28,7 +28,7 @@ from app.security import audit
 from tenants import accounts, apikeys, dkimkeys, relay, services, users
 from tenants.exceptions import NotFound, ValidationError
 from tenants.models import RelayNetwork, Role, SmtpCredential, Tenant, utcnow
-from tenants.redisconn import bump_policy_version
+from tenants.platform.redisconn import bump_policy_version
 from tenants.scope import load
 
 #: Bytes of randomness in a generated SMTP password (shown once; 24 URL-safe characters).

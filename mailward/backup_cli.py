@@ -52,7 +52,7 @@ def backup_create(output: Path, key_file: Path, master_key_file: Path | None, wi
     branding... to FILE."""
     from tenants import backup as service
     from tenants.backup_format import BackupError
-    from tenants.config import get_config
+    from tenants.platform.config import get_config
 
     keys = _keys(key_file, master_key_file)
     for k in (key_file, master_key_file):
@@ -74,8 +74,8 @@ def backup_restore(path: Path, key_file: Path) -> None:
     """Rebuild an empty installation (no tenants) from FILE, in one transaction, ids as they were."""
     from tenants import backup as service
     from tenants.backup_format import read_key_file
-    from tenants.config import get_config
-    from tenants.redisconn import bump_policy_version
+    from tenants.platform.config import get_config
+    from tenants.platform.redisconn import bump_policy_version
 
     cfg = get_config()
     result = service.restore(cfg, path, read_key_file(key_file), actor=CLI_ACTOR)
@@ -93,7 +93,7 @@ def backup_restore(path: Path, key_file: Path) -> None:
 def backup_list(directory: Path | None) -> None:
     """The backups in the backup directory, newest first, with their status."""
     from tenants import backup as service
-    from tenants.config import get_config
+    from tenants.platform.config import get_config
 
     where = directory or get_config().effective_backup_dir
     entries = service.list_backups(where)

@@ -74,7 +74,7 @@ def bayes_train(tenant_ref: str, spam_paths: tuple[Path, ...], ham_paths: tuple[
     """Train TENANT's Bayes on spam and/or ham (each option may be given more than once)."""
     from smtp.mime import parse_mail
     from tenants import learning
-    from tenants.bayes import stats, train
+    from tenants.mail.bayes import stats, train
     from tenants.scope import tenant_scope
     from tenants.services import get_tenant
 
@@ -105,7 +105,7 @@ def bayes_train(tenant_ref: str, spam_paths: tuple[Path, ...], ham_paths: tuple[
 @click.argument("tenant_ref", metavar="TENANT")
 def bayes_stats(tenant_ref: str) -> None:
     """Show how much TENANT's Bayes has learnt, and whether it scores mail yet."""
-    from tenants.bayes import stats
+    from tenants.mail.bayes import stats
     from tenants.policy import load_policy
     from tenants.scope import tenant_scope
     from tenants.services import get_tenant

@@ -16,8 +16,8 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from mailward.clicommon import cli_audit, db_session
-from tenants.config import Config, get_config
 from tenants.exceptions import MailwardError
+from tenants.platform.config import Config, get_config
 
 
 def _setup_logging(cfg: Config) -> None:
@@ -43,7 +43,7 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Apply every migration the database lacks."""
-    from tenants.db import migrate, schema_revisions, secure_data_dir
+    from tenants.platform.db import migrate, schema_revisions, secure_data_dir
 
     cfg = get_config()
     if not cfg.database_url or cfg.uses_private_redis:
@@ -55,7 +55,7 @@ def db_upgrade() -> None:
 @db.command("current")
 def db_current() -> None:
     """Show the database's and the code's schema revisions."""
-    from tenants.db import schema_revisions
+    from tenants.platform.db import schema_revisions
 
     current, head = schema_revisions(get_config())
     click.echo(f"database: {current or 'none'}  code: {head}")
@@ -105,7 +105,7 @@ def tenant_resume(tenant_ref: str) -> None:
 
 def _tenant_state(tenant_ref: str, *, suspended: bool) -> None:
     from tenants import lifecycle
-    from tenants.redisconn import bump_policy_version
+    from tenants.platform.redisconn import bump_policy_version
     from tenants.services import get_tenant
 
     cfg = get_config()
@@ -155,7 +155,7 @@ def tenant_export(tenant_ref: str, output: str) -> None:
 def tenant_delete(tenant_ref: str, confirm: str) -> None:
     """Delete a suspended, exported tenant and everything it owns, for good."""
     from tenants import lifecycle
-    from tenants.redisconn import bump_policy_version
+    from tenants.platform.redisconn import bump_policy_version
     from tenants.services import get_tenant
 
     cfg = get_config()
@@ -185,7 +185,7 @@ def domain() -> None:
 def domain_add(tenant_ref: str, name: str, transport: str, tls: str) -> None:
     """Add a domain to a tenant. The MSP on the command line may name any transport (no egress policy)."""
     from tenants.egress import EgressPolicy
-    from tenants.redisconn import bump_policy_version
+    from tenants.platform.redisconn import bump_policy_version
     from tenants.services import add_domain, get_tenant, parse_transport
 
     cfg = get_config()
@@ -209,8 +209,8 @@ def domain_transport(name: str, transport: str, tls: str) -> None:
     from tenants.egress import EgressPolicy
     from tenants.exceptions import NotFound
     from tenants.models import Domain
+    from tenants.platform.redisconn import bump_policy_version
     from tenants.policy import normalize_domain
-    from tenants.redisconn import bump_policy_version
     from tenants.services import parse_transport, update_transport
 
     cfg = get_config()
@@ -281,8 +281,8 @@ def queue_list() -> None:
 @queue.command("flush")
 def queue_flush() -> None:
     """Retry every deferred recipient now."""
-    from tenants.db import require_current_schema
-    from tenants.redisconn import ensure_redis
+    from tenants.platform.db import require_current_schema
+    from tenants.platform.redisconn import ensure_redis
     from worker.sweeper import flush
 
     cfg = get_config()
@@ -360,8 +360,8 @@ def policy_set(tenant_ref: str, assignments: tuple[str, ...]) -> None:
     """
     import json
 
+    from tenants.platform.redisconn import bump_policy_version
     from tenants.policy import save_settings
-    from tenants.redisconn import bump_policy_version
     from tenants.services import get_tenant
 
     changes: dict[str, Any] = {}
@@ -397,7 +397,7 @@ def policy_set(tenant_ref: str, assignments: tuple[str, ...]) -> None:
 def smtp() -> None:
     """Run the SMTP ingress (MAILWARD_SMTP_PROCESSES processes on one port, one per core by default)."""
     from smtp.supervisor import run_ingress
-    from tenants.redisconn import ensure_redis
+    from tenants.platform.redisconn import ensure_redis
 
     cfg = get_config()
     _setup_logging(cfg)
@@ -409,7 +409,7 @@ def smtp() -> None:
 @click.option("--burst", is_flag=True, help="Exit when the queues are empty.")
 def worker(burst: bool) -> None:
     """Run a background worker (RQ)."""
-    from tenants.redisconn import ensure_redis
+    from tenants.platform.redisconn import ensure_redis
     from worker.runner import run_worker
 
     cfg = get_config()
@@ -421,7 +421,7 @@ def worker(burst: bool) -> None:
 @cli.command()
 def scheduler() -> None:
     """Run the scheduler (one per installation)."""
-    from tenants.redisconn import ensure_redis
+    from tenants.platform.redisconn import ensure_redis
     from worker.scheduler import run_scheduler
 
     cfg = get_config()
@@ -437,7 +437,7 @@ def web(threads: int) -> None:
     from waitress import serve as wsgi_serve
 
     from app import create_app
-    from tenants.redisconn import ensure_redis
+    from tenants.platform.redisconn import ensure_redis
 
     cfg = get_config()
     _setup_logging(cfg)

@@ -12,8 +12,8 @@ from contextlib import contextmanager
 from sqlalchemy.orm import Session
 
 from tenants import audit
-from tenants.config import Config, get_config
-from tenants.db import require_current_schema, session_scope
+from tenants.platform.config import Config, get_config
+from tenants.platform.db import require_current_schema, session_scope
 from tenants.scope import msp_scope
 
 #: Who the audit log names for lifecycle actions taken on the command line (the operator's tool, no signed-in user).

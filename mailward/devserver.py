@@ -26,10 +26,10 @@ from sqlalchemy import select
 
 from mailward import localclamd
 from smtp.supervisor import DRAIN_TIMEOUT, Child, Supervisor
-from tenants.config import Config
-from tenants.db import PRIVATE_UMASK, migrate, private_dir, secure_data_dir, session_scope
 from tenants.models import Role, User
-from tenants.redisconn import ensure_redis, stop_private_redis
+from tenants.platform.config import Config
+from tenants.platform.db import PRIVATE_UMASK, migrate, private_dir, secure_data_dir, session_scope
+from tenants.platform.redisconn import ensure_redis, stop_private_redis
 from tenants.scope import msp_scope
 from tenants.services import create_user
 

@@ -23,10 +23,10 @@ def verify(name: str) -> None:
     from sqlalchemy import select
 
     from tenants import verification
-    from tenants.config import get_config
-    from tenants.db import require_current_schema, session_scope
     from tenants.exceptions import NotFound
     from tenants.models import Domain
+    from tenants.platform.config import get_config
+    from tenants.platform.db import require_current_schema, session_scope
     from tenants.policy import normalize_domain
     from tenants.scope import msp_scope
 
@@ -41,7 +41,7 @@ def verify(name: str) -> None:
         record = verification.zone_line(cfg, domain)
         changed, state = domain.verified != was, verification.state(domain)
     if changed:
-        from tenants.redisconn import bump_policy_version
+        from tenants.platform.redisconn import bump_policy_version
 
         bump_policy_version(cfg)  # the ingresses route it from now on
     click.echo(result.message)
@@ -61,11 +61,11 @@ def remove(name: str, confirm: str) -> None:
     from sqlalchemy import select
 
     from tenants import domains
-    from tenants.config import get_config
     from tenants.exceptions import NotFound
     from tenants.models import Domain
+    from tenants.platform.config import get_config
+    from tenants.platform.redisconn import bump_policy_version
     from tenants.policy import normalize_domain
-    from tenants.redisconn import bump_policy_version
 
     cfg = get_config()
     with db_session(cfg) as session:

@@ -12,14 +12,14 @@ import sys
 import click
 
 from mailward.clicommon import db_session
-from tenants.config import get_config
+from tenants.platform.config import get_config
 
 #: Bytes of randomness in a generated SMTP password (shown once).
 GENERATED_PASSWORD_BYTES = 18
 
 
 def _bump() -> None:
-    from tenants.redisconn import bump_policy_version
+    from tenants.platform.redisconn import bump_policy_version
 
     bump_policy_version(get_config())
 

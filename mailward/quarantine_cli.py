@@ -61,9 +61,9 @@ def quarantine_list(tenant_ref: str, kind: str | None, rcpt: str | None, sender:
 @click.option("--to", "to", metavar="ADDR", help="Deliver a copy to this address instead of the recipients.")
 def quarantine_release(message_id: str, to: str | None) -> None:
     """Deliver a held mail to its recipients (or --to another address); viruses too (the CLI acts as an admin)."""
-    from tenants.config import get_config
+    from tenants.platform.config import get_config
+    from tenants.platform.redisconn import ensure_redis
     from tenants.quarantine import release
-    from tenants.redisconn import ensure_redis
 
     cfg = get_config()
     ensure_redis(cfg)  # delivery is queued after the commit
@@ -77,7 +77,7 @@ def quarantine_release(message_id: str, to: str | None) -> None:
 @click.argument("message_id", metavar="ID")
 def quarantine_delete(message_id: str) -> None:
     """Never deliver a held mail (it stays listed as deleted until the purge)."""
-    from tenants.config import get_config
+    from tenants.platform.config import get_config
     from tenants.quarantine import delete
 
     with db_session() as session:
@@ -125,8 +125,8 @@ def _level(session: Session, tenant_ref: str | None, user_email: str | None) -> 
 def list_add(kind: str, value: str, tenant_ref: str | None, user_email: str | None, value_type: str | None,
              comment: str) -> None:
     """Add VALUE (address, domain with its subdomains, or IP network) to an allow or block list."""
-    from tenants.config import get_config
     from tenants.lists import add_entry, reload_after_commit
+    from tenants.platform.config import get_config
 
     cfg = get_config()
     with db_session(cfg) as session:
@@ -141,8 +141,8 @@ def list_add(kind: str, value: str, tenant_ref: str | None, user_email: str | No
 @click.argument("entry_id", type=int, metavar="ID")
 def list_remove(entry_id: int) -> None:
     """Remove the entry ID (as `list show` prints it)."""
-    from tenants.config import get_config
     from tenants.lists import reload_after_commit, remove_entry
+    from tenants.platform.config import get_config
 
     cfg = get_config()
     with db_session(cfg) as session:
@@ -184,11 +184,11 @@ def digest_send(tenant_ref: str, user_email: str | None, inline: bool) -> None:
 
     from smtp.delivery import deliver_message
     from tenants.addresses import normalize_address
-    from tenants.config import get_config
     from tenants.exceptions import NotFound
-    from tenants.jobs import enqueue_job
     from tenants.models import User
-    from tenants.redisconn import ensure_redis
+    from tenants.platform.config import get_config
+    from tenants.platform.jobs import enqueue_job
+    from tenants.platform.redisconn import ensure_redis
     from tenants.scope import tenant_scope
     from tenants.services import get_tenant
     from worker.digest import DIGEST_JOB_TIMEOUT, DIGEST_TENANT_JOB, digest_users, send_user_digest

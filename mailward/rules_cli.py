@@ -18,7 +18,7 @@ import click
 from sqlalchemy.orm import Session
 
 from mailward.clicommon import CLI_ACTOR, db_session
-from tenants.config import Config, get_config
+from tenants.platform.config import Config, get_config
 
 #: What names the MSP's baseline where a tenant is expected.
 MSP_REF = "msp"

@@ -36,10 +36,10 @@ def register(group: click.Group) -> None:
     def rules_replay(tenant_ref: str, since: str, draft_path: str | None) -> None:
         """Replay the tenant's stored mail under its rules and under a draft, and print what would change."""
         from mailward.rules_cli import _read
-        from tenants.config import get_config
         from tenants.exceptions import ValidationError
         from tenants.mailrules.replay import replay
         from tenants.mailrules.yamlio import load_text
+        from tenants.platform.config import get_config
         from tenants.scope import tenant_scope
         from tenants.services import get_tenant
 

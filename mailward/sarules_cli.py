@@ -8,7 +8,7 @@ from __future__ import annotations
 import click
 
 from mailward.clicommon import cli_audit, db_session
-from tenants.config import get_config
+from tenants.platform.config import get_config
 
 
 @click.group()
@@ -59,7 +59,7 @@ def score(rule: str, value: str, tenant_ref: str | None) -> None:
     """
     from tenants import policyedit
     from tenants.exceptions import ValidationError
-    from tenants.redisconn import bump_policy_version
+    from tenants.platform.redisconn import bump_policy_version
     from tenants.scope import tenant_scope
     from tenants.services import get_tenant
 

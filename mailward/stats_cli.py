@@ -19,8 +19,8 @@ def stats() -> None:
 @click.option("--since", metavar="YYYY-MM-DD", help="Recompute from this day (UTC) instead of the watermark's day.")
 def stats_rollup(since: str | None) -> None:
     """Roll up the mail received since the last run (or since a day) into the statistics tables."""
-    from tenants.config import get_config
-    from tenants.db import require_current_schema
+    from tenants.platform.config import get_config
+    from tenants.platform.db import require_current_schema
     from worker.rollup import rollup
 
     cfg = get_config()

@@ -15,9 +15,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mailward.clicommon import cli_audit, db_session
-from tenants.config import Config
 from tenants.exceptions import NotFound, ValidationError
 from tenants.models import Role, User
+from tenants.platform.config import Config
 
 
 def _user(session: Session, email: str) -> User:
@@ -53,8 +53,8 @@ def _mail_link(cfg: Config, user_id: int, email: str, purpose: str) -> str:
 @click.option("--invite", is_flag=True, help="Set no password: mail EMAIL an invitation link to choose one.")
 def user_create(email: str, role: str, tenant_ref: str | None, password_stdin: bool, invite: bool) -> None:
     """Create a user; without --password-stdin or --invite a random password is printed once."""
-    from tenants.config import get_config
-    from tenants.redisconn import ensure_redis
+    from tenants.platform.config import get_config
+    from tenants.platform.redisconn import ensure_redis
     from tenants.services import create_user, get_tenant
 
     if invite and password_stdin:
@@ -101,8 +101,8 @@ def user_passwd(email: str, password_stdin: bool) -> None:
 def user_reset(email: str, print_link: bool) -> None:
     """Reset EMAIL's password: it stops working, their sessions end, and a link to set a new one is mailed."""
     from tenants.accounts import link_url, make_link_token, start_reset
-    from tenants.config import get_config
-    from tenants.redisconn import ensure_redis
+    from tenants.platform.config import get_config
+    from tenants.platform.redisconn import ensure_redis
 
     cfg = get_config()
     ensure_redis(cfg)

@@ -3,8 +3,8 @@
 from alembic import context
 from sqlalchemy import pool
 
-from tenants.db import make_engine
 from tenants.models import Base
+from tenants.platform.db import make_engine
 from tenants.scope import msp_scope
 
 config = context.config

@@ -36,9 +36,9 @@ import aiosmtplib
 from sqlalchemy.orm import Session
 
 from tenants import recipients
-from tenants.config import Config
 from tenants.egress import SMTP, EgressError, EgressPolicy
 from tenants.models import TlsMode
+from tenants.platform.config import Config
 from tenants.policy import DomainRoute
 from tenants.scope import tenant_scope
 

@@ -24,10 +24,10 @@ from smtp.mime import prefix_subject, summarize_headers
 from smtp.ruleactions import apply_actions
 from smtp.verdict import Action, Verdict, header_block, subject_tag
 from tenants import metrics
-from tenants.config import Config
-from tenants.jobs import request_delivery_after_commit
 from tenants.mailrules.service import count_hits
 from tenants.models import Delivery, DeliveryStatus, Role, User
+from tenants.platform.config import Config
+from tenants.platform.jobs import request_delivery_after_commit
 from tenants.policy import Policy
 from tenants.scope import msp_scope, tenant_scope
 

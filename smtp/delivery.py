@@ -19,11 +19,11 @@ from smtp.mailstore import record_results
 from smtp.outbound import NextHop, RcptResult, Router, SendResult, SmtpPool
 from smtp.ruleactions import parse_next_hop
 from tenants.blobs import blob_store
-from tenants.config import Config
-from tenants.db import session_factory
 from tenants.deliveries import claim_due
 from tenants.domains import retired_transports
 from tenants.models import Delivery, Domain, Message
+from tenants.platform.config import Config
+from tenants.platform.db import session_factory
 from tenants.scope import load, tenant_scope
 
 log = logging.getLogger(__name__)

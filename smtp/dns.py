@@ -5,7 +5,7 @@ from __future__ import annotations
 import dns.asyncresolver
 import dns.resolver
 
-from tenants.config import Config
+from tenants.platform.config import Config
 
 #: Most seconds one DNS query may take, whatever the caller's timeout.
 DNS_LIFETIME = 5.0

@@ -10,8 +10,8 @@ from email.mime.text import MIMEText
 from email.utils import format_datetime, make_msgid
 
 from smtp.outbound import RcptResult
-from tenants.config import Config
 from tenants.models import Message, utcnow
+from tenants.platform.config import Config
 
 #: How much of the original message's header block a bounce carries back (text/rfc822-headers).
 MAX_RETURNED_HEADERS = 64 * 1024

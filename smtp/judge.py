@@ -15,7 +15,7 @@ from smtp.routing import Routing
 from smtp.session import MailEnvelope
 from smtp.submission import decide_outbound
 from smtp.verdict import Verdict, decide
-from tenants.config import Config
+from tenants.platform.config import Config
 
 
 class Judge:

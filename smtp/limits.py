@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from tenants.config import Config
 from tenants.exceptions import ConfigError
+from tenants.platform.config import Config
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,10 @@ from smtp.outbound import RcptResult
 from smtp.verdict import Action
 from tenants import deliveries
 from tenants.blobs import blob_store
-from tenants.config import Config
 from tenants.deliveries import claim_due as claim_due  # re-exported: claims are tenants.deliveries'
 from tenants.ids import new_id
 from tenants.models import Delivery, DeliveryStatus, Event, Finding, Message, utcnow
+from tenants.platform.config import Config
 from tenants.scope import load
 
 log = logging.getLogger(__name__)

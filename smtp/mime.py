@@ -1,6 +1,6 @@
 """MIME helpers that never raise on bad input: a malformed mail is still stored, scanned and delivered.
 
-A mail over the MIME limits (:mod:`tenants.mimescan`: parts, nesting, lines, header sizes) is never parsed: the
+A mail over the MIME limits (:mod:`tenants.mail.mimescan`: parts, nesting, lines, header sizes) is never parsed: the
 ingress refuses it at DATA with :data:`REPLY_OVER_LIMITS` before anything parses it (:func:`check_limits`), and
 :func:`parse_mail` scans again (it has other callers) and returns such a mail unparsed, with ``over_limits`` set.
 """
@@ -16,8 +16,8 @@ from email.policy import compat32
 from html import unescape as html_unescape
 from html.parser import HTMLParser
 
-from tenants.mimescan import LIMITS, Budget, MimeLimitExceeded, scan
-from tenants.mimetext import header_items, one_line, parse_message, split_parts
+from tenants.mail.mimescan import LIMITS, Budget, MimeLimitExceeded, scan
+from tenants.mail.mimetext import header_items, one_line, parse_message, split_parts
 from tenants.policy import Policy
 from tenants.symbols import lookup
 
@@ -188,7 +188,7 @@ def _header_value(value: object) -> str:
 
 
 def parse_mail(raw: bytes) -> ParsedMail:
-    """Parse once (``email.policy.default``, bounded: see :mod:`tenants.mimetext`); parse problems become
+    """Parse once (``email.policy.default``, bounded: see :mod:`tenants.mail.mimetext`); parse problems become
     ``defects``, never exceptions. A mail over the MIME limits is not parsed, or only as far as its budget went."""
     over = scan(raw).over
     if over is not None:

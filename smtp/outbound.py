@@ -22,9 +22,9 @@ import dns.exception
 import dns.resolver
 
 from smtp.dns import async_resolver
-from tenants.config import Config, HostPort
 from tenants.egress import SMTP, EgressError, EgressPolicy, EgressRefused
 from tenants.models import TlsMode
+from tenants.platform.config import Config, HostPort
 from tenants.policy import DomainRoute
 
 log = logging.getLogger(__name__)

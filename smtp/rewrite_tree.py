@@ -1,6 +1,7 @@
 """The MIME tree of a raw mail as byte ranges, and body re-encoding, for :mod:`smtp.rewrite_parts`.
 
-The standard library parser (bounded: :func:`tenants.mimetext.parse_message`) says what each part is; :func:`map_mail`
+The standard library parser (bounded: :func:`tenants.mail.mimetext.parse_message`) says what each part is;
+:func:`map_mail`
 finds where each part lies in the raw bytes, walking the parse and the bytes together, and checks every leaf's bytes
 against the parser's payload: when the two readings disagree anywhere (broken MIME read differently), the mail is
 not mapped and so not edited. An edit then replaces the bytes of the parts it changes and nothing else.
@@ -16,8 +17,8 @@ from dataclasses import dataclass, field
 from email.message import Message
 
 from smtp.rewrite_headers import MAX_LINE, HeaderBlock, read_block
-from tenants.mimescan import LIMITS, Budget, scan
-from tenants.mimetext import BODY_TYPES, parse_message
+from tenants.mail.mimescan import LIMITS, Budget, scan
+from tenants.mail.mimetext import BODY_TYPES, parse_message
 
 #: Types whose content is covered by a signature or encryption: nothing under them is edited.
 SIGNED_TYPES = frozenset({"multipart/signed", "multipart/encrypted", "application/pkcs7-mime",

@@ -19,10 +19,10 @@ from typing import Any
 from smtp import rewrite
 from smtp.mailstore import NewMessage
 from smtp.verdict import Action, Verdict
-from tenants.config import Config
 from tenants.ids import new_id
 from tenants.mailrules.schema import expand
 from tenants.models import utcnow
+from tenants.platform.config import Config
 
 #: A notification's body is cut to this many characters after its macros are expanded.
 MAX_NOTICE = 20_000

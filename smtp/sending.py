@@ -31,8 +31,8 @@ from smtp.ruleactions import apply_actions
 from smtp.session import IngressSession, IngressSMTP, MailEnvelope, Submitter
 from smtp.submission import REPLY_AUTH_REQUIRED, REPLY_SENDER_NOT_ALLOWED, Outbound
 from smtp.verdict import Action
-from tenants.config import Config
 from tenants.ids import new_id
+from tenants.platform.config import Config
 from tenants.policy import Policy, normalize_domain
 
 log = logging.getLogger(__name__)

@@ -46,15 +46,15 @@ from smtp.sending import SendingHandler
 from smtp.session import IngressSession, IngressSMTP, MailEnvelope
 from smtp.submission import Outbound, SubmissionSMTP
 from smtp.verdict import Action
-from tenants import heartbeat
-from tenants.config import Config
-from tenants.db import require_current_schema, session_factory
 from tenants.deliveries import release_claim
 from tenants.exceptions import ConfigError
 from tenants.ids import new_id
 from tenants.models import Delivery
+from tenants.platform import heartbeat
+from tenants.platform.config import Config
+from tenants.platform.db import require_current_schema, session_factory
+from tenants.platform.redisconn import redis_client
 from tenants.policy import POLICY_VERSION_KEY, normalize_domain
-from tenants.redisconn import redis_client
 from tenants.scope import tenant_scope
 
 log = logging.getLogger(__name__)

@@ -27,8 +27,8 @@ from smtp.checks.base import Finding
 from smtp.ratelimit import RateLimiter
 from smtp.session import IngressSMTP, Submitter
 from smtp.verdict import Verdict, decide
-from tenants.config import Config
 from tenants.dkimkeys import SigningKey, find_signing_key
+from tenants.platform.config import Config
 from tenants.policy import DomainRoute, Policy, normalize_domain
 from tenants.relay import RelayNet, load_relay_networks, match_relay_network, sender_domain_owner, verify_smtp_login
 from tenants.scope import tenant_scope

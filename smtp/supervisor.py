@@ -28,8 +28,8 @@ from types import FrameType
 from typing import Any, Protocol
 
 from tenants import metrics
-from tenants.config import Config
 from tenants.exceptions import ConfigError, MailwardError
+from tenants.platform.config import Config
 
 log = logging.getLogger(__name__)
 

@@ -25,11 +25,11 @@ from rq import Retry
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tenants.config import Config
 from tenants.exceptions import TokenExpired, TokenInvalid, TokenUsed, ValidationError
-from tenants.jobs import after_commit, enqueue_job
 from tenants.models import User
 from tenants.passwords import hash_password, verify_password
+from tenants.platform.config import Config
+from tenants.platform.jobs import after_commit, enqueue_job
 from tenants.scope import msp_scope
 from tenants.services import check_new_password
 from tenants.tokens import serializer

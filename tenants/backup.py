@@ -34,9 +34,9 @@ from tenants.backup_data import (
     reset_sequences,
 )
 from tenants.backup_format import BackupError, Header, decrypt_chunks, key_id, read_header, verify, write_backup
-from tenants.config import Config
-from tenants.db import PRIVATE_FILE_MODE, require_current_schema, schema_revisions, session_scope
 from tenants.models import Tenant, utcnow
+from tenants.platform.config import Config
+from tenants.platform.db import PRIVATE_FILE_MODE, require_current_schema, schema_revisions, session_scope
 from tenants.scope import msp_scope
 
 #: File name suffix of a backup, and of the status file beside it (``NAME.mwbak.json``).

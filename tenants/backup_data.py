@@ -21,9 +21,9 @@ from sqlalchemy import DateTime, LargeBinary, Table, delete, exists, func, inser
 from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeDecorator
 
-from tenants.config import Config
 from tenants.dkimkeys import decrypt_private_key, encrypt_private_key
 from tenants.models import Base, Delivery, DeliveryStatus, Message, Tenant
+from tenants.platform.config import Config
 
 #: Held mail and what hangs off it: in a backup only with ``--with-quarantine``.
 MAIL_TABLES = ("message", "blob", "delivery", "finding", "event", "message_view")

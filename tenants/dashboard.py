@@ -3,7 +3,8 @@
 What needs the MSP's attention, each figure from stored state only (no DNS, no clamd, no Redis on a page load):
 mail of the last 24 hours by direction and verdict, the delivery queue and its oldest deferred mail, held mail by
 kind (:func:`tenants.metrics.queue_state`), tenants with domains that do not route yet (ownership never proved and
-not vouched for), processes down (:mod:`tenants.heartbeat`) and whether the virus scanner works (configured, and no
+not vouched for), processes down (:mod:`tenants.platform.heartbeat`) and whether the virus scanner works
+(configured, and no
 ``CLAM_TEMPFAIL`` in recent mail).
 
 Mail counts read the statistics roll-up (:class:`StatHour`, :mod:`worker.rollup`) for whole hours before the
@@ -24,11 +25,12 @@ from redis.exceptions import RedisError
 from sqlalchemy import ColumnElement, Select, and_, case, exists, func, literal, or_, select, true, union_all
 from sqlalchemy.orm import Session
 
-from tenants import dnscache, dnsreadiness, heartbeat
-from tenants.config import Config
+from tenants import dnscache, dnsreadiness
 from tenants.exceptions import ValidationError
 from tenants.metrics import QUEUE_STATUSES, queue_state
 from tenants.models import Domain, Finding, Message, RollupState, StatHour, Tenant, utcnow
+from tenants.platform import heartbeat
+from tenants.platform.config import Config
 from tenants.scope import current_scope
 
 #: How far back the mail figures look.

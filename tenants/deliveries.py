@@ -31,9 +31,9 @@ from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from tenants import metrics
-from tenants.config import Config
 from tenants.exceptions import IllegalTransition
 from tenants.models import Delivery, DeliveryStatus, Message, utcnow
+from tenants.platform.config import Config
 
 log = logging.getLogger(__name__)
 

@@ -29,12 +29,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tenants.addresses import normalize_address
-from tenants.config import Config
 from tenants.dkimkeys import decrypt_private_key
 from tenants.egress import LDAP, EgressPolicy, literal_address
 from tenants.exceptions import ValidationError
 from tenants.mailrules.service import replace_directory_groups
 from tenants.models import Domain, RecipientVerification, utcnow
+from tenants.platform.config import Config
 from tenants.recipients import (
     ADDRESS_PLACEHOLDER,
     Settings,

@@ -21,9 +21,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tenants.config import Config
 from tenants.exceptions import ConfigError, NotFound, ValidationError
 from tenants.models import DkimKey, Domain
+from tenants.platform.config import Config
 from tenants.policy import normalize_domain
 from tenants.scope import load, msp_scope
 

@@ -26,11 +26,11 @@ from redis.exceptions import RedisError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tenants.config import Config
 from tenants.dnsreadiness import Item
-from tenants.jobs import DNSCHECK_JOB, enqueue_job
 from tenants.models import DkimKey, Domain
-from tenants.redisconn import redis_client
+from tenants.platform.config import Config
+from tenants.platform.jobs import DNSCHECK_JOB, enqueue_job
+from tenants.platform.redisconn import redis_client
 
 #: Redis key of one domain's cached checklist.
 KEY = "mailward:dnscheck:{domain_id}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dns.exception
 import dns.resolver
 
-from tenants.config import Config
+from tenants.platform.config import Config
 
 #: Seconds one lookup of the readiness checks may take (the page waits at most this long: lookups run concurrently).
 LOOKUP_TIMEOUT = 3.0

@@ -17,10 +17,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tenants import verification
-from tenants.config import Config
 from tenants.dkimkeys import txt_record
 from tenants.dnslookup import LookupFailed, mx, txt
 from tenants.models import DkimKey, Domain
+from tenants.platform.config import Config
 
 OK = "ok"
 MISSING = "missing"

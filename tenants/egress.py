@@ -39,8 +39,8 @@ import dns.asyncresolver
 import dns.exception
 import dns.resolver
 
-from tenants.config import Config
 from tenants.exceptions import ValidationError
+from tenants.platform.config import Config
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -30,12 +30,12 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from tenants import bayes
 from tenants.content import features
 from tenants.content.features import N_FEATURES, vectorize
 from tenants.content.model import ContentModel, load_cached
 from tenants.content.online import Delta, prune, update
 from tenants.learning_models import ContentDelta, SharedDelta, SharedPromotion, SharedReport
+from tenants.mail import bayes
 from tenants.models import utcnow
 from tenants.scope import current_scope
 

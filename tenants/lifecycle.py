@@ -24,7 +24,6 @@ from sqlalchemy.orm import Mapper, Session
 
 from tenants import stats
 from tenants.blobs import blob_store
-from tenants.config import Config
 from tenants.exceptions import NotFound, ValidationError
 from tenants.models import (
     PENDING_STATUSES,
@@ -53,6 +52,7 @@ from tenants.models import (
     UserAddress,
     utcnow,
 )
+from tenants.platform.config import Config
 from tenants.scope import tenant_scope
 from tenants.stats import Usage
 

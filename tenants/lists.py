@@ -32,12 +32,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tenants.addresses import address_owners, normalize_address
-from tenants.config import Config
 from tenants.exceptions import NotFound, PermissionDenied, ValidationError
-from tenants.jobs import after_commit
 from tenants.models import Domain, ListEntry, User
+from tenants.platform.config import Config
+from tenants.platform.jobs import after_commit
+from tenants.platform.redisconn import bump_policy_version
 from tenants.policy import normalize_domain
-from tenants.redisconn import bump_policy_version
 from tenants.scope import current_scope, load, msp_scope
 
 Outcome = Literal["allow", "block"]

@@ -35,9 +35,9 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from tenants.config import Config
-from tenants.jobs import QUEUES, job_queue
 from tenants.models import Delivery, DeliveryStatus, Message, utcnow
+from tenants.platform.config import Config
+from tenants.platform.jobs import QUEUES, job_queue
 from tenants.scope import msp_scope
 
 log = logging.getLogger(__name__)

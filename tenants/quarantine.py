@@ -3,7 +3,7 @@
 One service layer for the CLI, the web consoles, the end-user portal, the API and digest links. Every function works
 in the caller's scope (a tenant's, or the MSP's for the console and the CLI) and never commits: the caller does, and
 work that must follow a commit (queueing the delivery of released mail, Bayes training) is asked for with
-:func:`tenants.jobs.after_commit`, so it runs only if the commit happened.
+:func:`tenants.platform.jobs.after_commit`, so it runs only if the commit happened.
 
 Who may do what is the caller's decision, passed in explicitly:
 
@@ -32,11 +32,10 @@ from sqlalchemy.orm import Session
 
 from tenants import deliveries, learning, lists
 from tenants.addresses import normalize_address, rcpt_in
-from tenants.bayes import train, untrain
 from tenants.blobs import blob_store
-from tenants.config import Config
 from tenants.exceptions import MailwardError, NotFound, PermissionDenied, ValidationError
-from tenants.jobs import after_commit, enqueue_job, request_delivery_after_commit
+from tenants.mail.bayes import train, untrain
+from tenants.mail.preview import AttachmentInfo, Preview, parse_view
 from tenants.mailsort import Order, capped_count
 from tenants.mailsort import decode_cursor as decode_cursor  # noqa: F401 - re-exported for older callers
 from tenants.mailsort import encode_cursor as encode_cursor  # noqa: F401
@@ -52,7 +51,8 @@ from tenants.models import (
     User,
     utcnow,
 )
-from tenants.preview import AttachmentInfo, Preview, parse_view
+from tenants.platform.config import Config
+from tenants.platform.jobs import after_commit, enqueue_job, request_delivery_after_commit
 from tenants.scope import load, tenant_scope
 from tenants.tokens import ActionClaim, record_result, spend, spent_result, verify_action_token
 

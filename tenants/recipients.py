@@ -24,13 +24,13 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from tenants.addresses import normalize_address
-from tenants.config import Config
 from tenants.dkimkeys import encrypt_private_key
 from tenants.egress import LDAP, EgressPolicy
 from tenants.exceptions import NotFound, ValidationError
-from tenants.jobs import after_commit
 from tenants.models import Domain, RecipientVerification, ValidRecipient, utcnow
-from tenants.redisconn import bump_policy_version
+from tenants.platform.config import Config
+from tenants.platform.jobs import after_commit
+from tenants.platform.redisconn import bump_policy_version
 
 MODES: tuple[str, ...] = ("off", "static", "ldap", "callahead")
 SOURCES: tuple[str, ...] = ("static", "ldap")

@@ -12,7 +12,8 @@ The tenant filter only reaches ORM entities. Everything it cannot reach is refus
 tenant's scope and with no scope at all): a Core statement naming a tenant-owned table (``Message.__table__``,
 ``table("message")``), an ORM INSERT statement (it skips ``before_flush``), and ``text()`` — in a tenant scope always,
 since the tables of raw SQL cannot be known; with no scope when it names a tenant-owned table. The session hook
-checks what runs through a session; an engine hook (:func:`guard_engine`, on every engine :mod:`tenants.db` makes)
+checks what runs through a session; an engine hook (:func:`guard_engine`, on every engine :mod:`tenants.platform.db`
+makes)
 checks what runs on a bare connection, the ORM's own flush excepted. A statement that must run raw says why, with
 the :data:`RAW_SQL` execution option or inside :func:`raw_sql`, and limits itself to the tenant. Driver SQL
 (``exec_driver_sql``) is refused in a tenant scope; without one it is SQLAlchemy's own reflection and left alone.

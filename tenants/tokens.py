@@ -17,9 +17,9 @@ from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSaf
 from sqlalchemy import Table, insert, select, update
 from sqlalchemy.orm import Session
 
-from tenants.config import Config
 from tenants.exceptions import NotFound, TokenExpired, TokenInvalid, TokenUsed
 from tenants.models import UsedToken, User, utcnow
+from tenants.platform.config import Config
 from tenants.scope import load, tenant_scope
 
 ACTION_SALT = "mailward.quarantine-action.v1"

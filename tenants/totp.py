@@ -14,10 +14,10 @@ from typing import Any
 
 import pyotp
 
-from tenants.config import Config
 from tenants.dkimkeys import decrypt_private_key, encrypt_private_key
 from tenants.exceptions import ConfigError, ValidationError
 from tenants.models import User
+from tenants.platform.config import Config
 
 #: Name shown in authenticator apps next to the account.
 ISSUER = "Mailward"

@@ -15,9 +15,9 @@ import ssl
 import time
 from dataclasses import dataclass
 
-from tenants.config import Config
 from tenants.egress import SMTP, EgressError, EgressPolicy
 from tenants.models import Domain, TlsMode
+from tenants.platform.config import Config
 
 #: Seconds the whole test may take (connect, EHLO, STARTTLS, MAIL, RCPT).
 TEST_TIMEOUT = 10.0

@@ -20,9 +20,9 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tenants.config import Config
 from tenants.dnslookup import LookupFailed, txt
 from tenants.models import Domain, utcnow
+from tenants.platform.config import Config
 from tenants.scope import msp_scope
 
 #: The label in front of the domain where the verification TXT record is published.

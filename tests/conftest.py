@@ -19,8 +19,8 @@ import pytest
 import redis
 from sqlalchemy import create_engine, text
 
-from tenants import db as tdb
-from tenants.config import Config, set_config
+from tenants.platform import db as tdb
+from tenants.platform.config import Config, set_config
 from tenants.scope import msp_scope
 from tests.support.servers import Process, Sink, free_port, start_postgres, start_redis, wait_for
 

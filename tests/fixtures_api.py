@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tenants import apikeys
-from tenants import db as tdb
+from tenants.platform import db as tdb
 from tenants.scope import msp_scope
 
 API = "/api/v1"

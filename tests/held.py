@@ -9,10 +9,10 @@ from email.message import EmailMessage
 from sqlalchemy import update
 
 from smtp.mailstore import NewMessage, store_message
-from tenants import db as tdb
-from tenants.config import Config
 from tenants.ids import new_id
 from tenants.models import Message
+from tenants.platform import db as tdb
+from tenants.platform.config import Config
 from tenants.scope import tenant_scope
 
 

@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import select
 
 from tenants import accounts
-from tenants.config import Config, ConfigError
-from tenants.jobs import job_queue
 from tenants.models import AuditEntry, User
+from tenants.platform.config import Config, ConfigError
+from tenants.platform.jobs import job_queue
 from tests.support.servers import run_cli
 from tests.web import PASSWORD, csrf_token, post_form, read, sign_in, text
 

@@ -19,12 +19,12 @@ from sqlalchemy import select
 
 from app.access import access_of
 from tenants import apikeys
-from tenants import db as tdb
 from tenants.dkimkeys import generate_key
 from tenants.lists import add_entry
 from tenants.mailrules.model import MailRule
 from tenants.mailrules.service import add_rule
 from tenants.models import ApiKey, Delivery, Domain, ListEntry, Message, Tenant, User, ValidRecipient, utcnow
+from tenants.platform import db as tdb
 from tenants.recipients import add_static
 from tenants.scope import msp_scope, tenant_scope
 from tests.fixtures_api import API, Client, auth, error, make_key

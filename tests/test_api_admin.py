@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import select
 
 from tenants import audit as audit_log
-from tenants import db as tdb
 from tenants.models import AuditEntry, DkimKey, MessageView, utcnow
+from tenants.platform import db as tdb
 from tenants.scope import msp_scope
 from tests.fixtures_api import Client, error, make_key
 from tests.held import hold

@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import inspect, select, update
 
 from tenants import apikeys
-from tenants import db as tdb
 from tenants.exceptions import ValidationError
 from tenants.models import ApiKey, AuditEntry, Base
+from tenants.platform import db as tdb
 from tenants.scope import msp_scope
 from tests.fixtures_api import API, Client, auth, error, make_key
 from tests.support.servers import run_cli

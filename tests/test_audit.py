@@ -10,8 +10,8 @@ from typing import Any
 from sqlalchemy import select
 
 from tenants import audit as audit_log
-from tenants import db as tdb
 from tenants.models import AuditEntry
+from tenants.platform import db as tdb
 from tenants.scope import msp_scope, tenant_scope
 from tests.held import hold
 from tests.web import post_form, read, sign_in, text

@@ -18,17 +18,17 @@ from sqlalchemy import func, select
 from mailward.cli import main
 from smtp.mailstore import NewMessage, store_message
 from tenants import apikeys, backup, backup_data, backup_format, totp
-from tenants import db as tdb
 from tenants import recipients as rcpt
 from tenants.addresses import add_user_address
 from tenants.backup_format import BackupError
-from tenants.config import Config, set_config
 from tenants.dkimkeys import decrypt_private_key, generate_key
 from tenants.domains import remove as remove_domain
 from tenants.egress import EgressPolicy
 from tenants.exceptions import ConfigError
 from tenants.lists import add_entry
 from tenants.models import Base, BayesCorpus, BayesToken, Domain, Tenant, User
+from tenants.platform import db as tdb
+from tenants.platform.config import Config, set_config
 from tenants.policy import save_settings
 from tenants.relay import add_relay_network, create_smtp_credential
 from tenants.scope import msp_scope, tenant_scope

@@ -16,8 +16,8 @@ from mailward.bayes_cli import bayes as bayes_cli
 from smtp.checks.base import CheckContext
 from smtp.checks.bayes import BayesCheck, band_symbols
 from smtp.mime import ParsedMail, parse_mail
-from tenants import bayes
 from tenants.exceptions import TenantScopeError
+from tenants.mail import bayes
 from tenants.models import BayesToken
 from tenants.policy import Policy
 from tenants.scope import msp_scope, tenant_scope

@@ -22,9 +22,9 @@ from werkzeug.routing import Rule
 from app.access import access_of
 from smtp.mailstore import NewMessage, store_message
 from tenants import apikeys, lists
-from tenants import db as tdb
 from tenants.ids import new_id
 from tenants.models import Domain, Role, Tenant, User, utcnow
+from tenants.platform import db as tdb
 from tenants.scope import msp_scope, tenant_scope
 from tenants.tokens import make_action_token, make_login_token
 from tests.fixtures_browser import shot

@@ -27,7 +27,7 @@ from smtp.checks import attachments as att
 from smtp.checks.attachments import AttachmentCheck, inspect_attachments
 from smtp.checks.base import CheckContext
 from smtp.mime import Attachment, parse_mail
-from tenants.config import Config
+from tenants.platform.config import Config
 from tenants.symbols import lookup
 
 # --- samples ------------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from smtp.checks.msgauth import aligned, org_domain, strip_spoofed_authres
 from smtp.checks.spf import SpfCheck
 from smtp.mime import parse_mail
 from smtp.pipeline import run_stage
-from tenants.config import Config, HostPort
+from tenants.platform.config import Config, HostPort
 from tests.support.dnsserver import LoopbackDNS
 
 #: The loopback DNS fixtures (the session's server, and that server emptied for each test).

@@ -25,7 +25,7 @@ from smtp.checks.dnsbl import (
 from smtp.checks.spf import SpfCheck, valid_helo_domain
 from smtp.mime import parse_mail
 from smtp.pipeline import run_stage
-from tenants.config import Config, HostPort
+from tenants.platform.config import Config, HostPort
 from tests.support.dnsserver import LoopbackDNS
 
 #: The loopback DNS fixtures (the session's server, and that server emptied for each test).

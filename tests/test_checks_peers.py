@@ -20,8 +20,8 @@ from smtp.checks.spamd import SpamdAddress, SpamdCheck, SpamdClient, received_he
 from smtp.checks.spamd import band as spamd_band
 from smtp.mime import parse_mail
 from smtp.pipeline import run_stage
-from tenants.config import Config, HostPort
 from tenants.exceptions import ConfigError
+from tenants.platform.config import Config, HostPort
 from tenants.symbols import lookup
 from tests.support.dnsserver import LoopbackDNS
 from tests.support.peers import GTUBE, RspamdServer, SpamdServer

@@ -18,7 +18,7 @@ from smtp.checks.base import CheckContext, Stage
 from smtp.checks.virus import ClamdAddress, ClamdClient, ClamdError, VirusCheck, parse_reply
 from smtp.mime import parse_mail
 from smtp.pipeline import run_stage
-from tenants.config import Config
+from tenants.platform.config import Config
 from tenants.symbols import lookup
 from tests.support.clamd import EICAR, STREAM_MAX_LENGTH, ClamdServer
 from tests.support.servers import free_port

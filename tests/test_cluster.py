@@ -7,9 +7,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from tenants import db as tdb
-from tenants import heartbeat
 from tenants.models import Heartbeat, utcnow
+from tenants.platform import db as tdb
+from tenants.platform import heartbeat
 from tests.support.servers import wait_for
 from tests.web import read, sign_in, text
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from smtp.checks import build_checks
-from tenants.config import Config
 from tenants.exceptions import ConfigError
+from tenants.platform.config import Config
 from tests.support.servers import run_cli
 
 

@@ -19,12 +19,12 @@ from smtp.checks.rules import RulesCheck
 from smtp.mime import parse_mail
 from smtp.pipeline import run_stage
 from smtp.verdict import Action, decide
-from tenants.config import Config
 from tenants.content import online
 from tenants.content.corpus import CorpusError, find_collections, read_mail
 from tenants.content.features import mail_text, tokens, vectorize
 from tenants.content.model import BANDS, BASE_MODEL, ContentModel, ModelError
 from tenants.content.train import TrainResult, band_scores, train
+from tenants.platform.config import Config
 from tenants.policy import Policy
 from tenants.symbols import SCORES_DIR, lookup, symbol_table
 

@@ -17,8 +17,8 @@ from sqlalchemy.engine import Engine
 
 from app import create_app
 from tenants import dashboard, dnscache, dnsreadiness
-from tenants import db as tdb
 from tenants.models import Delivery, Domain, Heartbeat, Msp, RollupState, StatHour, Tenant, utcnow
+from tenants.platform import db as tdb
 from tenants.scope import msp_scope, tenant_scope
 from tests.test_tracking import put
 from tests.web import read, sign_in, text

@@ -158,14 +158,14 @@ def test_queue_lifetime_expiry_bounces(cfg, factory, session):
 
 
 def _hp(port: int):
-    from tenants.config import HostPort
+    from tenants.platform.config import HostPort
 
     return HostPort("127.0.0.1", port)
 
 
 def test_claim_is_atomic_across_sessions(cfg, factory, session):
     """Two processes racing for the same due rows: exactly one gets them."""
-    from tenants.db import session_factory
+    from tenants.platform.db import session_factory
 
     acme = factory.tenant("Acme", ("acme.test",))
     with tenant_scope(acme.id):

@@ -16,11 +16,11 @@ from smtp.delivery import deliver_message
 from smtp.mailstore import NewMessage, store_message
 from tenants import deliveries
 from tenants import quarantine as q
-from tenants.config import Config
 from tenants.deliveries import INITIAL, TRANSITIONS
 from tenants.exceptions import IllegalTransition
 from tenants.ids import new_id
 from tenants.models import Delivery, DeliveryStatus, Event, Message, utcnow
+from tenants.platform.config import Config
 from tenants.scope import tenant_scope
 from tests.held import hold
 from tests.support.servers import Sink, free_port

@@ -11,14 +11,14 @@ from email import message_from_bytes, policy
 import pytest
 from sqlalchemy import select, update
 
-from tenants import db as tdb
 from tenants.addresses import add_user_address
 from tenants.exceptions import TokenExpired, TokenInvalid, TokenUsed
 from tenants.lists import list_entries
 from tenants.models import Delivery, Message, Tenant, User
+from tenants.platform import db as tdb
+from tenants.platform.redisconn import redis_client
 from tenants.policy import save_settings
 from tenants.quarantine import inspect_action, redeem_action
-from tenants.redisconn import redis_client
 from tenants.scope import msp_scope, tenant_scope
 from tenants.tokens import (
     make_action_token,
@@ -36,7 +36,7 @@ LOGIN_LINK = re.compile(r"http://\S+/q/login/(\S+)")
 
 
 def _user(email: str) -> User:
-    from tenants.config import get_config
+    from tenants.platform.config import get_config
 
     with msp_scope(), tdb.session_scope(get_config()) as s:
         user = s.scalars(select(User).where(User.email == email)).one()
@@ -166,7 +166,7 @@ def test_a_user_with_only_an_attachment_hold_gets_a_digest_without_spam_section(
 
 
 def _user_email(user_id: int) -> str:
-    from tenants.config import get_config
+    from tenants.platform.config import get_config
 
     with msp_scope(), tdb.session_scope(get_config()) as s:
         return str(s.get(User, user_id).email)  # type: ignore[union-attr]

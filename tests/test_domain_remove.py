@@ -17,10 +17,10 @@ from sqlalchemy import select
 
 from smtp.delivery import deliver_message
 from smtp.mailstore import NewMessage, store_message
-from tenants import db as tdb
 from tenants import quarantine
 from tenants.dkimkeys import generate_key
 from tenants.models import AuditEntry, DkimKey, Domain, RetiredTransport
+from tenants.platform import db as tdb
 from tenants.scope import msp_scope, tenant_scope
 from tests.fixtures_api import Client, error, make_key
 from tests.held import hold

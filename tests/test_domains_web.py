@@ -12,10 +12,10 @@ from typing import Any
 from sqlalchemy import select
 
 from tenants import dnslookup, verification
-from tenants.config import Config
 from tenants.dkimkeys import generate_key
-from tenants.jobs import DNSCHECK_JOB, job_queue
 from tenants.models import AuditEntry, Domain
+from tenants.platform.config import Config
+from tenants.platform.jobs import DNSCHECK_JOB, job_queue
 from tests.support.servers import run_cli
 from tests.web import domain_row, post_form, read, sign_in, text
 from worker import dnscheck

@@ -19,15 +19,15 @@ import redis
 from rq import Queue
 from sqlalchemy import select
 
-from tenants import db as tdb
 from tenants import directory, recipients
 from tenants.branding import brand_of
-from tenants.config import Config, set_config
 from tenants.egress import EgressPolicy, refused_reason
 from tenants.exceptions import ConfigError
-from tenants.jobs import DELIVER_JOB, SERIALIZER, enqueue_delivery, job_queue
 from tenants.models import Delivery, Domain, Event, RecipientVerification, Tenant
-from tenants.redisconn import bump_policy_version, redis_client
+from tenants.platform import db as tdb
+from tenants.platform.config import Config, set_config
+from tenants.platform.jobs import DELIVER_JOB, SERIALIZER, enqueue_delivery, job_queue
+from tenants.platform.redisconn import bump_policy_version, redis_client
 from tenants.scope import msp_scope, tenant_scope
 from tenants.services import add_domain, create_tenant
 from tests.conftest import LOOPBACK_EGRESS

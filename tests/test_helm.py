@@ -470,7 +470,7 @@ def test_egress_settings_reach_every_container() -> None:
         default = env_of(deployment(render(), component)["spec"]["template"]["spec"]["containers"][0])
         assert "MAILWARD_TENANT_EGRESS_ALLOW" not in default  # nothing private is allowed by default
         assert default["MAILWARD_TENANT_SMTP_PORTS"]["value"] == "25,465,587,2525"
-    from tenants.config import Config
+    from tenants.platform.config import Config
 
     parsed = Config.from_env({name: e["value"] for name, e in env.items() if name.startswith("MAILWARD_TENANT_")})
     assert parsed.tenant_smtp_ports == {25, 2526} and len(parsed.tenant_egress_allow) == 2

@@ -13,14 +13,14 @@ from smtp.checks.base import CheckContext, Stage
 from smtp.checks.content import ContentCheck
 from smtp.mime import parse_mail
 from smtp.pipeline import run_stage
-from tenants import db as tdb
 from tenants import learning
 from tenants import quarantine as q
-from tenants.config import Config
 from tenants.learning_models import SharedDelta, SharedReport
 from tenants.models import AuditEntry
+from tenants.platform import db as tdb
+from tenants.platform.config import Config
+from tenants.platform.redisconn import redis_client
 from tenants.policy import Policy
-from tenants.redisconn import redis_client
 from tenants.scope import msp_scope, tenant_scope
 from tests.held import hold, raw_mail
 from tests.support.servers import run_cli

@@ -17,7 +17,6 @@ from smtp.checks.virus import VirusCheck
 from smtp.mime import parse_mail
 from smtp.pipeline import run_stage
 from smtp.verdict import Action, decide
-from tenants import db as tdb
 from tenants.addresses import add_user_address
 from tenants.exceptions import NotFound, PermissionDenied, ValidationError
 from tenants.lists import (
@@ -32,6 +31,7 @@ from tenants.lists import (
     validate_value,
 )
 from tenants.models import Message, User
+from tenants.platform import db as tdb
 from tenants.policy import Policy
 from tenants.scope import msp_scope, tenant_scope
 from tests.held import raw_mail
@@ -220,7 +220,7 @@ def test_the_check_records_tenant_symbols_and_user_outcomes(cfg, world, session)
 
 
 def test_the_check_reloads_when_the_policy_version_moves(cfg, world, session):
-    from tenants.redisconn import bump_policy_version, redis_client
+    from tenants.platform.redisconn import bump_policy_version, redis_client
 
     acme = world["acme"]
     check = ListsCheck(cfg)

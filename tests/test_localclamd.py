@@ -19,7 +19,7 @@ import pytest
 from mailward import devserver, localclamd
 from smtp.checks.virus import VirusCheck
 from smtp.supervisor import Supervisor
-from tenants.config import Config
+from tenants.platform.config import Config
 from tests.support.clamd import EICAR, write_database
 from tests.test_checks_virus import make_mail, scan, symbols
 

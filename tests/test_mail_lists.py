@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from tenants import db as tdb
 from tenants import quarantine as q
 from tenants import tracking
 from tenants.exceptions import ValidationError
 from tenants.mailsort import SORTS, Order, capped_count
 from tenants.models import AuditEntry, Delivery, ListEntry, Message
+from tenants.platform import db as tdb
 from tenants.scope import tenant_scope
 from tests.held import hold
 from tests.test_tracking import BASE, put

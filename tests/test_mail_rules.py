@@ -21,7 +21,6 @@ from sqlalchemy import select
 
 from smtp.mailrules import apply_final
 from smtp.verdict import Action, Scored, Verdict
-from tenants import db as tdb
 from tenants.exceptions import PermissionDenied, ValidationError
 from tenants.mailrules.evaluate import LoadedRule, MailFacts, evaluate, ordered
 from tenants.mailrules.schema import parse_rule
@@ -36,6 +35,7 @@ from tenants.mailrules.service import (
     set_active,
 )
 from tenants.models import Delivery, Event, Message, PolicySettings
+from tenants.platform import db as tdb
 from tenants.scope import msp_scope, tenant_scope
 from tests.support.clamd import EICAR
 from tests.support.servers import Process, Sink, wait_for

@@ -13,10 +13,10 @@ import pytest
 import yaml
 from sqlalchemy import select
 
-from tenants import db as tdb
 from tenants.mailrules import service
 from tenants.mailrules.model import MailRule, MailRuleOptOut
 from tenants.models import AuditEntry
+from tenants.platform import db as tdb
 from tenants.scope import msp_scope, tenant_scope
 from tests.fixtures_api import Client, error, make_key
 from tests.support.servers import run_cli

@@ -20,11 +20,11 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select, text
 
-from tenants import db as tdb
-from tenants.config import Config, _networks
 from tenants.exceptions import ConfigError
 from tenants.metrics import MAIL_COUNTS_KEY, count_in_redis
 from tenants.models import Delivery, Message
+from tenants.platform import db as tdb
+from tenants.platform.config import Config, _networks
 from tenants.scope import msp_scope
 from tests.held import hold
 from tests.support.servers import Process, free_port, port_open, wait_for

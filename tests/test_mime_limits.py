@@ -29,12 +29,12 @@ from smtp.checks.attachments import MAX_ARCHIVE_ENTRIES, inspect_attachments, zi
 from smtp.checks.mimecheck import MimeCheck
 from smtp.mime import REPLY_OVER_LIMITS, Attachment, check_limits, parse_mail
 from smtp.verdict import Action, decide
-from tenants.config import Config
-from tenants.mimescan import LIMITS, Budget, MimeLimitExceeded, MimeLimits, scan
-from tenants.mimetext import parse_message, split_parts
+from tenants.mail.mimescan import LIMITS, Budget, MimeLimitExceeded, MimeLimits, scan
+from tenants.mail.mimetext import parse_message, split_parts
+from tenants.mail.preview import parse_view
 from tenants.models import Blob, Message
+from tenants.platform.config import Config
 from tenants.policy import Policy
-from tenants.preview import parse_view
 from tests.fixtures_api import Client, make_key
 from tests.held import hold
 from tests.test_ingress import client, smtp_port

@@ -18,14 +18,14 @@ import pytest
 from sqlalchemy import select
 
 from tenants import dnscache, dnslookup, onboarding, services, verification
-from tenants.config import Config, HostPort
-from tenants.db import session_scope
 from tenants.dkimkeys import generate_key
 from tenants.dnsreadiness import Item
 from tenants.egress import EgressPolicy
-from tenants.jobs import DNSCHECK_JOB, job_queue
 from tenants.models import AuditEntry, Domain, Tenant, User
-from tenants.redisconn import redis_client
+from tenants.platform.config import Config, HostPort
+from tenants.platform.db import session_scope
+from tenants.platform.jobs import DNSCHECK_JOB, job_queue
+from tenants.platform.redisconn import redis_client
 from tenants.scope import load, msp_scope
 from tenants.transportcheck import check_transport
 from tests.support.servers import free_port, run_cli

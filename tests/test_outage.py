@@ -33,9 +33,9 @@ import redis
 from rq.registry import StartedJobRegistry
 from sqlalchemy import func, select
 
-from tenants import db as tdb
-from tenants.config import Config
 from tenants.models import Delivery, DeliveryStatus
+from tenants.platform import db as tdb
+from tenants.platform.config import Config
 from tenants.scope import msp_scope
 from tests.conftest import TEST_DB
 from tests.support.servers import PG_BIN, PostgresServer, Process, Sink, _as_postgres_argv, start_postgres, wait_for
@@ -123,7 +123,7 @@ class PrivateRedis:
     def __init__(self, workdir: Path) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            from tenants.redisconn import server_binary
+            from tenants.platform.redisconn import server_binary
 
             binary = server_binary()
         self.sock = workdir / "redis.sock"

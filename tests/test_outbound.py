@@ -28,10 +28,10 @@ from sqlalchemy import select
 from smtp.checks.base import Finding
 from smtp.submission import MAX_AUTH_FAILURES, decide_outbound
 from smtp.verdict import Action
-from tenants.config import Config
 from tenants.dkimkeys import decrypt_private_key
 from tenants.exceptions import ConfigError
 from tenants.models import Delivery, DkimKey, Message
+from tenants.platform.config import Config
 from tenants.policy import Policy
 from tenants.scope import msp_scope
 from tenants.symbols import symbol_table

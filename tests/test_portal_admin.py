@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import select
 
 from tenants import apikeys, relay
-from tenants import db as tdb
 from tenants.models import ApiKey, AuditEntry, DkimKey, RelayNetwork, Role, SmtpCredential, User, utcnow
+from tenants.platform import db as tdb
 from tenants.scope import msp_scope, tenant_scope
 from tests.fixtures_api import API, make_key
 from tests.web import csrf_token, read, sign_in, text

@@ -13,7 +13,7 @@ from email.message import EmailMessage
 
 import pytest
 
-from tenants.preview import parse_view, sanitize_html
+from tenants.mail.preview import parse_view, sanitize_html
 
 #: Things that must never be in sanitised output: script, event handlers, URL loaders, dangerous schemes.
 FORBIDDEN = [

@@ -10,12 +10,12 @@ import pytest
 from sqlalchemy import event, select
 
 from smtp.mime import parse_mail
-from tenants import db as tdb
 from tenants import quarantine as q
-from tenants.bayes import stats
 from tenants.exceptions import NotFound, PermissionDenied, ValidationError
 from tenants.lists import list_entries
+from tenants.mail.bayes import stats
 from tenants.models import Blob, Delivery, Event, Finding, Message, MessageView, UsedToken, User, utcnow
+from tenants.platform import db as tdb
 from tenants.scope import msp_scope, tenant_scope
 from tests.held import hold, raw_mail
 from tests.support.servers import run_cli, wait_for
@@ -285,7 +285,7 @@ def test_report_trains_once_per_class_and_retrains_on_change(cfg, world, session
 
 
 def test_report_is_queued_after_commit_and_runs_in_the_worker(env, cfg, world, session):
-    from tenants.redisconn import redis_client
+    from tenants.platform.redisconn import redis_client
 
     acme = world["acme"].id
     mid = hold(cfg, acme, rcpts=("user@acme.test",))
@@ -303,7 +303,7 @@ def test_report_is_queued_after_commit_and_runs_in_the_worker(env, cfg, world, s
 
 
 def test_work_asked_for_is_dropped_on_rollback(cfg, world, session):
-    from tenants.redisconn import redis_client
+    from tenants.platform.redisconn import redis_client
 
     acme = world["acme"].id
     mid = hold(cfg, acme)

@@ -15,11 +15,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tenants import apikeys, directory, recipients
-from tenants import db as tdb
 from tenants.exceptions import NotFound, ValidationError
-from tenants.jobs import SERIALIZER
 from tenants.models import AuditEntry, RecipientVerification, ValidRecipient
-from tenants.redisconn import bump_policy_version
+from tenants.platform import db as tdb
+from tenants.platform.jobs import SERIALIZER
+from tenants.platform.redisconn import bump_policy_version
 from tenants.scope import msp_scope, tenant_scope
 from tests.support.servers import run_cli, wait_for
 from tests.web import csrf_token, read, sign_in, text

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, func, select, text
 
-from tenants import db as tdb
 from tenants import recipients, tracking
 from tenants.models import Blob, Delivery, Event, Message, StatHour, StatTop, utcnow
+from tenants.platform import db as tdb
 from tenants.scope import tenant_scope
 from tests.conftest import TEST_DB
 from tests.support.servers import run_cli, wait_for

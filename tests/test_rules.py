@@ -13,7 +13,7 @@ import pytest
 from smtp.checks.base import CheckContext
 from smtp.checks.rules import DEFAULT_RULES, RulesCheck, evaluate, load_rules
 from smtp.mime import ParsedMail, parse_mail
-from tenants.config import Config
+from tenants.platform.config import Config
 from tenants.symbols import symbol_table
 
 NOW = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)

@@ -16,13 +16,13 @@ import yaml
 from sqlalchemy import update
 
 from smtp.mailstore import NewMessage, store_message
-from tenants import db as tdb
 from tenants.exceptions import ValidationError
 from tenants.ids import new_id
 from tenants.mailrules import service
 from tenants.mailrules.replay import ReplayReport, replay
 from tenants.mailrules.replayjobs import enqueue_replay, replay_status
 from tenants.models import Message, utcnow
+from tenants.platform import db as tdb
 from tenants.scope import msp_scope, tenant_scope
 from tests.support.servers import Process, run_cli, wait_for
 from tests.web import post_form, sign_in, text

@@ -24,8 +24,8 @@ from smtp.sarules.message import Envelope, SaMessage, parse_received
 from smtp.sarules.meta import MetaError, compile_meta
 from smtp.sarules.perlre import Untranslatable, compile_perl, split_regex, translate
 from smtp.verdict import score_findings
-from tenants.config import Config
 from tenants.exceptions import ConfigError
+from tenants.platform.config import Config
 from tenants.policy import policy_from
 from tenants.sarules import SA_RULES_VERSION_KEY, SA_SHARE_DIR, forget_symbols, load_ruleset, locate
 from tenants.sarules.parser import evaluate_condition, parse_files
@@ -276,7 +276,7 @@ def sa_cfg(cfg: Config, rules_dir: Path) -> Iterator[Config]:
     """The test installation with the test rule directory configured."""
     from dataclasses import replace
 
-    from tenants.config import set_config
+    from tenants.platform.config import set_config
 
     c = replace(cfg, sa_rules_dir=str(rules_dir))
     set_config(c)

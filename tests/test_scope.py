@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import column, delete, func, insert, select, table, text, update
 
-from tenants import db as tdb
 from tenants.exceptions import NotFound, TenantScopeError
 from tenants.models import Delivery, Domain, Event, Message, User
+from tenants.platform import db as tdb
 from tenants.scope import RAW_SQL, load, msp_scope, raw_sql, tenant_scope
 from tenants.services import create_user
 from tests.held import hold

@@ -17,8 +17,8 @@ import pyotp
 from sqlalchemy import select
 from sqlalchemy import text as sa_text
 
-from tenants import db as tdb
 from tenants.models import AuditEntry, Delivery, ListEntry, Msp, User, utcnow
+from tenants.platform import db as tdb
 from tenants.policy import stored_settings
 from tests.fixtures_api import Client as ApiClient
 from tests.fixtures_api import error as api_error
@@ -563,8 +563,8 @@ def test_without_trusted_proxies_a_forged_forwarded_for_does_not_dodge_the_limit
 def test_trusted_proxies_is_validated_at_start():
     import pytest
 
-    from tenants.config import Config
     from tenants.exceptions import ConfigError
+    from tenants.platform.config import Config
 
     assert Config.from_env({"MAILWARD_TRUSTED_PROXIES": "1"}).trusted_proxies == 1
     for bad in ("-1", "many", "99"):

@@ -21,9 +21,9 @@ from sqlalchemy import select
 from app import create_app
 from app.auth import SIGNED_IN_AT
 from tenants import users
-from tenants.config import Config
 from tenants.exceptions import ConfigError
 from tenants.models import AuditEntry, User
+from tenants.platform.config import Config
 from tenants.tokens import make_login_token
 from tests.web import PASSWORD, csrf_token, post_form, read, sign_in, text
 

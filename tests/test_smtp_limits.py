@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from smtp.limits import DERIVED_CAP_MAX, FD_RESERVE_MIN, ConnectionLimits, client_key, global_cap
-from tenants.config import Config
 from tenants.exceptions import ConfigError
+from tenants.platform.config import Config
 from tests.support.servers import Process, free_port, wait_for
 from tests.test_ingress import make_mail, smtp_port
 

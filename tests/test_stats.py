@@ -11,9 +11,9 @@ from xml.etree import ElementTree
 import pytest
 from sqlalchemy import func, select
 
-from tenants import db as tdb
 from tenants import stats
 from tenants.models import RollupState, StatHour, StatTop, UsageMonth, utcnow
+from tenants.platform import db as tdb
 from tenants.scope import tenant_scope
 from tests.test_ingress import client, make_mail
 from tests.test_tracking import BASE, put

@@ -18,7 +18,6 @@ from smtp.delivery import deliver_message
 from smtp.mailstore import NewMessage, store_message
 from tenants import apikeys, lifecycle
 from tenants import audit as audit_log
-from tenants import db as tdb
 from tenants.addresses import add_user_address
 from tenants.blobs import blob_store
 from tenants.dkimkeys import generate_key
@@ -39,6 +38,7 @@ from tenants.models import (
     UsedToken,
     User,
 )
+from tenants.platform import db as tdb
 from tenants.policy import save_settings
 from tenants.relay import add_relay_network, create_smtp_credential, load_relay_networks, verify_smtp_login
 from tenants.scope import TenantScoped, msp_scope, tenant_scope

@@ -12,12 +12,12 @@ import pytest
 from sqlalchemy import select, update
 
 from smtp.mailstore import NewMessage, store_message
-from tenants import db as tdb
 from tenants import tracking
-from tenants.config import Config
 from tenants.exceptions import NotFound, ValidationError
 from tenants.ids import new_id
 from tenants.models import AuditEntry, Delivery, Message, MessageView
+from tenants.platform import db as tdb
+from tenants.platform.config import Config
 from tenants.scope import msp_scope, tenant_scope
 from tests.support.servers import wait_for
 from tests.test_ingress import client, make_mail

@@ -22,7 +22,7 @@ from sqlalchemy import select, update
 from app.csp import PREVIEW_CSP
 from tenants.addresses import add_user_address
 from tenants.models import Delivery, Event, ListEntry, MessageView, Tenant, User
-from tenants.redisconn import redis_client
+from tenants.platform.redisconn import redis_client
 from tenants.scope import tenant_scope
 from tenants.tokens import make_action_token, make_login_token
 from tests.held import hold, raw_mail
@@ -407,8 +407,8 @@ def test_user_manages_own_list_and_cannot_touch_anyone_elses(web_app, cfg, world
 
 
 def _entry(cfg, tenant_id: int, owner: int | None, value: str) -> int:
-    from tenants.db import session_scope
     from tenants.lists import add_entry
+    from tenants.platform.db import session_scope
 
     with tenant_scope(tenant_id), session_scope(cfg) as s:
         return add_entry(s, kind="block", value=value, tenant_id=None if owner else tenant_id, user_id=owner).id

@@ -12,9 +12,9 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tenants import db as tdb
-from tenants.config import Config
 from tenants.models import Domain
+from tenants.platform import db as tdb
+from tenants.platform.config import Config
 from tenants.policy import POLICY_VERSION_KEY
 from tenants.scope import msp_scope
 

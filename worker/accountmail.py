@@ -22,10 +22,10 @@ from smtp.outbound import Router, SmtpPool
 from tenants.accounts import link_url, make_link_token, max_age
 from tenants.addresses import normalize_address
 from tenants.branding import brand_of
-from tenants.config import Config, get_config
-from tenants.db import session_scope
 from tenants.exceptions import MailwardError
 from tenants.models import Tenant, User, utcnow
+from tenants.platform.config import Config, get_config
+from tenants.platform.db import session_scope
 from tenants.scope import msp_scope, tenant_scope
 from worker.usermail import queue_user_mail
 

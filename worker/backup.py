@@ -15,11 +15,11 @@ from typing import Any
 
 from tenants import backup
 from tenants.backup_format import read_key_file
-from tenants.config import Config, get_config
-from tenants.db import private_dir
-from tenants.jobs import enqueue_job
 from tenants.models import utcnow
-from tenants.redisconn import redis_client
+from tenants.platform.config import Config, get_config
+from tenants.platform.db import private_dir
+from tenants.platform.jobs import enqueue_job
+from tenants.platform.redisconn import redis_client
 
 log = logging.getLogger(__name__)
 

@@ -33,13 +33,13 @@ from sqlalchemy.orm import Session
 
 from tenants.addresses import address_owners, normalize_address, rcpt_in, user_addresses
 from tenants.branding import brand_of
-from tenants.config import Config, get_config
-from tenants.db import session_scope
 from tenants.exceptions import NotFound
-from tenants.jobs import enqueue_job
 from tenants.models import Delivery, DeliveryStatus, Message, Role, Tenant, User, utcnow
+from tenants.platform.config import Config, get_config
+from tenants.platform.db import session_scope
+from tenants.platform.jobs import enqueue_job
+from tenants.platform.redisconn import redis_client
 from tenants.policy import Policy, load_policy
-from tenants.redisconn import redis_client
 from tenants.scope import load, msp_scope, tenant_scope
 from tenants.tokens import ACTION_TOKEN_MAX_AGE, action_url, login_url, make_action_token, make_login_token
 from worker.usermail import queue_user_mail

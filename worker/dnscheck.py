@@ -8,11 +8,11 @@ import logging
 from sqlalchemy import select
 
 from tenants import dnscache, dnsreadiness
-from tenants.config import Config, get_config
-from tenants.db import session_scope
 from tenants.exceptions import NotFound
 from tenants.models import Domain, Tenant
-from tenants.redisconn import redis_client
+from tenants.platform.config import Config, get_config
+from tenants.platform.db import session_scope
+from tenants.platform.redisconn import redis_client
 from tenants.scope import load, msp_scope, tenant_scope
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def check(cfg: Config, tenant_id: int, domain_id: int) -> str:
 
 
 def check_job(tenant_id: int, domain_id: int) -> str:
-    """The RQ job (:data:`tenants.jobs.DNSCHECK_JOB`) that pages and the scheduler queue."""
+    """The RQ job (:data:`tenants.platform.jobs.DNSCHECK_JOB`) that pages and the scheduler queue."""
     return check(get_config(), tenant_id, domain_id)
 
 

@@ -11,11 +11,11 @@ from smtp.mime import parse_mail
 from smtp.verdict import strip_header_block
 from tenants import directory, learning, quarantine
 from tenants.blobs import blob_store
-from tenants.config import Config, get_config
-from tenants.db import session_scope
-from tenants.jobs import enqueue_job
 from tenants.models import RecipientVerification, Tenant
-from tenants.redisconn import redis_client
+from tenants.platform.config import Config, get_config
+from tenants.platform.db import session_scope
+from tenants.platform.jobs import enqueue_job
+from tenants.platform.redisconn import redis_client
 from tenants.sarules import update as sarules_update
 from tenants.scope import msp_scope, tenant_scope
 

@@ -5,7 +5,8 @@ tenant's spam retention, then goes like the rest; it has no blob, which the blob
 A purged message goes with everything that hangs off it: its raw bytes (the blob store), delivery rows, findings,
 timeline events and views. The deletes are explicit, child tables first, rather than left to ``ON DELETE CASCADE``,
 so the purge does not depend on the database enforcing foreign keys (SQLite does, with ``PRAGMA foreign_keys=ON``
-from :mod:`tenants.db`) and the blob store can be something else than a table. A message that still has a delivery
+from :mod:`tenants.platform.db`) and the blob store can be something else than a table. A message that still has a
+delivery
 under way (released late, retrying) is left for a later run.
 """
 
@@ -18,9 +19,6 @@ from datetime import datetime
 from sqlalchemy import delete, select
 
 from tenants.blobs import blob_store
-from tenants.config import Config, get_config
-from tenants.db import session_scope
-from tenants.jobs import enqueue_job
 from tenants.models import (
     PENDING_STATUSES,
     Delivery,
@@ -32,7 +30,10 @@ from tenants.models import (
     UsedToken,
     utcnow,
 )
-from tenants.redisconn import redis_client
+from tenants.platform.config import Config, get_config
+from tenants.platform.db import session_scope
+from tenants.platform.jobs import enqueue_job
+from tenants.platform.redisconn import redis_client
 from tenants.scope import msp_scope, tenant_scope
 from tenants.tokens import SPENT_TOKEN_KEEP
 

@@ -28,9 +28,6 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from tenants.config import Config, get_config
-from tenants.db import session_scope
-from tenants.jobs import enqueue_job
 from tenants.models import (
     Delivery,
     DeliveryStatus,
@@ -43,7 +40,10 @@ from tenants.models import (
     UsageMonth,
     utcnow,
 )
-from tenants.redisconn import redis_client
+from tenants.platform.config import Config, get_config
+from tenants.platform.db import session_scope
+from tenants.platform.jobs import enqueue_job
+from tenants.platform.redisconn import redis_client
 from tenants.scope import msp_scope, tenant_scope
 from tenants.tracking import reject_reason
 

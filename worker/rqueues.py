@@ -1,4 +1,4 @@
-"""RQ queues and how jobs are put on them (JSON-serialized: see :data:`tenants.jobs.SERIALIZER`)."""
+"""RQ queues and how jobs are put on them (JSON-serialized: see :data:`tenants.platform.jobs.SERIALIZER`)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from typing import Any
 
 from rq import Queue
 
-from tenants.config import Config
-from tenants.jobs import DELIVERY_JOB_TIMEOUT, QUEUES, SERIALIZER, enqueue_delivery, job_queue
+from tenants.platform.config import Config
+from tenants.platform.jobs import DELIVERY_JOB_TIMEOUT, QUEUES, SERIALIZER, enqueue_delivery, job_queue
 
-# Delivery jobs are queued through tenants.jobs, so that the web and services can ask for them too.
+# Delivery jobs are queued through tenants.platform.jobs, so that the web and services can ask for them too.
 __all__ = ["QUEUES", "DELIVERY_JOB_TIMEOUT", "SERIALIZER", "queue", "enqueue_delivery"]
 
 

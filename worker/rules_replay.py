@@ -7,12 +7,12 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from tenants.config import get_config
-from tenants.db import session_scope
 from tenants.exceptions import ValidationError
 from tenants.mailrules.replay import replay
 from tenants.mailrules.replayjobs import write_status
-from tenants.redisconn import redis_client
+from tenants.platform.config import get_config
+from tenants.platform.db import session_scope
+from tenants.platform.redisconn import redis_client
 from tenants.scope import tenant_scope
 
 log = logging.getLogger(__name__)

@@ -13,11 +13,11 @@ from typing import Any
 import redis
 from rq import SimpleWorker
 
-from tenants.config import Config
-from tenants.db import require_current_schema
-from tenants.heartbeat import HeartbeatThread
 from tenants.metrics import serve_process_metrics
-from tenants.redisconn import redis_client
+from tenants.platform.config import Config
+from tenants.platform.db import require_current_schema
+from tenants.platform.heartbeat import HeartbeatThread
+from tenants.platform.redisconn import redis_client
 from worker.rqueues import QUEUES, SERIALIZER, queue
 
 log = logging.getLogger(__name__)

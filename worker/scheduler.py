@@ -18,10 +18,10 @@ from types import FrameType
 
 import redis
 
-from tenants import heartbeat
-from tenants.config import Config
-from tenants.db import require_current_schema
-from tenants.redisconn import redis_client
+from tenants.platform import heartbeat
+from tenants.platform.config import Config
+from tenants.platform.db import require_current_schema
+from tenants.platform.redisconn import redis_client
 from tenants.sarules.update import SA_UPDATE_INTERVAL
 from worker.backup import BACKUP_INTERVAL, enqueue_backup
 from worker.digest import DIGEST_CHECK_INTERVAL, schedule_digests

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 
 from tenants import deliveries
-from tenants.config import Config
-from tenants.db import session_scope
+from tenants.platform.config import Config
+from tenants.platform.db import session_scope
 from tenants.scope import msp_scope
 from worker.rqueues import enqueue_delivery
 

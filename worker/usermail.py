@@ -8,10 +8,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from smtp.mailstore import NewMessage, store_message
-from tenants.config import Config
 from tenants.ids import new_id
-from tenants.jobs import request_delivery_after_commit
 from tenants.models import Domain
+from tenants.platform.config import Config
+from tenants.platform.jobs import request_delivery_after_commit
 
 
 def queue_user_mail(session: Session, cfg: Config, tenant_id: int, to: str, *, sender: str, data: bytes,

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import logging
 
-from tenants.config import Config, get_config
-from tenants.db import session_scope
-from tenants.jobs import enqueue_job
-from tenants.redisconn import bump_policy_version, redis_client
+from tenants.platform.config import Config, get_config
+from tenants.platform.db import session_scope
+from tenants.platform.jobs import enqueue_job
+from tenants.platform.redisconn import bump_policy_version, redis_client
 from tenants.scope import msp_scope
 from tenants.verification import recheck_pending
 

@@ -20,7 +20,7 @@ from app.extensions import config, db
 from tenants import dkimkeys
 from tenants.exceptions import ValidationError
 from tenants.models import DkimKey
-from tenants.redisconn import bump_policy_version
+from tenants.platform.redisconn import bump_policy_version
 from tenants.scope import load
 
 #: Longest domain name (RFC 1035).

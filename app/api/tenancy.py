@@ -25,7 +25,7 @@ from tenants import domains, lifecycle, services
 from tenants.egress import EgressPolicy
 from tenants.exceptions import NotFound, ValidationError
 from tenants.models import Domain, Tenant, User
-from tenants.redisconn import bump_policy_version
+from tenants.platform.redisconn import bump_policy_version
 from tenants.scope import load
 
 

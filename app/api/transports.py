@@ -16,7 +16,7 @@ from tenants import services
 from tenants.egress import EgressPolicy
 from tenants.exceptions import ValidationError
 from tenants.models import Domain, TlsMode
-from tenants.redisconn import bump_policy_version
+from tenants.platform.redisconn import bump_policy_version
 from tenants.scope import load
 
 #: Longest transport host (a DNS name's limit; the column's width).

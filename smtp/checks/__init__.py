@@ -23,7 +23,7 @@ from smtp.checks.sarules import SaRulesCheck
 from smtp.checks.spamd import SpamdCheck
 from smtp.checks.spf import SpfCheck
 from smtp.checks.virus import VirusCheck
-from tenants.config import Config
+from tenants.platform.config import Config
 
 #: Every check, in no particular order (the pipeline orders them by stage and dependencies).
 REGISTRY: list[type[Check]] = [

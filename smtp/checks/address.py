@@ -10,8 +10,8 @@ from typing import Any, ClassVar, TypeVar
 
 from smtp.checks.base import Check, CheckContext
 from smtp.mime import ParsedMail
-from tenants.config import parse_hostport
 from tenants.exceptions import ConfigError
+from tenants.platform.config import parse_hostport
 
 log = logging.getLogger(__name__)
 

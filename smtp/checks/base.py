@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from smtp.mime import ParsedMail
-from tenants.config import Config
+from tenants.platform.config import Config
 from tenants.policy import Policy
 
 

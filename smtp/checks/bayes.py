@@ -6,8 +6,8 @@ import asyncio
 
 from smtp.checks.base import Check, CheckContext, Stage
 from smtp.mime import ParsedMail
-from tenants.bayes import DEFAULT_MIN_TRAINED, classify_hashes, mail_hashes
-from tenants.db import session_factory
+from tenants.mail.bayes import DEFAULT_MIN_TRAINED, classify_hashes, mail_hashes
+from tenants.platform.db import session_factory
 from tenants.scope import tenant_scope
 
 #: (lower bound of the spam probability, symbol), highest first: SpamAssassin's bands.

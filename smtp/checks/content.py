@@ -25,7 +25,6 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from smtp.checks.base import Check, CheckContext, Stage
 from tenants import learning
-from tenants.config import Config
 from tenants.content.features import vectorize
 from tenants.content.model import (
     BANDS,
@@ -38,7 +37,8 @@ from tenants.content.model import (
     sigmoid,
 )
 from tenants.content.online import Delta
-from tenants.db import session_factory
+from tenants.platform.config import Config
+from tenants.platform.db import session_factory
 from tenants.scope import msp_scope, tenant_scope
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from smtp.checks.msgauth import (
     org_domain,
 )
 from smtp.dns import DNS_LIFETIME, async_resolver
-from tenants.config import Config
+from tenants.platform.config import Config
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from redis.exceptions import RedisError
 from smtp.checks.base import Check, CheckContext, Stage
 from smtp.checks.msgauth import org_domain
 from smtp.dns import DNS_LIFETIME, async_resolver
-from tenants.config import Config
 from tenants.exceptions import ConfigError
+from tenants.platform.config import Config
 
 log = logging.getLogger(__name__)
 

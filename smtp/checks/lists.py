@@ -18,9 +18,9 @@ import time
 from collections.abc import Iterable
 
 from smtp.checks.base import Check, CheckContext, Finding, Stage
-from tenants.config import Config
-from tenants.db import session_factory
 from tenants.lists import Match, TenantLists, load_tenant_lists
+from tenants.platform.config import Config
+from tenants.platform.db import session_factory
 from tenants.policy import POLICY_VERSION_KEY
 
 log = logging.getLogger(__name__)

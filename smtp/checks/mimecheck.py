@@ -1,6 +1,7 @@
 """MIME structure: a malformed mail is still stored, scanned and delivered; its defects become a finding.
 
-A mail whose structure is over the MIME limits (see :mod:`tenants.mimescan`) was not parsed, or only in part, so the
+A mail whose structure is over the MIME limits (see :mod:`tenants.mail.mimescan`) was not parsed, or only in part,
+so the
 other content checks saw little of it: ``MIME_LIMIT`` says so (its score file gives it the attachment effect).
 """
 

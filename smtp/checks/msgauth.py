@@ -23,7 +23,7 @@ from publicsuffix2 import PublicSuffixList
 
 from smtp.checks.base import Check, Stage
 from smtp.dns import DNS_LIFETIME, async_resolver
-from tenants.config import Config
+from tenants.platform.config import Config
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from smtp.checks.base import Check, CheckContext, Stage
 from smtp.phishing.brands import load_brands
 from smtp.phishing.lookalike import Targets, make_targets
 from smtp.phishing.mail import TEMPFAIL, TenantIdentity, analyse_mail
-from tenants.config import Config
-from tenants.db import session_factory
 from tenants.models import Domain, ValidRecipient
+from tenants.platform.config import Config
+from tenants.platform.db import session_factory
 from tenants.policy import POLICY_VERSION_KEY, routing_domain
 from tenants.scope import tenant_scope
 

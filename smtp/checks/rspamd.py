@@ -25,7 +25,7 @@ from smtp.checks.address import ServiceCheck, service_client
 from smtp.checks.base import CheckContext, Stage
 from smtp.dns import async_resolver
 from smtp.mime import ParsedMail
-from tenants.config import Config
+from tenants.platform.config import Config
 
 #: rspamd's normal worker port, used when MAILWARD_RSPAMD gives no port with http.
 DEFAULT_PORT = 11333

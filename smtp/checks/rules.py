@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from smtp.checks.base import Check, CheckContext, Stage
 from smtp.mime import ParsedMail
-from tenants.bayes import registered_domain
+from tenants.mail.bayes import registered_domain
 
 RULES_PATH = Path(__file__).resolve().parent / "data" / "rules.toml"
 KINDS = ("header", "subject", "body", "rawbody", "uri", "full", "eval")

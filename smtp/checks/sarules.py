@@ -18,7 +18,7 @@ from typing import Any
 from smtp.checks.base import Check, CheckContext, Stage
 from smtp.checks.rspamd import client_hostname
 from smtp.sarules import CACHE_SUBDIR, Envelope, Loaded, SaMessage, shared_engine
-from tenants.config import Config
+from tenants.platform.config import Config
 from tenants.sarules import SA_RULES_VERSION_KEY, forget_symbols, locate
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from smtp.checks.address import ServiceAddress, ServiceCheck, service_client
 from smtp.checks.base import CheckContext, Stage
 from smtp.checks.rspamd import RDNS_TIMEOUT, client_hostname
 from smtp.mime import ParsedMail
-from tenants.config import Config
+from tenants.platform.config import Config
 
 #: spamd's usual TCP port, used when MAILWARD_SPAMD names a host without one.
 DEFAULT_PORT = 783

@@ -22,7 +22,7 @@ import spf
 
 from smtp.checks.base import Check, CheckContext, Stage
 from smtp.dns import DNS_LIFETIME, sync_resolver
-from tenants.config import Config
+from tenants.platform.config import Config
 
 log = logging.getLogger(__name__)
 

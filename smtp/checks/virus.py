@@ -13,7 +13,7 @@ import struct
 from smtp.checks.address import ServiceAddress, ServiceCheck, service_client
 from smtp.checks.base import CheckContext, Stage
 from smtp.mime import ParsedMail
-from tenants.config import Config
+from tenants.platform.config import Config
 
 #: clamd's usual TCP port, used when MAILWARD_CLAMD names a host without one.
 DEFAULT_PORT = 3310

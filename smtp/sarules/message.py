@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from smtp.sarules.html import HtmlFacts, render
-from tenants.mimetext import parse_message
+from tenants.mail.mimetext import parse_message
 
 #: Bytes of each rendered text part the body rules read (SpamAssassin's body_part_scan_size).
 BODY_PART_SCAN = 50_000

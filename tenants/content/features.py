@@ -29,8 +29,8 @@ from typing import Protocol
 import numpy as np
 from scipy.sparse import csr_matrix
 
-from tenants.bayes import registered_domain
-from tenants.mimetext import one_line, parse_message, split_parts
+from tenants.mail.bayes import registered_domain
+from tenants.mail.mimetext import one_line, parse_message, split_parts
 
 #: Hash space of the features: 2^20 buckets keeps collisions rare for a few hundred thousand distinct n-grams.
 N_FEATURES = 2**20

@@ -28,13 +28,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tenants.blobs import blob_store
-from tenants.config import Config
 from tenants.exceptions import NotFound, ValidationError
 from tenants.mailrules.evaluate import LoadedRule, MailFacts, Outcome, evaluate, ordered
 from tenants.mailrules.replaycontent import Content, read_content
 from tenants.mailrules.schema import RuleAction, parse_rule
 from tenants.mailrules.service import MAX_RULES, directory_groups, internal_domains, load_rules
 from tenants.models import Delivery, Finding, Message
+from tenants.platform.config import Config
 from tenants.policy import load_policy
 from tenants.symbols import lookup
 

@@ -2,7 +2,7 @@
 
 The ingress gives the rules the headers, the attachments (name, real type, size) and the files inside archives as
 its checks found them; those facts are not stored, so the replay reads them again from the stored raw mail, and
-only when a rule needs them. Standard library parsing (:mod:`tenants.mimetext`, within the ingress's MIME limits),
+only when a rule needs them. Standard library parsing (:mod:`tenants.mail.mimetext`, within the ingress's MIME limits),
 real types by libmagic as the attachment check does, and zip members by name only (their central directory: at most
 :data:`MAX_MEMBERS` entries, nothing extracted; a member's type is guessed from its name).
 """
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import magic
 
-from tenants.mimescan import LIMITS, Budget, MimeLimitExceeded, scan
-from tenants.mimetext import one_line, parse_message, split_parts
+from tenants.mail.mimescan import LIMITS, Budget, MimeLimitExceeded, scan
+from tenants.mail.mimetext import one_line, parse_message, split_parts
 
 #: Bytes of an attachment given to libmagic.
 SNIFF_BYTES = 65_536

@@ -11,12 +11,12 @@ import json
 import re
 from typing import Any
 
-from tenants.config import Config
 from tenants.exceptions import ValidationError
 from tenants.ids import new_id
-from tenants.jobs import enqueue_job
 from tenants.mailrules.replay import MAX_DAYS, parse_draft
-from tenants.redisconn import redis_client
+from tenants.platform.config import Config
+from tenants.platform.jobs import enqueue_job
+from tenants.platform.redisconn import redis_client
 
 #: The RQ job (a dotted path in ``worker``).
 REPLAY_JOB = "worker.rules_replay.run"

@@ -17,15 +17,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tenants import audit
-from tenants.config import Config
 from tenants.egress import SMTP, EgressPolicy
 from tenants.exceptions import NotFound, PermissionDenied, ValidationError
-from tenants.jobs import after_commit
 from tenants.mailrules.evaluate import LoadedRule, ordered
 from tenants.mailrules.model import DirectoryGroupMember, MailRule, MailRuleOptOut
 from tenants.mailrules.schema import RuleSpec, load_definition, parse_rule
 from tenants.models import Domain, utcnow
-from tenants.redisconn import bump_policy_version, redis_client
+from tenants.platform.config import Config
+from tenants.platform.jobs import after_commit
+from tenants.platform.redisconn import bump_policy_version, redis_client
 from tenants.scope import msp_scope
 
 #: Redis hash of a tenant's rule hits (field: rule id).

@@ -16,7 +16,6 @@ from typing import Any
 import yaml
 from sqlalchemy.orm import Session
 
-from tenants.config import Config
 from tenants.exceptions import NotFound, PermissionDenied, ValidationError
 from tenants.mailrules.schema import RuleSpec, parse_rule
 from tenants.mailrules.service import (
@@ -28,6 +27,7 @@ from tenants.mailrules.service import (
     rule_views,
     update_rule,
 )
+from tenants.platform.config import Config
 
 #: Largest rule file or rule text accepted (a rule set of :data:`MAX_RULES` rules fits with room to spare).
 MAX_TEXT = 2_000_000

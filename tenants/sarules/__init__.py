@@ -100,7 +100,7 @@ def own_update_dir(data_dir: Path) -> Path:
 
 
 def _own_rules() -> Path | None:
-    from tenants.config import get_config  # late: the configuration is read once, by whoever asks first
+    from tenants.platform.config import get_config  # late: the configuration is read once, by whoever asks first
 
     channel = own_update_dir(get_config().data_dir) / UPDATE_CHANNEL
     return channel if channel.is_dir() and any(channel.glob("*.cf")) else None
@@ -163,7 +163,7 @@ def sa_symbols(setting: str | None = None, *, use_config: bool = True) -> Mappin
     if time.monotonic() - checked < RECHECK_INTERVAL:
         return table
     if use_config and setting is None:
-        from tenants.config import get_config  # late: the configuration is read once, by whoever asks first
+        from tenants.platform.config import get_config  # late: the configuration is read once, by whoever asks first
 
         setting = get_config().sa_rules_dir
     location = locate(setting)

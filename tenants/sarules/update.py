@@ -15,8 +15,8 @@ from pathlib import Path
 
 import redis
 
-from tenants.config import Config
-from tenants.redisconn import redis_client
+from tenants.platform.config import Config
+from tenants.platform.redisconn import redis_client
 from tenants.sarules import SA_RULES_VERSION_KEY, own_update_dir
 
 log = logging.getLogger(__name__)

@@ -122,7 +122,7 @@ def start_redis(*, tcp: bool = False, password: str = "") -> RedisServer:
     """A Redis on a unix socket; ``tcp`` also on a free loopback port, ``password`` with ``requirepass``."""
     binary = shutil.which("redis-server")
     if binary is None:
-        from tenants.redisconn import server_binary
+        from tenants.platform.redisconn import server_binary
 
         binary = server_binary()
     workdir = Path(tempfile.mkdtemp(prefix="mw-redis-"))

@@ -23,8 +23,8 @@ from rq.serializers import JSONSerializer
 from sqlalchemy import event
 from sqlalchemy.orm import Session, SessionTransaction
 
-from tenants.config import Config
-from tenants.redisconn import redis_client
+from tenants.platform.config import Config
+from tenants.platform.redisconn import redis_client
 
 log = logging.getLogger(__name__)
 

@@ -1,12 +1,12 @@
-"""Low-level MIME helpers shared by the ingress (``smtp.mime``) and the quarantine view (``tenants.preview``).
+"""Low-level MIME helpers shared by the ingress (``smtp.mime``) and the quarantine view (``tenants.mail.preview``).
 
 Standard library only, so ``tenants`` can use them without importing ``smtp``. Nothing here raises on a bad part:
 problems become defects or empty values; only :func:`parse_message` raises, and its callers turn that into a defect.
 
-Callers run :func:`tenants.mimescan.scan` first and parse only mail within the limits. The parse and the walk are
+Callers run :func:`tenants.mail.mimescan.scan` first and parse only mail within the limits. The parse and the walk are
 bounded besides, for what the scan may read differently: :func:`parse_message` counts the parts the parser makes
 (through its message factory) and the thread's CPU time (between chunks of input) against a
-:class:`~tenants.mimescan.Budget`; :func:`header_items` and :func:`split_parts` check the same budget before each
+:class:`~tenants.mail.mimescan.Budget`; :func:`header_items` and :func:`split_parts` check the same budget before each
 field and part they read (fields are parsed when read, by a :class:`BoundedPolicy`: once, and structurally only when
 short). Memory is bounded by the mail's size (the ingress's size cap), the line and part limits.
 """
@@ -20,7 +20,7 @@ from email.message import EmailMessage, Message
 from email.policy import EmailPolicy, Policy
 from typing import Any
 
-from tenants.mimescan import STRUCTURED_MAX_CHARS, Budget, MimeLimitExceeded
+from tenants.mail.mimescan import STRUCTURED_MAX_CHARS, Budget, MimeLimitExceeded
 
 #: Content types of a leaf part read as body text (unless it is an attachment or has a file name).
 BODY_TYPES = ("text/plain", "text/html")
@@ -49,7 +49,7 @@ class MimeParts:
     defects: list[str] = field(default_factory=list)
     #: True when the mail had more parts than the walk was allowed to look at.
     truncated: bool = False
-    #: Set when the walk stopped on its budget (see :class:`~tenants.mimescan.Budget`): which bound it met.
+    #: Set when the walk stopped on its budget (see :class:`~tenants.mail.mimescan.Budget`): which bound it met.
     over_limits: str | None = None
 
 
@@ -94,7 +94,8 @@ class _CountingFactory:
 
 def parse_message(raw: bytes, budget: Budget | None = None) -> EmailMessage:
     """The mail parsed with a :class:`BoundedPolicy` (so an :class:`EmailMessage`); raises on unparseable bytes, and
-    :class:`~tenants.mimescan.MimeLimitExceeded` when the parse makes more parts or takes more CPU than ``budget``."""
+    :class:`~tenants.mail.mimescan.MimeLimitExceeded` when the parse makes more parts or takes more CPU than
+    ``budget``."""
     budget = budget if budget is not None else Budget()
     factory = _CountingFactory(budget)
     parser = BytesFeedParser(_factory=factory, policy=BoundedPolicy())  # type: ignore[arg-type]

@@ -7,8 +7,10 @@ becomes a ``<span class="mw-link">`` whose ``title`` shows the target, so a pers
 without following it. Pages that show the result should still send a strict Content-Security-Policy
 (``default-src 'none'; style-src 'self'``) or put it in a sandboxed iframe: defence in depth.
 
-Parsing uses only the standard library (``tenants.mimetext``, shared with ``smtp.mime``; ``tenants`` imports nothing
-of ``smtp``) and never raises on bad input. A mail over the MIME limits (:mod:`tenants.mimescan`, the same the ingress
+Parsing uses only the standard library (``tenants.mail.mimetext``, shared with ``smtp.mime``; ``tenants`` imports
+nothing
+of ``smtp``) and never raises on bad input. A mail over the MIME limits (:mod:`tenants.mail.mimescan`, the same the
+ingress
 applies: only mail stored before them, or by a path that skips DATA, can be) is not parsed at all, and one whose parse
 runs out of its budget is not shown either: the view says "not rendered" and why.
 """
@@ -24,8 +26,8 @@ from urllib.parse import urlsplit
 import magic
 import nh3
 
-from tenants.mimescan import LIMITS, Budget, MimeLimitExceeded, scan
-from tenants.mimetext import header_items, one_line, parse_message, split_parts
+from tenants.mail.mimescan import LIMITS, Budget, MimeLimitExceeded, scan
+from tenants.mail.mimetext import header_items, one_line, parse_message, split_parts
 
 #: Characters of text (or of sanitised HTML) a preview shows at most.
 MAX_PREVIEW_CHARS = 200_000

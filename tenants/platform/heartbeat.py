@@ -20,9 +20,9 @@ from importlib import metadata
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from tenants.config import Config
-from tenants.db import session_factory
 from tenants.models import Heartbeat, utcnow
+from tenants.platform.config import Config
+from tenants.platform.db import session_factory
 
 log = logging.getLogger(__name__)
 

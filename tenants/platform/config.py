@@ -428,7 +428,8 @@ class Config:
             return self.secret_key
         path = self.data_dir / "secret_key"
         if not path.exists():
-            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # the owner's alone, as tenants.db keeps it
+            # the owner's alone, as tenants.platform.db keeps it
+            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as fh:
                 fh.write(os.urandom(32).hex())

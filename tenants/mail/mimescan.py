@@ -7,7 +7,7 @@ walks the bytes the way ``email.feedparser`` reads them (header blocks, ``Conten
 at the first limit it passes. The ingress refuses such mail at DATA; the quarantine views show "not rendered".
 
 Edge cases the scan reads differently from the parser (encoded words in a boundary, say) cannot undo the bounds:
-:func:`tenants.mimetext.parse_message` counts parts and CPU time itself and stops the parse (see :class:`Budget`).
+:func:`tenants.mail.mimetext.parse_message` counts parts and CPU time itself and stops the parse (see :class:`Budget`).
 """
 
 from __future__ import annotations
@@ -66,7 +66,8 @@ class MimeLimits:
 
 LIMITS = MimeLimits()
 #: Longest header value (unfolded) the parser reads structurally (addresses, MIME parameters); a longer one is read as
-#: plain text (:class:`tenants.mimetext.BoundedPolicy`). The structured reader takes time that grows with the square
+#: plain text (:class:`tenants.mail.mimetext.BoundedPolicy`). The structured reader takes time that grows with the
+#: square
 #: of a field's length on hostile input (comments, quotes, long phrases): 0.5 s for 4 KiB of comments, 7 s for 16 KiB;
 #: at this length a few milliseconds.
 STRUCTURED_MAX_CHARS = 512
@@ -219,7 +220,8 @@ def content_type(value: bytes | None, default: str) -> tuple[str, bytes | None]:
     if value is None:
         return default, None
     text = value.translate(None, _UNFOLD).decode("ascii", "surrogateescape").lstrip(" \t")
-    # A short field is read by the structured header parser, a long one as plain text (tenants.mimetext.BoundedPolicy).
+    # A short field is read by the structured header parser, a long one as plain text
+    # (tenants.mail.mimetext.BoundedPolicy).
     structured = len(text) <= STRUCTURED_MAX_CHARS
     ctype = text.partition(";")[0].strip().lower()
     if ctype.count("/") != 1:

@@ -17,13 +17,13 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from tenants.config import Config, get_config
 from tenants.exceptions import SchemaNotCurrent
+from tenants.platform.config import Config, get_config
 from tenants.scope import guard_engine
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 #: Mode of the data directory and the directories Mailward makes in it: only the owner may enter.
 PRIVATE_DIR_MODE = 0o700
 #: Mode of the files there (the SQLite database and its -wal/-shm, logs, the generated secret key).

@@ -5,7 +5,8 @@ process that needs it starts it (the ``valkey-server`` binary from the ``valkey-
 ``redis-server``/``valkey-server`` on PATH), daemonized, with an append-only file so queued jobs survive a restart.
 
 A configured Redis should require a password: give it in the URL (``redis://:PASSWORD@host:6379/0``) or as
-``MAILWARD_REDIS_PASSWORD``; :attr:`~tenants.config.Config.effective_redis_url` carries it to every client built
+``MAILWARD_REDIS_PASSWORD``; :attr:`~tenants.platform.config.Config.effective_redis_url` carries it to every client
+built
 here, to RQ and to the web's rate limiter alike.
 """
 
@@ -24,8 +25,8 @@ import redis.asyncio.retry
 import redis.retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 
-from tenants.config import Config
 from tenants.exceptions import ConfigError
+from tenants.platform.config import Config
 
 #: Seconds to wait for a freshly started private server to answer PING.
 PRIVATE_START_TIMEOUT = 10.0

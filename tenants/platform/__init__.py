@@ -1,0 +1,1 @@
+"""What every process stands on: configuration, the database, Redis, heartbeats and the RQ job registry."""
