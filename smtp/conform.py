@@ -81,7 +81,7 @@ def strip_foreign_fields(data: bytes) -> bytes:
     head, rest = _split_head(data)
     if b"x-mailward-" not in head.lower():
         return data
-    kept = [f for f in _fields(head) if not _field_name(f).startswith(b"x-mailward-")]
+    kept = [f for f in header_fields(head) if not _field_name(f).startswith(b"x-mailward-")]
     return b"".join(kept) + rest
 
 
@@ -97,7 +97,7 @@ def _split_head(entity: bytes) -> tuple[bytes, bytes]:
     return entity[:m.start() + 2], entity[m.start() + 2:]
 
 
-def _fields(head: bytes) -> list[bytes]:
+def header_fields(head: bytes) -> list[bytes]:
     """The header block as whole fields: a line and its continuation lines, line ends kept."""
     fields: list[bytes] = []
     for line in head.splitlines(keepends=True):
@@ -194,7 +194,7 @@ def _reencode_leaf(head: bytes, body: bytes, info: Message, cte: str, notes: lis
         encoded, name = _quoted_printable(content), "quoted-printable"
     else:
         encoded, name = _base64(content), "base64"
-    kept = [f for f in _fields(head) if _field_name(f) != b"content-transfer-encoding"]
+    kept = [f for f in header_fields(head) if _field_name(f) != b"content-transfer-encoding"]
     notes.append(f"{ctype} as {name}")
     return b"".join(kept) + f"Content-Transfer-Encoding: {name}\r\n".encode("ascii"), encoded
 

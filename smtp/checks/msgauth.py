@@ -22,6 +22,7 @@ from dkim.util import InvalidTagValueList, parse_tag_value
 from publicsuffix2 import PublicSuffixList
 
 from smtp.checks.base import Check, Stage
+from smtp.conform import header_fields
 from smtp.dns import DNS_LIFETIME, async_resolver
 from tenants.platform.config import Config
 
@@ -98,17 +99,6 @@ def _split_head(raw: bytes) -> tuple[bytes, bytes]:
     return raw[:m.start() + 1], raw[m.start() + 1:]
 
 
-def _header_fields(head: bytes) -> list[bytes]:
-    """The header block as whole fields (first line plus continuation lines, line ends kept)."""
-    fields: list[bytes] = []
-    for line in head.splitlines(keepends=True):
-        if line[:1] in (b" ", b"\t") and fields:
-            fields[-1] += line
-        else:
-            fields.append(line)
-    return fields
-
-
 def _authserv_id(value: str) -> str:
     """The authserv-id of an Authentication-Results value: comments dropped, up to the first ``;`` or space."""
     text = " ".join(value.split())
@@ -133,7 +123,7 @@ def strip_spoofed_authres(raw: bytes, hostname: str) -> bytes:
     if not ours or b"authentication-results" not in head.lower():
         return raw
     kept: list[bytes] = []
-    for field in _header_fields(head):
+    for field in header_fields(head):
         name, sep, value = field.partition(b":")
         if sep and name.strip().lower() == b"authentication-results" and \
                 _authserv_id(value.decode("latin-1")) == ours:
@@ -146,7 +136,7 @@ def _raw_fields(raw: bytes, names: Iterable[str]) -> list[tuple[str, bytes]]:
     """(lower-case name, unfolded value) of the header fields named ``names``, in order, from the raw mail."""
     wanted = {n.lower() for n in names}
     out: list[tuple[str, bytes]] = []
-    for field in _header_fields(_split_head(raw)[0]):
+    for field in header_fields(_split_head(raw)[0]):
         name, sep, value = field.partition(b":")
         lname = name.strip().decode("latin-1").lower()
         if sep and lname in wanted:
