@@ -22,6 +22,7 @@ from werkzeug.wrappers import Response
 
 from app.access import enforce
 from app.auth import enter_scope, leave_scope, load_principal
+from app.csp import CONTENT_SECURITY_POLICY
 from app.extensions import csrf, db, init_mailward, limiter, limiter_storage_uri, login_manager
 from tenants import dnsreadiness, sarules
 from tenants.exceptions import NotFound
@@ -34,11 +35,6 @@ log = logging.getLogger(__name__)
 SESSION_LIFETIME = timedelta(hours=8)
 #: Largest request body; the consoles post small forms (the API will set its own limit per route).
 MAX_REQUEST_SIZE = 1024 * 1024
-#: No inline script or style and no framing: templates load only /static, and forms post only to this site.
-CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
-    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
-)
 SECURITY_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
@@ -127,37 +123,30 @@ def create_app(cfg: Config | None = None, *, heartbeat: bool = False) -> Flask:
 
 
 def _register_blueprints(app: Flask) -> None:
-    # portal_learning, portal_lists, portal_quarantine and portal_recipients add their views to the portal blueprint
-    # (one blueprint per audience).
+    # One package per audience: app/console, app/portal, app/quarantine (end users), app/auth (sign-in, account,
+    # password links), app/api; the modules in each add their views to that audience's blueprint.
     # security and cluster add theirs to the console and portal blueprints (audit log, settings, view-as, cluster);
     # tracking and stats theirs too (tracking center and statistics); policy the baseline and tenant policy pages.
     # rules adds the mail rules pages to both (the tenant's one list, the MSP's baseline).
     from app import (  # noqa: F401
-        account,
         auth,
-        cluster,
         console,
-        console_admin,
-        console_backups,
-        console_onboarding,
         health,
         held,
         metrics,
-        passwords,
         policy,
         portal,
-        portal_admin,
-        portal_learning,
-        portal_lists,
-        portal_quarantine,
-        portal_recipients,
         quarantine,
         rules,
-        rules_preview,
         security,
         stats,
         tracking,
     )
+    from app.auth import account, passwords  # noqa: F401
+    from app.console import admin, backups, cluster, onboarding  # noqa: F401
+    from app.portal import admin as portal_admin  # noqa: F401
+    from app.portal import learning, lists, recipients, rules_preview  # noqa: F401
+    from app.portal import quarantine as portal_quarantine  # noqa: F401
 
     held.init_app(app)
     metrics.init_app(app)  # /metrics: the cluster's Prometheus metrics, for a scraper with the token

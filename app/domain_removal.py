@@ -12,6 +12,7 @@ from flask_wtf import FlaskForm
 from wtforms import StringField, SubmitField
 from wtforms.validators import DataRequired, Length
 
+from app.audit import audit
 from app.extensions import config, db
 from tenants import domains
 from tenants.exceptions import ValidationError
@@ -38,7 +39,6 @@ def confirm_page(domain: Domain, action: str, back: str) -> ResponseReturnValue:
 
 def remove(domain: Domain, action: str, back: str, done: str, *, tenant_id: int) -> ResponseReturnValue:
     """Remove ``domain`` once its name is typed, audit it for ``tenant_id``, tell the ingresses; go to ``done``."""
-    from app.security import audit  # app.security adds views to the portal blueprint: import it late
 
     s = db.session
     form = RemoveDomainForm(prefix="remove")

@@ -17,8 +17,8 @@ from flask_login import current_user
 
 from app import console, portal
 from app.access import MSP_ROLES, allow
+from app.audit import audit
 from app.extensions import config, db
-from app.security import audit
 from tenants import policyedit, policyscores
 from tenants.exceptions import ValidationError
 from tenants.models import Role

@@ -47,6 +47,7 @@ from wtforms.validators import DataRequired, Length, Optional
 
 from app import console, held, portal
 from app.access import MSP_ROLES, allow
+from app.audit import audit
 from app.extensions import db, limiter, redis
 from tenants import audit as audit_log
 from tenants import services
@@ -174,26 +175,6 @@ def msp_settings() -> tuple[bool, str]:
     with msp_scope():
         row = db.session.execute(select(Msp.require_totp, Msp.consent_banner).order_by(Msp.id).limit(1)).first()
     return (bool(row[0]), row[1] or "") if row else (False, "")
-
-
-# --- the audit log --------------------------------------------------------------------------------------------------
-
-_SCOPE_TENANT = object()
-
-
-def audit(action: str, target: str = "", detail: str = "", *, tenant_id: int | None | object = _SCOPE_TENANT,
-          actor: str | None = None) -> None:
-    """Stage an audit entry for the current request in its session (the view commits it with its work).
-
-    ``tenant_id`` defaults to the request's tenant scope (None in the MSP scope: an MSP-level entry).
-    """
-    if tenant_id is _SCOPE_TENANT:
-        scope = current_scope_or_none()
-        tenant_id = scope.tenant_id if scope is not None else None
-    signed_in = current_user.is_authenticated
-    audit_log.record(db.session, actor=actor or (current_user.email if signed_in else "anonymous"),
-                     action=action, target=target, detail=detail, tenant_id=tenant_id,  # type: ignore[arg-type]
-                     ip=request.remote_addr, acting_as=getattr(current_user, "acting_as", None) if signed_in else None)
 
 
 class TotpForm(FlaskForm):

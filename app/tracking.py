@@ -27,6 +27,7 @@ from wtforms.validators import Length, Optional
 
 from app import held
 from app.access import MSP_ROLES, QUARANTINE_HELPDESK, allow
+from app.audit import audit
 from app.console import bp as console_bp
 from app.extensions import config, db
 from app.portal import TENANT_ROLES
@@ -123,7 +124,6 @@ def _tenant_names() -> dict[int, str]:
 def _audit(action: str, target: str, detail: str = "", *, tenant_id: int | None) -> None:
     """An envelope-level access entry in the audit log (:mod:`tenants.audit`, through the web's helper that adds
     the actor, address and view-as tenant); the caller commits."""
-    from app.security import audit  # app.security adds its views to the portal and console: import it late
 
     audit(action, target, detail, tenant_id=tenant_id)
 

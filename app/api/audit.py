@@ -17,6 +17,7 @@ from app.api import schemas as sch
 from app.api.auth import caller
 from app.api.blueprint import bp, resolve_tenant
 from app.api.errors import ApiError
+from app.audit import audit
 from app.extensions import db
 from tenants import audit as audit_log
 from tenants.exceptions import ValidationError
@@ -25,7 +26,6 @@ from tenants.exceptions import ValidationError
 def record(action: str, target: str, detail: str = "", *, tenant_id: int | None) -> None:
     """Stage an audit entry for the calling key (actor ``api key <prefix>``) in the request's session; the view
     commits it with its work."""
-    from app.security import audit  # app.security adds views to the web blueprints: import it late, as they do
 
     audit(action, target, detail, tenant_id=tenant_id, actor=caller().actor)
 

@@ -18,8 +18,8 @@ from app.api import schemas as sch
 from app.api.auth import caller
 from app.api.blueprint import bp, id_page, resolve_tenant
 from app.api.errors import ApiError
+from app.audit import audit
 from app.extensions import config, db
-from app.security import audit
 from tenants import recipients
 from tenants.models import ValidRecipient
 

@@ -19,6 +19,7 @@ from app.api import schemas_tenants as tsch
 from app.api.auth import caller
 from app.api.blueprint import bp, id_page, resolve_tenant
 from app.api.errors import ApiError
+from app.audit import audit
 from app.exports import tenant_zip
 from app.extensions import config, db
 from tenants import domains, lifecycle, services
@@ -51,7 +52,6 @@ def _msp_tenant(tenant_id: int) -> Tenant:
 
 
 def _audit(action: str, target: str, detail: str = "", *, tenant_id: int | None) -> None:
-    from app.security import audit  # the web's audit helper (request IP); imported late like the console does
 
     audit(action, target, detail, tenant_id=tenant_id, actor=caller().actor)
 

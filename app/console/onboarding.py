@@ -16,8 +16,9 @@ from sqlalchemy.exc import IntegrityError
 from wtforms import SelectField, StringField, SubmitField
 from wtforms.validators import DataRequired, Length
 
-from app import passwords
 from app.access import allow
+from app.audit import audit
+from app.auth import passwords
 from app.console import bp
 from app.extensions import config, db, redis
 from app.forms import TLS_CHOICES
@@ -53,7 +54,6 @@ class AdminStepForm(FlaskForm):
 
 
 def _audit(action: str, target: str, detail: str = "", *, tenant_id: int | None) -> None:
-    from app.security import audit  # app.security adds its views to this blueprint: import it late
 
     audit(action, target, detail, tenant_id=tenant_id)
 

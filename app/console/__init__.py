@@ -22,6 +22,7 @@ from wtforms.validators import DataRequired, Length
 
 from app import domain_removal
 from app.access import MSP_ROLES, allow
+from app.audit import audit
 from app.exports import tenant_zip
 from app.extensions import config, db, redis
 from app.forms import DomainForm, TenantForm
@@ -36,7 +37,6 @@ bp = Blueprint("console", __name__, url_prefix="/console")
 
 
 def _audit(action: str, target: str, detail: str = "", *, tenant_id: int | None) -> None:
-    from app.security import audit  # app.security adds its views to this blueprint: import it late
 
     audit(action, target, detail, tenant_id=tenant_id)
 

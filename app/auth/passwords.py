@@ -18,10 +18,11 @@ from flask_wtf import FlaskForm
 from wtforms import PasswordField, StringField, SubmitField
 from wtforms.validators import DataRequired, EqualTo, Length
 
-from app import account, auth, console, portal, security
+from app import auth, console, portal, security
 from app.access import ANY_ROLE, allow, allow_public
+from app.audit import audit
+from app.auth import account
 from app.extensions import config, db, redis
-from app.security import audit
 from tenants import accounts, users
 from tenants.exceptions import MailwardError, TokenExpired, TokenInvalid, TokenUsed, ValidationError
 from tenants.models import Role, User

@@ -17,9 +17,10 @@ from wtforms import PasswordField, StringField, SubmitField
 from wtforms.validators import DataRequired, Length
 
 from app.access import ANY_ROLE, allow
+from app.audit import audit
 from app.auth import TOTP_ROLES
 from app.extensions import config, db, redis
-from app.security import TotpForm, audit, msp_settings
+from app.security import TotpForm, msp_settings
 from tenants import totp as otp
 from tenants.exceptions import ValidationError
 from tenants.models import User

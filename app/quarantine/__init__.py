@@ -20,13 +20,13 @@ from flask.typing import ResponseReturnValue
 from flask_login import current_user
 from werkzeug.wrappers import Response
 
-from app import CONTENT_SECURITY_POLICY, held
+from app import held
 from app.access import allow, allow_public
+from app.audit import audit
 from app.auth import SUSPENDED_LOGIN, start_session
-from app.csp import brand_css, branded_policy, preview_response
+from app.csp import CONTENT_SECURITY_POLICY, brand_css, branded_policy, preview_response
 from app.extensions import config, db
 from app.forms import ListEntryForm, MyQuarantineFilterForm
-from app.security import audit
 from tenants import lists
 from tenants import quarantine as q
 from tenants.addresses import user_addresses

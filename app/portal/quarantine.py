@@ -21,11 +21,11 @@ from flask_login import current_user
 
 from app import held
 from app.access import QUARANTINE_HELPDESK, allow
+from app.audit import audit
 from app.csp import preview_response
 from app.extensions import config, db
 from app.forms import QuarantineFilterForm
 from app.portal import TENANT_ROLES, bp
-from app.security import audit
 from tenants import quarantine as q
 from tenants.blobs import blob_store
 from tenants.exceptions import PermissionDenied, ValidationError

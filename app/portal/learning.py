@@ -11,9 +11,9 @@ from flask.typing import ResponseReturnValue
 from flask_login import current_user
 
 from app.access import allow
+from app.audit import audit
 from app.extensions import config, db
 from app.portal import TENANT_ROLES, bp
-from app.security import audit
 from tenants import learning
 from tenants.mail import bayes
 from tenants.models import Role

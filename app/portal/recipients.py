@@ -16,9 +16,9 @@ from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Length, Optional
 
 from app.access import allow
+from app.audit import audit
 from app.extensions import config, db
 from app.portal import TENANT_ROLES, bp
-from app.security import audit
 from tenants import directory, recipients
 from tenants.exceptions import ValidationError
 from tenants.models import Role

@@ -12,10 +12,10 @@ from flask.typing import ResponseReturnValue
 from flask_login import current_user
 
 from app.access import allow
+from app.audit import audit
 from app.extensions import config, db
 from app.forms import BrandingForm, ListEntryForm
 from app.portal import TENANT_ROLES, bp
-from app.security import audit
 from tenants import lists, services
 from tenants.branding import brand_of, set_branding
 from tenants.egress import EgressPolicy

@@ -19,12 +19,12 @@ from wtforms import HiddenField, SelectField, StringField, SubmitField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import AnyOf, DataRequired, Length
 
-from app import passwords
 from app.access import allow
+from app.audit import audit
+from app.auth import passwords
 from app.extensions import config, db
 from app.forms import ApiKeyForm, NewUserForm
 from app.portal import TENANT_ROLES, bp
-from app.security import audit
 from tenants import accounts, apikeys, dkimkeys, relay, services, users
 from tenants.exceptions import NotFound, ValidationError
 from tenants.models import RelayNetwork, Role, SmtpCredential, Tenant, utcnow

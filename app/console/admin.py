@@ -4,7 +4,7 @@ default allow and block lists every tenant inherits.
 msp_admin creates and revokes keys and creates, deactivates, reactivates and deletes staff; msp_helpdesk reads.
 Requests here run in the MSP scope; the pages touch only MSP-level rows (keys and users without a tenant): a
 tenant's key or user id posted here is 404. Tenants manage their own keys and users in the portal
-(:mod:`app.portal_admin`).
+(:mod:`app.portal.admin`).
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ from flask import flash, redirect, render_template, url_for
 from flask.typing import ResponseReturnValue
 from flask_login import current_user
 
-from app import passwords, portal_admin
 from app.access import MSP_ROLES, allow
+from app.audit import audit
+from app.auth import passwords
 from app.console import bp
 from app.extensions import db
 from app.forms import NewUserForm
-from app.portal_lists import add_entry_for, lists_page_for, remove_entry_for
-from app.security import audit
+from app.portal import admin as portal_admin
+from app.portal.lists import add_entry_for, lists_page_for, remove_entry_for
 from tenants import users
 from tenants.exceptions import ValidationError
 from tenants.models import Role

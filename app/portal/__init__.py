@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app import domain_removal
 from app.access import allow
+from app.audit import audit
 from app.extensions import config, db, redis
 from app.forms import PortalDomainForm, TransportForm, transport_prefix
 from tenants import claims, dnscache, onboarding, services, transportcheck, verification
@@ -28,7 +29,6 @@ TENANT_ROLES = (Role.TENANT_ADMIN, Role.TENANT_AUDITOR)
 
 
 def _audit(action: str, target: str, detail: str = "") -> None:
-    from app.security import audit  # app.security adds its views to this blueprint: import it late
 
     audit(action, target, detail)
 
