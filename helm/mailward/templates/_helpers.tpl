@@ -276,7 +276,7 @@ readinessProbe:
     command:
       - python
       - -c
-      - "import sys; from tenants.config import Config; from tenants.redisconn import redis_client; sys.exit(0 if redis_client(Config.from_env()).ping() else 1)"
+      - "import sys; from tenants.platform.config import Config; from tenants.platform.redisconn import redis_client; sys.exit(0 if redis_client(Config.from_env()).ping() else 1)"
   initialDelaySeconds: 5
   periodSeconds: 20
   timeoutSeconds: 15
@@ -286,7 +286,7 @@ livenessProbe:
     command:
       - python
       - -c
-      - "import tenants.config"
+      - "import tenants.platform.config"
   initialDelaySeconds: 10
   periodSeconds: 30
   timeoutSeconds: 10
