@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from functools import partial
 from typing import Any, TypeVar
 
 from aiosmtpd.smtp import Envelope, Session
@@ -152,7 +153,7 @@ class Commit:
             policy = ctx.policies[tenant_id]
             applied = apply_actions(
                 self.cfg, verdict, self._tenant_content(received, content, verdict, ctx, policy), received + content,
-                tenant_id=tenant_id, rcpts=rcpts, admins=lambda tid=tenant_id: self.admins(tid),  # type: ignore[misc]
+                tenant_id=tenant_id, rcpts=rcpts, admins=partial(self.admins, tenant_id),
                 retention_days=policy.retention_days("attachment"))
             new.append(NewMessage(
                 tenant_id=tenant_id, queue_id=queue_id, mail_from=mail_from, rcpts=rcpts, data=applied.data,

@@ -10,7 +10,7 @@ signed mail is left intact by a disclaimer that says ``signed: skip`` and wrappe
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -20,6 +20,7 @@ from smtp import rewrite
 from smtp.mailstore import NewMessage
 from smtp.verdict import Action, Verdict
 from tenants.ids import new_id
+from tenants.mailrules.evaluate import LoadedRule, attachment_matcher, in_domain
 from tenants.mailrules.schema import expand
 from tenants.models import utcnow
 from tenants.platform.config import Config
@@ -50,30 +51,9 @@ def parse_next_hop(value: str) -> tuple[str, int, str]:
     return host, int(port), tls
 
 
-def _matcher(rule_files: frozenset[str], which: str, rule: Any) -> Callable[[str, str], bool] | None:
-    """Which attachments ``remove_attachments`` takes: all, or those the rule's own conditions picked (by name or
-    real type); a rule without attachment conditions and ``which: matched`` takes all."""
-    if which == "all":
-        return None
-    items = [i for g in rule.spec.groups.values() for i in g.items if i.kind in ("filename", "content_type")]
-    if not items:
-        return None
-
-    def match(filename: str, content_type: str) -> bool:
-        if filename and filename in rule_files:
-            return True
-        for item in items:
-            text = filename if item.kind == "filename" else content_type
-            if text and item.compiled.search(text):
-                return True
-        return False
-
-    return match
-
-
 def _route_for(address: str, internal: frozenset[str]) -> str:
     domain = address.rpartition("@")[2].lower()
-    return "transport" if any(domain == d or domain.endswith("." + d) for d in internal) else "mx"
+    return "transport" if any(in_domain(domain, d) for d in internal) else "mx"
 
 
 def _notice(cfg: Config, to: str, subject: str, body: str) -> bytes:
@@ -159,9 +139,9 @@ def _edit(out: Applied, result: rewrite.EditResult, label: str) -> bytes:
     return result.data
 
 
-def _remove(cfg: Config, out: Applied, effects: Any, verdict: Verdict, rule: Any, p: dict[str, Any] | Any,
+def _remove(cfg: Config, out: Applied, effects: Any, verdict: Verdict, rule: LoadedRule, p: Mapping[str, Any],
             original: bytes, tenant_id: int, rcpts: Sequence[str], retention_days: int | None) -> None:
-    matcher = _matcher(effects.outcome.matched_files, p["which"], rule)
+    matcher = attachment_matcher(rule, p["which"], effects.outcome.matched_files)
     replacement = expand(p["replacement"], effects.macros(verdict, rule=rule.spec.name) | {"filename": "{filename}"})
     result = rewrite.remove_attachments(out.data, matcher, replacement)
     out.data = _edit(out, result, rule.label)

@@ -103,7 +103,7 @@ def _domain(addr: str) -> str:
     return addr.rpartition("@")[2].lower()
 
 
-def _in_domain(domain: str, parent: str) -> bool:
+def in_domain(domain: str, parent: str) -> bool:
     return domain == parent or domain.endswith("." + parent)
 
 
@@ -112,7 +112,7 @@ def _who(item: Item, addr: str, facts: MailFacts, side: str) -> bool:
     if item.kind == "address":
         return addr == item.value
     if item.kind == "domain":
-        return bool(addr) and _in_domain(_domain(addr), item.value)
+        return bool(addr) and in_domain(_domain(addr), item.value)
     if item.kind == "regex":
         return bool(addr) and item.compiled.search(addr) is not None
     if item.kind == "ip":
@@ -123,7 +123,7 @@ def _who(item: Item, addr: str, facts: MailFacts, side: str) -> bool:
         except ValueError:
             return False
     if item.kind == "internal":
-        inside = bool(addr) and any(_in_domain(_domain(addr), d) for d in facts.internal_domains)
+        inside = bool(addr) and any(in_domain(_domain(addr), d) for d in facts.internal_domains)
         return inside == item.value
     if item.kind == "ldap_group":
         return item.value.lower() in facts.groups.get(addr, frozenset())
@@ -196,6 +196,28 @@ def matches(rule: RuleSpec, facts: MailFacts, rcpt: str, files: set[str] | None 
     if hit and files is not None:
         files.update(picked)
     return hit
+
+
+def attachment_matcher(rule: LoadedRule, which: str, matched_files: frozenset[str]
+                       ) -> Callable[[str, str], bool] | None:
+    """Which attachments a rule's ``remove_attachments`` takes, as ``match(file name, content type)``: None for all
+    (``which: all``, or a rule without file-name or content-type conditions), else those its own conditions pick."""
+    if which == "all":
+        return None
+    items = [i for g in rule.spec.groups.values() for i in g.items if i.kind in ("filename", "content_type")]
+    if not items:
+        return None
+
+    def match(filename: str, content_type: str) -> bool:
+        if filename and filename in matched_files:
+            return True
+        for item in items:
+            text = filename if item.kind == "filename" else content_type
+            if text and item.compiled.search(text):
+                return True
+        return False
+
+    return match
 
 
 def evaluate(rules: Sequence[LoadedRule], facts: MailFacts, rcpt: str) -> Outcome:

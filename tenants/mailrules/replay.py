@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from tenants.blobs import blob_store
 from tenants.exceptions import NotFound, ValidationError
-from tenants.mailrules.evaluate import LoadedRule, MailFacts, Outcome, evaluate, ordered
+from tenants.mailrules.evaluate import LoadedRule, MailFacts, Outcome, attachment_matcher, evaluate, ordered
 from tenants.mailrules.replaycontent import Content, read_content
 from tenants.mailrules.schema import RuleAction, parse_rule
 from tenants.mailrules.service import MAX_RULES, directory_groups, internal_domains, load_rules
@@ -208,12 +208,8 @@ def _removes(outcome: Outcome, facts: MailFacts) -> list[str]:
     for rule, action in outcome.actions:
         if action.kind != "remove_attachments":
             continue
-        items = [i for g in rule.spec.groups.values() for i in g.items if i.kind in ("filename", "content_type")]
-        for name, real, _ in facts.attachments:
-            if action.params["which"] == "all" or not items or (name and name in outcome.matched_files) or any(
-                    i.compiled.search(name if i.kind == "filename" else real) for i in items
-                    if (name if i.kind == "filename" else real)):
-                taken.append(name or real)
+        match = attachment_matcher(rule, action.params["which"], outcome.matched_files)
+        taken += [name or real for name, real, _ in facts.attachments if match is None or match(name, real)]
     return taken
 
 
