@@ -10,7 +10,7 @@ An MSP user viewing a tenant as it is admitted by the tenant role it is presente
 its MSP role in ``viewing_as`` (the helpdesk's quarantine actions: README, "read and quarantine actions").
 REST API views declare ``@allow_api(scope)`` instead: their caller is a bearer API key, never a session, and
 :func:`enforce` hands them to the API's key check (:mod:`app.api.auth`).
-``tests/test_web_routes.py`` lists every route and fails on any view without a declaration.
+``tests/web/test_web_routes.py`` lists every route and fails on any view without a declaration.
 """
 
 from __future__ import annotations

@@ -25,8 +25,8 @@ from tenants.scope import msp_scope
 from tests.support.servers import Process, Sink, free_port, start_postgres, start_redis, wait_for
 
 #: Fixture modules of the real servers the checks need (DNS, clamd, spamd, rspamd), usable from every test module.
-pytest_plugins = ["tests.fixtures_dns", "tests.fixtures_av", "tests.fixtures_peers", "tests.fixtures_browser",
-                  "tests.fixtures_api", "tests.fixtures_ldap"]
+pytest_plugins = ["tests.fixtures.dns", "tests.fixtures.av", "tests.fixtures.peers", "tests.fixtures.browser",
+                  "tests.fixtures.api", "tests.fixtures.ldap"]
 
 TEST_DB = os.environ.get("MAILWARD_TEST_DB", "sqlite")
 #: The tenant egress allowance of the test installations: loopback on any port (where the test servers listen).
@@ -100,7 +100,8 @@ def env(tmp_path: Path, redis_server: Any, pg_server: Any, db_template: str, dns
         "MAILWARD_REDIS_URL": redis_server.url,
         "MAILWARD_HOSTNAME": "mx.mailward.test",
         "MAILWARD_SMTP_LISTEN": f"127.0.0.1:{free_port()}",
-        # One ingress process, so that per-process caps and logs are exact; tests/test_ingress_processes.py runs more.
+        # One ingress process, so that per-process caps and logs are exact;
+        # tests/integration/test_ingress_processes.py runs more.
         "MAILWARD_SMTP_PROCESSES": "1",
         "MAILWARD_WEB_LISTEN": f"127.0.0.1:{free_port()}",
         "MAILWARD_SECRET_KEY": "test-secret-key-not-for-production",

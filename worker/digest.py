@@ -57,7 +57,7 @@ MAX_LOOKBACK = min(timedelta(days=7), ACTION_TOKEN_MAX_AGE)
 MAX_ITEMS = 200
 #: Seconds between the scheduler's checks of each tenant's local hour.
 DIGEST_CHECK_INTERVAL = 300
-#: The RQ jobs that send one user's digest and queue a tenant's (names resolved by tests/test_job_names.py).
+#: The RQ jobs that send one user's digest and queue a tenant's (names resolved by tests/unit/test_job_names.py).
 DIGEST_USER_JOB = "worker.digest.user_job"
 DIGEST_TENANT_JOB = "worker.digest.tenant_job"
 #: How often a failed digest job is retried at once (it only reads and writes the database; delivery retries apart).
