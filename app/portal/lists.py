@@ -12,6 +12,7 @@ from flask.typing import ResponseReturnValue
 from flask_login import current_user
 
 from app.access import allow
+from app.actions import attempt
 from app.audit import audit
 from app.extensions import config, db
 from app.forms import BrandingForm, ListEntryForm
@@ -38,16 +39,12 @@ def add_entry_for(tenant_id: int | None, template: str, back: str) -> ResponseRe
     form = ListEntryForm()
     if form.validate_on_submit():
         s = db.session
-        try:
+        with attempt() as done:
             entry = lists.add_entry(s, kind=form.kind.data, value=form.value.data or "", tenant_id=tenant_id,
                                     comment=(form.comment.data or "").strip(), created_by=current_user.email)
             audit(f"list.{entry.kind}.add", entry.value, entry.comment, tenant_id=tenant_id)
             lists.reload_after_commit(s, config())
-            s.commit()
-        except ValidationError as exc:
-            s.rollback()
-            flash(str(exc), "error")
-        else:
+        if done:
             flash(f"{entry.value} is on the {entry.kind} list.", "success")
             return redirect(url_for(back))
     return lists_page_for(template, tenant_id, True, form, status=422)
