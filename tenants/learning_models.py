@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import Boolean, ForeignKey, Integer, LargeBinary, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from tenants.models import Base, UTCDateTime, utcnow
+from tenants.modelbase import Base, UTCDateTime, utcnow
 from tenants.scope import TenantScoped
 
 

@@ -3,62 +3,31 @@
 from __future__ import annotations
 
 import enum
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
-    DateTime,
     Float,
     ForeignKey,
     Index,
     Integer,
     LargeBinary,
-    MetaData,
     String,
     Text,
     func,
     text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+# The feedback-learning and mail-rule tables live in modules of their own (on tenants.modelbase); importing them
+# here puts them in Base.metadata wherever the models are imported.
+from tenants import learning_models as learning_models
+from tenants.mailrules import model as model
+from tenants.modelbase import Base as Base
+from tenants.modelbase import UTCDateTime as UTCDateTime
+from tenants.modelbase import utcnow as utcnow
 from tenants.scope import TenantScoped
-
-NAMING = {
-    "ix": "ix_%(column_0_label)s",
-    "uq": "uq_%(table_name)s_%(column_0_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """Timezone-aware UTC datetimes on SQLite (which drops the zone) and PostgreSQL alike."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: object) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to a UTC column")
-        return value.astimezone(UTC)
-
-    def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING)
 
 
 class Role(enum.StrEnum):
@@ -614,8 +583,3 @@ __all__ = [
     "TlsMode",
     "DeliveryStatus",
 ]
-
-# The feedback-learning tables live in their own module; importing it here puts them in Base.metadata wherever the
-# models are imported.
-from tenants import learning_models as learning_models  # noqa: E402
-from tenants.mailrules import model as model  # noqa: E402

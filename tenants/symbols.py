@@ -8,26 +8,20 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import cache
 from pathlib import Path
-from typing import Literal
+
+from tenants.sarules import sa_symbols
+from tenants.symboltype import EFFECTS as EFFECTS
+from tenants.symboltype import Effect as Effect
+from tenants.symboltype import Symbol as Symbol
 
 SCORES_DIR = Path(__file__).resolve().parent / "scores"
 #: Calibrated scores (``[scores] NAME = value``), a layer over the shipped ones written by ``bench/calibrate.py``
 #: (:mod:`tenants.calibration`); the shipped score files stay the prior it was fitted towards.
 CALIBRATION_FILE = SCORES_DIR / "calibration.toml"
 
-Effect = Literal["virus", "attachment", "tempfail"]
-EFFECTS: tuple[str, ...] = ("virus", "attachment", "tempfail")
-
-
-@dataclass(frozen=True)
-class Symbol:
-    name: str
-    score: float
-    description: str = ""
-    effect: Effect | None = None
 
 
 @cache
@@ -79,8 +73,6 @@ def shipped_table() -> dict[str, Symbol]:
 
 def rule_symbols() -> Mapping[str, Symbol]:
     """SpamAssassin's rules as symbols (score and ``describe`` from the installed rule files, see tenants.sarules)."""
-    from tenants.sarules import sa_symbols  # late: tenants.sarules builds on this module
-
     return sa_symbols()
 
 

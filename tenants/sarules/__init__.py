@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tenants.sarules.parser import SCORE_SETS, RuleDef, RuleSet, parse_files
-from tenants.symbols import Symbol
+from tenants.symboltype import Symbol
 
 #: Where the system's ``sa-update`` keeps the rules it fetched: ``<this>/<version>/updates_spamassassin_org``.
 SA_UPDATE_ROOT = Path("/var/lib/spamassassin")
