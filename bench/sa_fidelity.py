@@ -114,25 +114,9 @@ def _process_cpu(pid: int) -> float:
 
 def start_spamd(rules_dir: Path) -> Any:
     """spamd as tests/support/peers.py starts it (-L, Bayes off), reading the rule directory Mailward's engine reads."""
-    import shutil
-    import tempfile
+    from tests.support.peers import start_spamd as start
 
-    from tests.support.peers import SPAMD_BINARY, SPAMD_SETTINGS, SPAMD_USER, SpamdServer, spamd_ping
-    from tests.support.servers import free_port, wait_started
-
-    workdir = Path(tempfile.mkdtemp(prefix="mw-spamd-"))
-    port = free_port()
-    argv = [SPAMD_BINARY, "-L", f"--listen=127.0.0.1:{port}", "-x", f"--helper-home-dir={workdir}", "-s", "stderr",
-            f"--configpath={rules_dir}", "--min-children=1", "--max-children=1", "--max-spare=1",
-            *(f"--cf={line}" for line in SPAMD_SETTINGS)]
-    if os.geteuid() == 0:
-        argv += ["-u", SPAMD_USER]
-        shutil.chown(workdir, SPAMD_USER)
-    with open(workdir / "spamd.log", "wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-    server = SpamdServer(proc, workdir, port, 0.0)
-    server.startup_seconds = wait_started(server, lambda: spamd_ping(port), timeout=120, name="spamd")
-    return server
+    return start(rules_dir=rules_dir, children=1, timeout=120)
 
 
 def run_spamd(mails: list[tuple[str, str, bytes]], rules_dir: Path) -> Outcome:

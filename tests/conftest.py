@@ -22,7 +22,7 @@ from sqlalchemy import create_engine, text
 from tenants.platform import db as tdb
 from tenants.platform.config import Config, set_config
 from tenants.scope import msp_scope
-from tests.support.servers import Process, Sink, free_port, start_postgres, start_redis, wait_for
+from tests.support.servers import Process, Sink, free_port, running, start_postgres, start_redis, wait_for
 
 #: Fixture modules of the real servers the checks need (DNS, clamd, spamd, rspamd), usable from every test module.
 pytest_plugins = ["tests.fixtures.dns", "tests.fixtures.av", "tests.fixtures.peers", "tests.fixtures.browser",
@@ -37,9 +37,7 @@ _counter = itertools.count()
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[Any]:
-    server = start_redis()
-    yield server
-    server.stop()
+    yield from running(start_redis())
 
 
 @pytest.fixture(scope="session")
@@ -47,9 +45,7 @@ def pg_server() -> Iterator[Any]:
     if TEST_DB != "postgres":
         yield None
         return
-    server = start_postgres()
-    yield server
-    server.stop()
+    yield from running(start_postgres())
 
 
 @pytest.fixture(scope="session")

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
-from tests.support.servers import free_port, wait_started
+from tests.support.servers import Daemon, free_port, wait_started
 
 #: The standard antivirus test file (68 bytes). Built from two halves so this source file itself is no EICAR file.
 EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)" + b"7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
@@ -35,12 +35,10 @@ START_TIMEOUT = 60.0
 
 
 @dataclass
-class ClamdServer:
-    proc: subprocess.Popen[bytes]
-    workdir: Path
-    port: int
+class ClamdServer(Daemon):
     #: Seconds from start to the first PONG.
     startup_seconds: float
+    LOG: ClassVar[str] = "clamd.log"
 
     @property
     def address(self) -> str:
@@ -52,19 +50,6 @@ class ClamdServer:
         """The same clamd's unix socket."""
         return self.workdir / "clamd.sock"
 
-    def log(self) -> str:
-        path = self.workdir / "clamd.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def write_database(db: Path, *, body_signature: bool = True) -> None:

@@ -7,16 +7,16 @@ values) on an auxiliary class, so the tests can give people an alias the way ten
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import ldap3
 
-from tests.support.servers import free_port, port_open, wait_started
+from tests.support.servers import Daemon, free_port, port_open, wait_started
 
 SLAPD = Path("/usr/sbin/slapd")
 SCHEMA_DIR = Path("/etc/ldap/schema")
@@ -37,10 +37,10 @@ objectclass ( 1.3.6.1.4.1.99999.2.1 NAME 'mailwardTestMailbox' SUP top AUXILIARY
 
 
 @dataclass
-class LdapServer:
-    proc: subprocess.Popen[bytes]
-    workdir: Path
-    port: int
+class LdapServer(Daemon):
+    LOG: ClassVar[str] = "slapd.log"
+    STOP_SIGNAL: ClassVar[int] = signal.SIGINT  # slapd shuts down cleanly on SIGINT/SIGTERM
+    STOP_TIMEOUT: ClassVar[float] = 10.0
 
     @property
     def url(self) -> str:
@@ -51,19 +51,6 @@ class LdapServer:
         return ldap3.Connection(ldap3.Server(self.url, get_info=ldap3.NONE), ROOT_DN, ROOT_PASSWORD,
                                 auto_bind=True, raise_exceptions=True)
 
-    def log(self) -> str:
-        path = self.workdir / "slapd.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)  # slapd shuts down cleanly on SIGINT/SIGTERM
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def start_slapd() -> LdapServer:

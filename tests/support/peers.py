@@ -21,8 +21,9 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
-from tests.support.servers import free_port, wait_started
+from tests.support.servers import Daemon, free_port, wait_started
 
 #: Where Debian installs the daemons (packages ``spamd`` and ``rspamd``).
 SPAMD_BINARY = "/usr/sbin/spamd"
@@ -33,8 +34,6 @@ RSPAMD_CONFIG = "/etc/rspamd/rspamd.conf"
 SPAMD_START_TIMEOUT = 60.0
 #: Seconds rspamd may take to answer /ping: about 20 s with a cold hyperscan cache, 1 s with a warm one.
 RSPAMD_START_TIMEOUT = 120.0
-#: Seconds a daemon gets to exit after SIGTERM before it is killed.
-STOP_TIMEOUT = 15.0
 #: The user spamd drops to when started as root.
 SPAMD_USER = "nobody"
 #: Configuration lines added to SpamAssassin's: Bayes off, so no result depends on what earlier tests taught it.
@@ -47,41 +46,19 @@ SPAMD_RULES_DIR = "/usr/share/spamassassin"
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _read(path: Path) -> str:
-    return path.read_text(errors="replace") if path.exists() else ""
-
-
 # --- spamd --------------------------------------------------------------------------------------------------------
 
 @dataclass
-class SpamdServer:
-    proc: subprocess.Popen[bytes]
-    workdir: Path
-    port: int
+class SpamdServer(Daemon):
     #: Seconds from start to the first PONG.
     startup_seconds: float
+    LOG: ClassVar[str] = "spamd.log"
 
     @property
     def address(self) -> str:
         """The value for ``SpamdCheck(cfg, spamd=...)`` / ``MAILWARD_SPAMD``."""
         return f"127.0.0.1:{self.port}"
 
-    def log(self) -> str:
-        return _read(self.workdir / "spamd.log")
-
-    def stop(self) -> None:
-        _stop(self.proc)
-        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def spamd_ping(port: int, timeout: float = 1.0) -> bool:
@@ -93,15 +70,17 @@ def spamd_ping(port: int, timeout: float = 1.0) -> bool:
         return False
 
 
-def start_spamd(*, timeout: float = SPAMD_START_TIMEOUT) -> SpamdServer:
-    """Start spamd (local tests only) and wait until it answers PING; raises with its log if it cannot."""
+def start_spamd(*, timeout: float = SPAMD_START_TIMEOUT, rules_dir: str | Path = SPAMD_RULES_DIR,
+                children: int = 2) -> SpamdServer:
+    """Start spamd (local tests only) on ``rules_dir`` with at most ``children`` children and wait until it answers
+    PING; raises with its log if it cannot."""
     if not Path(SPAMD_BINARY).exists():
         raise RuntimeError(f"{SPAMD_BINARY} is missing: install the Debian package spamd")
     workdir = Path(tempfile.mkdtemp(prefix="mw-spamd-"))
     port = free_port()
     # No user settings (-x); anything spamd would keep in a home folder goes to the temporary one (-H).
     argv = [SPAMD_BINARY, "-L", f"--listen=127.0.0.1:{port}", "-x", f"--helper-home-dir={workdir}", "-s", "stderr",
-            "--min-children=1", "--max-children=2", "--max-spare=2", f"--configpath={SPAMD_RULES_DIR}",
+            "--min-children=1", f"--max-children={children}", f"--max-spare={children}", f"--configpath={rules_dir}",
             *(f"--cf={line}" for line in SPAMD_SETTINGS)]
     if os.geteuid() == 0:
         argv += ["-u", SPAMD_USER]
@@ -116,24 +95,16 @@ def start_spamd(*, timeout: float = SPAMD_START_TIMEOUT) -> SpamdServer:
 # --- rspamd -------------------------------------------------------------------------------------------------------
 
 @dataclass
-class RspamdServer:
-    proc: subprocess.Popen[bytes]
-    workdir: Path
-    port: int
+class RspamdServer(Daemon):
     #: Seconds from start to the first answer of /ping.
     startup_seconds: float
+    LOG: ClassVar[str] = "rspamd.log"
 
     @property
     def url(self) -> str:
         """The value for ``RspamdCheck(cfg, rspamd=...)`` / ``MAILWARD_RSPAMD``."""
         return f"http://127.0.0.1:{self.port}"
 
-    def log(self) -> str:
-        return _read(self.workdir / "rspamd.log")
-
-    def stop(self) -> None:
-        _stop(self.proc)
-        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def rspamd_ping(port: int, timeout: float = 1.0) -> bool:

@@ -15,10 +15,10 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as AioSMTP
@@ -44,6 +44,13 @@ def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.05, what
 
 #: Characters from the end of a daemon's log put into the error when it does not start.
 LOG_TAIL = 4000
+
+
+class Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=Stoppable)
 
 
 class ChildServer(Protocol):
@@ -76,6 +83,43 @@ def wait_started(server: ChildServer, ping: Callable[[], bool], *, timeout: floa
     except BaseException:
         server.stop()  # after the log was read: stop() removes the server's folder
         raise
+
+
+@dataclass
+class Daemon:
+    """A daemon a test starts as a child: its process, its temporary folder (removed on stop) and its loopback port.
+
+    A kind names its log file in the folder (``LOG``) and the signal it shuts down cleanly on (``STOP_SIGNAL``)."""
+
+    proc: subprocess.Popen[bytes]
+    workdir: Path
+    port: int
+    LOG: ClassVar[str] = ""
+    STOP_SIGNAL: ClassVar[int] = signal.SIGTERM
+    #: Seconds it gets to exit after the signal before it is killed.
+    STOP_TIMEOUT: ClassVar[float] = 15.0
+
+    def log(self) -> str:
+        path = self.workdir / self.LOG
+        return path.read_text(errors="replace") if self.LOG and path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(self.STOP_SIGNAL)
+            try:
+                self.proc.wait(self.STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def running(server: S) -> Iterator[S]:
+    """A started server for a fixture to yield from: the fixture's value, stopped at its teardown."""
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
