@@ -174,7 +174,7 @@ def _dns_main(port: Any, ready: Any) -> None:
 
 
 class DnsProcess(ChildServer):
-    """The test suite's loopback DNS server (``tests/dnsserver.py``), so that checks never query the outside."""
+    """The test suite's loopback DNS server (``tests/support/dnsserver.py``), so that checks never query the outside."""
 
     what = "DNS server"
 

@@ -163,7 +163,7 @@ def _install(args: argparse.Namespace, stack: contextlib.ExitStack, workdir: Pat
         extra_env["MAILWARD_DNS"] = f"127.0.0.1:{dns.port}"
         resolver = f"loopback DNS on 127.0.0.1:{dns.port}"
     else:
-        resolver = "the system's DNS resolver (no tests/dnsserver.py)"
+        resolver = "the system's DNS resolver (no tests/support/dnsserver.py)"
     checks = []
     if args.clamd:
         from tests.support.clamd import start_clamd

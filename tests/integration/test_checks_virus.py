@@ -1,4 +1,4 @@
-"""The ClamAV check against a real clamd (tests/clamd.py): EICAR in every wrapping a mail can give it, and the
+"""The ClamAV check against a real clamd (tests/support/clamd.py): EICAR in every wrapping a mail can give it, and the
 tempfail paths (clamd down, hanging, over its size limit) that let the policy answer 451 instead of skipping."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from tests.support.servers import free_port
 
 # clamd_server and clamd_hash_only come from tests/fixtures/av.py, loaded by conftest's pytest_plugins.
 
-#: What clamd calls the MD5 signature of tests/clamd.py.
+#: What clamd calls the MD5 signature of tests/support/clamd.py.
 HASH_HIT = "Eicar-Test-Signature.UNOFFICIAL"
 
 

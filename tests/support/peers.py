@@ -145,7 +145,7 @@ def start_rspamd(*, dns_port: int | None = None, cache_dir: Path | None = None,
                  timeout: float = RSPAMD_START_TIMEOUT) -> RspamdServer:
     """Start rspamd and wait until its normal worker answers /ping; raises with its log if it cannot.
 
-    ``dns_port``: a loopback DNS server (tests/dnsserver.py) for all of rspamd's lookups, so that they get definite
+    ``dns_port``: a loopback DNS server (tests.support.dnsserver) for all of rspamd's lookups, so that they get definite
     answers the tests can set; without one they go to a dead port and fail at once. ``cache_dir`` keeps the
     compiled hyperscan databases between runs (cold start ~20 s, warm ~1 s).
     """
