@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import dns.asyncresolver
 import dns.resolver
 
@@ -31,3 +33,12 @@ def sync_resolver(cfg: Config, lifetime: float = DNS_LIFETIME) -> dns.resolver.R
     resolver = dns.resolver.Resolver(configure=cfg.dns is None)
     _configure(resolver, cfg, lifetime)
     return resolver
+
+
+def is_ip(text: str) -> bool:
+    """True when ``text`` is an IP address literal (no brackets), not a name to look up."""
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False

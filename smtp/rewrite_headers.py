@@ -253,34 +253,24 @@ def _top_insert(block: HeaderBlock) -> int:
 
 def add_header(raw: bytes, name: str, value: str) -> EditResult:
     """The mail with ``Name: value`` added at the top of its header block."""
-    return on_crlf(raw, lambda crlf: _add_header(crlf, name, value))
-
-
-def _add_header(raw: bytes, name: str, value: str) -> EditResult:
-    refused = _check_field("added", name)
-    if refused:
-        return unchanged(raw, refused)
-    notes: list[str] = []
-    text = _clean(name, value, notes)
-    block = read_block(raw, top=True)
-    pos = _top_insert(block)
-    return EditResult(splice(raw, [(pos, pos, fold_field(name, text))]), True, notes + [f"header {name} added"])
+    return on_crlf(raw, lambda crlf: _write_header(crlf, name, value, replace=False))
 
 
 def set_header(raw: bytes, name: str, value: str) -> EditResult:
     """The mail with every ``name`` field replaced by one ``Name: value`` (where the first stood; at the top when the
     mail has none)."""
-    return on_crlf(raw, lambda crlf: _set_header(crlf, name, value))
+    return on_crlf(raw, lambda crlf: _write_header(crlf, name, value, replace=True))
 
 
-def _set_header(raw: bytes, name: str, value: str) -> EditResult:
-    refused = _check_field("set", name)
+def _write_header(raw: bytes, name: str, value: str, *, replace: bool) -> EditResult:
+    """``Name: value`` added at the top, or (``replace``) in place of the ``name`` fields when the mail has some."""
+    refused = _check_field("set" if replace else "added", name)
     if refused:
         return unchanged(raw, refused)
     notes: list[str] = []
     text = _clean(name, value, notes)
     block = read_block(raw, top=True)
-    found = block.find(name)
+    found = block.find(name) if replace else []
     line = fold_field(name, text)
     if not found:
         pos = _top_insert(block)

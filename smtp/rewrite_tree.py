@@ -13,6 +13,7 @@ import base64
 import binascii
 import quopri
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import Message
 
@@ -60,17 +61,11 @@ class Node:
 
     @property
     def disposition(self) -> str | None:
-        try:
-            return self.part.get_content_disposition()
-        except Exception:
-            return None
+        return _tolerant(self.part.get_content_disposition)
 
     @property
     def filename(self) -> str | None:
-        try:
-            return self.part.get_filename()
-        except Exception:
-            return None
+        return _tolerant(self.part.get_filename)
 
     def is_body(self) -> bool:
         """Body text (what split_parts reads as text or HTML): a text leaf that is no attachment and has no name."""
@@ -97,11 +92,16 @@ def map_mail(raw: bytes) -> Node:
     return _map(raw, msg, 0, len(raw), top=True, sealed=False, in_message=False)
 
 
-def _ctype(part: Message) -> str:
+def _tolerant(read: Callable[[], str | None]) -> str | None:
+    """What a part's header accessor says, or None when the header is too broken for the email package to read."""
     try:
-        return part.get_content_type()
+        return read()
     except Exception:
-        return "text/plain"
+        return None
+
+
+def _ctype(part: Message) -> str:
+    return _tolerant(part.get_content_type) or "text/plain"
 
 
 def _map(raw: bytes, part: Message, start: int, end: int, *, top: bool, sealed: bool, in_message: bool) -> Node:
@@ -175,11 +175,7 @@ def cte_of(node: Node) -> str:
 
 
 def charset_of(node: Node) -> str:
-    try:
-        charset = node.part.get_content_charset()
-    except Exception:
-        charset = None
-    return charset or "us-ascii"
+    return _tolerant(node.part.get_content_charset) or "us-ascii"
 
 
 def decode_body(data: bytes, cte: str) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 #: The reply when the database cannot tell (a route, a policy, a sender): the client comes again.
 REPLY_LOOKUP_FAILED = "451 4.3.0 Temporary lookup failure, try again later"
 
+K = TypeVar("K")
 T = TypeVar("T")
 
 
@@ -31,6 +32,13 @@ async def _counting_errors(lookup: Awaitable[T]) -> T:
     except Exception:
         store_error("database", "lookup")
         raise
+
+
+async def _load_into(cache: dict[K, T], key: K, load: Callable[[K], T]) -> T:
+    """A cache miss: ``load(key)`` in a thread (a failure counted and raised), kept in ``cache``."""
+    value = await _counting_errors(asyncio.to_thread(load, key))
+    cache[key] = value
+    return value
 
 
 class DomainCache:
@@ -71,10 +79,25 @@ class Routing:
 
     async def policy(self, tenant_id: int) -> Policy:
         policy = self.cache.policies.get(tenant_id)
-        if policy is None:
-            policy = await _counting_errors(asyncio.to_thread(self._load_policy, tenant_id))
-            self.cache.policies[tenant_id] = policy
-        return policy
+        return policy if policy is not None else await _load_into(self.cache.policies, tenant_id, self._load_policy)
+
+    async def recipient_route(self, address: str) -> DomainRoute | None | str:
+        """:meth:`route` of a recipient's domain for an SMTP hook: when the database cannot answer, the failure is
+        logged and the reply is :data:`REPLY_LOOKUP_FAILED`."""
+        try:
+            return await self.route(address.rpartition("@")[2])
+        except Exception:
+            log.exception("recipient domain lookup failed")
+            return REPLY_LOOKUP_FAILED
+
+    async def policy_or_reply(self, tenant_id: int) -> Policy | str:
+        """:meth:`policy` for an SMTP hook: when the database cannot answer, the failure is logged and the reply is
+        :data:`REPLY_LOOKUP_FAILED`."""
+        try:
+            return await self.policy(tenant_id)
+        except Exception:
+            log.exception("policy lookup failed")
+            return REPLY_LOOKUP_FAILED
 
     def _lookup(self, name: str) -> DomainRoute | None:
         session = self.sessions()
@@ -86,10 +109,7 @@ class Routing:
     async def rules(self, tenant_id: int) -> TenantRules:
         """The tenant's mail rules in evaluation order, and its domains (cached like policies)."""
         rules = self.cache.rules.get(tenant_id)
-        if rules is None:
-            rules = await _counting_errors(asyncio.to_thread(self._load_rules, tenant_id))
-            self.cache.rules[tenant_id] = rules
-        return rules
+        return rules if rules is not None else await _load_into(self.cache.rules, tenant_id, self._load_rules)
 
     def _load_rules(self, tenant_id: int) -> TenantRules:
         with tenant_scope(tenant_id):

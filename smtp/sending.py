@@ -121,11 +121,9 @@ class SendingHandler:
         transaction turned out inbound (a relay network's bounce to a domain we receive mail for): the caller goes
         on with it as inbound mail."""
         if envelope.mail_from == "<>" and not envelope.rcpt_tos:
-            try:
-                route = await self.routing.route(address.rpartition("@")[2])
-            except Exception:
-                log.exception("recipient domain lookup failed")
-                return REPLY_LOOKUP_FAILED
+            route = await self.routing.recipient_route(address)
+            if isinstance(route, str):
+                return route
             ctx = envelope.ctx
             if ctx is not None and self.outbound.bounce_is_inbound(submitter, route):
                 envelope.submitter = None  # inbound from here on: fresh context, MAIL checks rerun
@@ -133,11 +131,9 @@ class SendingHandler:
                                             redis=self.redis)
                 envelope.early = asyncio.create_task(run_stage(self.checks, envelope.ctx, Stage.MAIL))
                 return None
-        try:
-            policy = await self.routing.policy(submitter.tenant_id)
-        except Exception:
-            log.exception("policy lookup failed")
-            return REPLY_LOOKUP_FAILED
+        policy = await self.routing.policy_or_reply(submitter.tenant_id)
+        if isinstance(policy, str):
+            return policy
         sender = envelope.mail_from if envelope.mail_from and envelope.mail_from != "<>" else ""
         if await self.outbound.limiter.take(submitter.tenant_id, sender or "<>", policy) is not None:
             # A 4xx, but the one a tenant admin must see: a throttled sender may be a compromised account.

@@ -148,20 +148,16 @@ class IngressHandler:
             reply = await self.sending.rcpt(session, envelope, envelope.submitter, address, rcpt_options)
             if reply is not None:
                 return reply  # else a relay network's bounce to one of our domains: inbound from here on
-        try:
-            route = await self.routing.route(address.rpartition("@")[2])
-        except Exception:
-            log.exception("recipient domain lookup failed")
-            return REPLY_LOOKUP_FAILED
+        route = await self.routing.recipient_route(address)
+        if isinstance(route, str):
+            return route
         if route is None:
             if isinstance(session, IngressSession) and session.relay_unknown:
                 return REPLY_LOOKUP_FAILED  # the client may be a tenant's server: not a final no
             return REPLY_RELAY_DENIED
-        try:
-            policy = await self.routing.policy(route.tenant_id)
-        except Exception:
-            log.exception("policy lookup failed")
-            return REPLY_LOOKUP_FAILED
+        policy = await self.routing.policy_or_reply(route.tenant_id)
+        if isinstance(policy, str):
+            return policy
         refusal = await self.recipients.check(route, address, self.cache.version)
         if refusal is None:
             refusal = await self.envelope_checks.check(envelope, route.tenant_id, policy, address)

@@ -22,7 +22,7 @@ import tarfile
 import time
 import warnings
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -458,6 +458,17 @@ def _open_zip(walk: _Walk, path: str, data: bytes, depth: int) -> None:
                    f"{directory.declared})")
 
 
+def _zip_files(walk: _Walk, path: str, infos: list[zipfile.ZipInfo]) -> Iterator[tuple[zipfile.ZipInfo, str]]:
+    """The file entries of a zip with their paths (``path/name``), for as long as the walk takes more members."""
+    for info in infos:
+        if info.is_dir():
+            continue
+        member = f"{path}/{info.filename}"
+        if not walk.take_member(member):
+            return
+        yield info, member
+
+
 def _list_zip(walk: _Walk, path: str, zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], depth: int) -> None:
     """Inspect the listed entries of an open zip: a Java archive, an Office document, or files one by one."""
     names = {info.filename for info in infos}
@@ -467,12 +478,7 @@ def _list_zip(walk: _Walk, path: str, zf: zipfile.ZipFile, infos: list[zipfile.Z
     if any(marker in names for marker in DOCUMENT_MARKERS):
         _walk_document(walk, path, zf, infos, depth)
         return
-    for info in infos:
-        if info.is_dir():
-            continue
-        member = f"{path}/{info.filename}"
-        if not walk.take_member(member):
-            return
+    for info, member in _zip_files(walk, path, infos):
         _check_name(walk, member, info.filename)
         if info.flag_bits & 0x1:
             walk.add("ARCHIVE_ENCRYPTED", member)
@@ -493,12 +499,7 @@ def _list_zip(walk: _Walk, path: str, zf: zipfile.ZipFile, infos: list[zipfile.Z
 def _walk_document(walk: _Walk, path: str, zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], depth: int) -> None:
     """An OOXML/ODF file: look only at parts that can carry code (OLE files such as vbaProject.bin, embedded zips
     and executables) and at XLM macro sheets; its XML is not unpacked."""
-    for info in infos:
-        if info.is_dir():
-            continue
-        part = f"{path}/{info.filename}"
-        if not walk.take_member(part):
-            return
+    for info, part in _zip_files(walk, path, infos):
         if info.filename.startswith(XLM_PART_PREFIX):
             walk.add("OFFICE_MACRO", f"{path}: XLM macro sheet {info.filename}")
         if extension(info.filename) in DANGEROUS_EXTENSIONS:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
-
 from smtp.checks.base import CheckContext
 from smtp.checks.msgauth import (
     _PTOKEN_RE,
@@ -11,6 +9,7 @@ from smtp.checks.msgauth import (
     DkimResult,
     DmarcResult,
 )
+from smtp.dns import is_ip
 
 
 def _pvalue(value: str) -> str:
@@ -26,12 +25,13 @@ def _comment(text: str) -> str:
     return f" ({clean})" if clean else ""
 
 
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-        return True
-    except ValueError:
-        return False
+def _resinfo(method: str, result: str, comment: str, *properties: tuple[str, str]) -> str:
+    """One result: ``method=result (comment) ptype.property=value ...``; an empty comment or value is left out."""
+    out = f"{method}={result}" + _comment(comment) if comment else f"{method}={result}"
+    for ptype_property, value in properties:
+        if value:
+            out += f" {ptype_property}={_pvalue(value)}"
+    return out
 
 
 def authentication_results(ctx: CheckContext, authserv_id: str) -> str:
@@ -48,31 +48,19 @@ def authentication_results(ctx: CheckContext, authserv_id: str) -> str:
     elif not dkim_results:
         parts.append("dkim=none")
     for r in dkim_results or ():
-        item = f"dkim={r.result}"
-        if r.result != "pass":
-            item += _comment(r.reason[:80])
-        if r.domain:
-            item += f" header.d={_pvalue(r.domain)}"
-        if r.selector:
-            item += f" header.s={_pvalue(r.selector)}"
-        if r.header_b:
-            item += f" header.b={_pvalue(r.header_b)}"
-        parts.append(item)
+        parts.append(_resinfo("dkim", r.result, r.reason[:80] if r.result != "pass" else "",
+                              ("header.d", r.domain), ("header.s", r.selector), ("header.b", r.header_b)))
     dmarc: DmarcResult | None = ctx.facts.get("dmarc")
     if dmarc is None:
         parts.append("dmarc=temperror")
     else:
-        item = f"dmarc={dmarc.result}"
-        if dmarc.policy:
-            item += _comment(f"p={dmarc.policy} dis={dmarc.disposition}")
-        if dmarc.from_domain:
-            item += f" header.from={_pvalue(dmarc.from_domain)}"
-        parts.append(item)
+        policy = f"p={dmarc.policy} dis={dmarc.disposition}" if dmarc.policy else ""
+        parts.append(_resinfo("dmarc", dmarc.result, policy, ("header.from", dmarc.from_domain)))
     arc: ArcResult | None = ctx.facts.get("arc")
     if arc is None:
         parts.append("arc=temperror")
     else:
-        remote_ip = arc.result != "none" and _is_ip(ctx.client_ip)
-        parts.append(f"arc={arc.result}" + (_comment(f"sealed by {arc.sealer}") if arc.sealer else "")
-                     + (f" smtp.remote-ip={_pvalue(ctx.client_ip)}" if remote_ip else ""))
+        remote_ip = arc.result != "none" and is_ip(ctx.client_ip)
+        parts.append(_resinfo("arc", arc.result, f"sealed by {arc.sealer}" if arc.sealer else "",
+                              ("smtp.remote-ip", ctx.client_ip if remote_ip else "")))
     return "Authentication-Results: " + "; ".join(parts)

@@ -16,7 +16,7 @@ import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import dns.asyncresolver
@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 
 from smtp.checks.base import Check, CheckContext, Stage
 from smtp.checks.msgauth import org_domain
-from smtp.dns import DNS_LIFETIME, async_resolver
+from smtp.dns import DNS_LIFETIME, async_resolver, is_ip
 from tenants.exceptions import ConfigError
 from tenants.platform.config import Config
 
@@ -198,27 +198,30 @@ def zones_from_config(cfg: Config) -> tuple[Zone, ...]:
         raise ConfigError(f"MAILWARD_DNSBL_ZONES: {exc}") from exc
 
 
-def reversed_ip(ip: str) -> str | None:
-    """The DNSBL query label of an address: reversed octets (IPv4) or nibbles (IPv6); None if not an address."""
+def _client_address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address of a client IP as the session has it (perhaps in brackets), an IPv4-mapped IPv6 one as IPv4."""
     try:
         addr = ipaddress.ip_address(ip.strip().strip("[]"))
     except ValueError:
         return None
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
+        return addr.ipv4_mapped
+    return addr
+
+
+def reversed_ip(ip: str) -> str | None:
+    """The DNSBL query label of an address: reversed octets (IPv4) or nibbles (IPv6); None if not an address."""
+    addr = _client_address(ip)
+    if addr is None:
+        return None
     suffix = ".in-addr.arpa" if addr.version == 4 else ".ip6.arpa"
     return addr.reverse_pointer.removesuffix(suffix)
 
 
 def is_listable(ip: str) -> bool:
     """False for addresses no public list carries (private, loopback, link-local, documentation, ...)."""
-    try:
-        addr = ipaddress.ip_address(ip.strip().strip("[]"))
-    except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return addr.is_global
+    addr = _client_address(ip)
+    return addr is not None and addr.is_global
 
 
 def uri_domains(uris: Iterable[str], limit: int = MAX_URI_DOMAINS) -> list[str]:
@@ -235,20 +238,12 @@ def uri_domains(uris: Iterable[str], limit: int = MAX_URI_DOMAINS) -> list[str]:
             host = host.encode("idna").decode("ascii").lower()
         except (ValueError, UnicodeError):
             continue
-        if not host or "." not in host or _is_ip(host):
+        if not host or "." not in host or is_ip(host):
             continue
         if _is_public_suffix(host):
             continue
         out[org_domain(host)] = None
     return list(out)
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False
 
 
 def _is_public_suffix(domain: str) -> bool:
@@ -360,27 +355,46 @@ def _all_symbols(zones: Iterable[Zone]) -> tuple[str, ...]:
 
 # --- the checks ---------------------------------------------------------------------------------------------------
 
-class DnsblCheck(Check):
-    """The client IP against the ``ip`` zones; sets ``facts["dnsbl"]`` and ``facts["dnsbl_reject"]`` (hit lists)."""
+class _ZoneCheck(Check):
+    """What the DNSBL and URIBL checks share: the configured zones of one ``kind``, asked through one lookup."""
 
-    name = "dnsbl"
-    stage = Stage.MAIL
+    kind: ClassVar[ZoneKind]
     timeout = DNS_LIFETIME + CHECK_MARGIN
-    symbols = _all_symbols(z for z in DEFAULT_ZONES if z.kind == "ip")
-    directions = ("inbound",)
 
-    def __init__(self, cfg: Config, *, zones: Sequence[Zone] | None = None, dns_timeout: float = DNS_LIFETIME,
-                 check_private: bool = False) -> None:
+    def __init__(self, cfg: Config, *, zones: Sequence[Zone] | None = None, dns_timeout: float = DNS_LIFETIME) -> None:
         super().__init__(cfg)
         chosen = zones_from_config(cfg) if zones is None else tuple(zones)
-        self.zones = tuple(z for z in chosen if z.kind == "ip")
-        #: Look up private and reserved addresses too (never listed; for tests and odd networks).
-        self.check_private = check_private
+        self.zones = tuple(z for z in chosen if z.kind == self.kind)
         self.lookup = DnsblLookup(cfg, dns_timeout=dns_timeout)
 
     @property
     def enabled(self) -> bool:
         return bool(self.zones)
+
+    async def ask(self, ctx: CheckContext, queries: Sequence[tuple[Zone, str, str]]) -> list[DnsblHit]:
+        """Look up each (zone, what is queried, query name); record one finding per symbol hit and a tempfail
+        naming the lookups that failed, and return the hits."""
+        answers = await self.lookup.lookup_all([q for _, _, q in queries], ctx.redis)
+        hits = [h for zone, queried, q in queries for h in _hits(zone, queried, answers.get(q, ()))]
+        _record(ctx, hits)
+        _record_failures(ctx, self, list(dict.fromkeys(q for _, _, q in queries if q not in answers)))
+        return hits
+
+
+class DnsblCheck(_ZoneCheck):
+    """The client IP against the ``ip`` zones; sets ``facts["dnsbl"]`` and ``facts["dnsbl_reject"]`` (hit lists)."""
+
+    name = "dnsbl"
+    kind = "ip"
+    stage = Stage.MAIL
+    symbols = _all_symbols(z for z in DEFAULT_ZONES if z.kind == "ip")
+    directions = ("inbound",)
+
+    def __init__(self, cfg: Config, *, zones: Sequence[Zone] | None = None, dns_timeout: float = DNS_LIFETIME,
+                 check_private: bool = False) -> None:
+        super().__init__(cfg, zones=zones, dns_timeout=dns_timeout)
+        #: Look up private and reserved addresses too (never listed; for tests and odd networks).
+        self.check_private = check_private
 
     async def run(self, ctx: CheckContext) -> None:
         ctx.facts["dnsbl"] = []
@@ -388,45 +402,30 @@ class DnsblCheck(Check):
         label = reversed_ip(ctx.client_ip)
         if label is None or not (self.check_private or is_listable(ctx.client_ip)):
             return
-        qnames = {zone.name: f"{label}.{zone.name}" for zone in self.zones}
-        answers = await self.lookup.lookup_all(list(qnames.values()), ctx.redis)
-        hits = [h for zone in self.zones for h in _hits(zone, ctx.client_ip, answers.get(qnames[zone.name], ()))]
-        _record(ctx, hits)
-        _record_failures(ctx, self, [q for q in qnames.values() if q not in answers])
+        hits = await self.ask(ctx, [(zone, ctx.client_ip, f"{label}.{zone.name}") for zone in self.zones])
         ctx.facts["dnsbl"] = hits
         ctx.facts["dnsbl_reject"] = [h for h in hits if h.reject]
 
 
-class UriblCheck(Check):
+class UriblCheck(_ZoneCheck):
     """Registrable domains of the links in the body against the ``uri`` zones; sets ``facts["uribl"]``."""
 
     name = "uribl"
+    kind = "uri"
     stage = Stage.DATA
-    timeout = DNS_LIFETIME + CHECK_MARGIN
     symbols = _all_symbols(z for z in DEFAULT_ZONES if z.kind == "uri")
 
     def __init__(self, cfg: Config, *, zones: Sequence[Zone] | None = None, dns_timeout: float = DNS_LIFETIME,
                  max_domains: int = MAX_URI_DOMAINS) -> None:
-        super().__init__(cfg)
         if max_domains <= 0:
             raise ValueError("max_domains must be positive")
-        chosen = zones_from_config(cfg) if zones is None else tuple(zones)
-        self.zones = tuple(z for z in chosen if z.kind == "uri")
+        super().__init__(cfg, zones=zones, dns_timeout=dns_timeout)
         self.max_domains = max_domains
-        self.lookup = DnsblLookup(cfg, dns_timeout=dns_timeout)
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.zones)
 
     async def run(self, ctx: CheckContext) -> None:
         ctx.facts["uribl"] = []
         if ctx.mail is None or not ctx.mail.uris:
             return
         domains = uri_domains(ctx.mail.uris, self.max_domains)
-        queries = [(zone, domain, f"{domain}.{zone.name}") for zone in self.zones for domain in domains]
-        answers = await self.lookup.lookup_all([q for _, _, q in queries], ctx.redis)
-        hits = [h for zone, domain, q in queries for h in _hits(zone, domain, answers.get(q, ()))]
-        _record(ctx, hits)
-        _record_failures(ctx, self, [q for _, _, q in queries if q not in answers])
-        ctx.facts["uribl"] = hits
+        ctx.facts["uribl"] = await self.ask(ctx, [(zone, domain, f"{domain}.{zone.name}")
+                                                  for zone in self.zones for domain in domains])

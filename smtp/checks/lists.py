@@ -12,18 +12,13 @@ indexed queries per tenant.
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
 from collections.abc import Iterable
 
 from smtp.checks.base import Check, CheckContext, Finding, Stage
+from smtp.checks.tenantcache import TenantCache
 from tenants.lists import Match, TenantLists, load_tenant_lists
 from tenants.platform.config import Config
 from tenants.platform.db import session_factory
-from tenants.policy import POLICY_VERSION_KEY
-
-log = logging.getLogger(__name__)
 
 LIST_ALLOW = "LIST_ALLOW"
 LIST_BLOCK = "LIST_BLOCK"
@@ -45,18 +40,7 @@ class ListsCheck(Check):
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
-        #: tenant id → (policy version, monotonic load time, lists)
-        self._cache: dict[int, tuple[bytes | None, float, TenantLists]] = {}
-
-    async def _version(self, ctx: CheckContext) -> bytes | None:
-        if ctx.redis is None:
-            return None
-        try:
-            raw = await ctx.redis.get(POLICY_VERSION_KEY)
-        except Exception as exc:  # Redis down: the TTL alone bounds staleness
-            log.debug("policy version unavailable for the lists cache: %s", exc)
-            return None
-        return bytes(raw) if raw is not None else b"0"
+        self._cache = TenantCache("lists", LIST_CACHE_TTL, self._load)
 
     def _load(self, tenant_ids: list[int]) -> dict[int, TenantLists]:
         with session_factory(self.cfg)() as session:
@@ -64,22 +48,7 @@ class ListsCheck(Check):
 
     async def lists_for(self, ctx: CheckContext, tenant_ids: Iterable[int]) -> dict[int, TenantLists]:
         """Each tenant's lists, from the cache when it is current, else loaded (all missing ones in one thread)."""
-        version = await self._version(ctx)
-        now = time.monotonic()
-        out: dict[int, TenantLists] = {}
-        missing: list[int] = []
-        for tid in dict.fromkeys(tenant_ids):
-            cached = self._cache.get(tid)
-            if cached is not None and version is not None and cached[0] == version and now - cached[1] < LIST_CACHE_TTL:
-                out[tid] = cached[2]
-            else:
-                missing.append(tid)
-        if missing:
-            loaded = await asyncio.to_thread(self._load, missing)
-            for tid, lists in loaded.items():
-                self._cache[tid] = (version, now, lists)
-                out[tid] = lists
-        return out
+        return await self._cache.get(ctx, tenant_ids)
 
     async def run(self, ctx: CheckContext) -> None:
         if not ctx.tenant_ids:
@@ -88,7 +57,7 @@ class ListsCheck(Check):
         who = dict(sender=ctx.mail_from or None, header_from=header_from, client_ip=ctx.client_ip)
         outcomes: dict[str, str] = {}
         reasons: dict[str, str] = {}
-        for tenant_id, lists in (await self.lists_for(ctx, ctx.tenant_ids)).items():
+        for tenant_id, lists in (await self._cache.get(ctx, ctx.tenant_ids)).items():
             found = lists.tenant_match(**who)
             if found is not None:
                 ctx.add(SYMBOLS[found.outcome], found.reason, tenant_id=tenant_id)

@@ -11,23 +11,20 @@ it could not analyse (a broken image or PDF, a bound reached) is recorded as ``P
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
 from collections.abc import Iterable
 
 from sqlalchemy import select
 
 from smtp.checks.base import Check, CheckContext, Stage
+from smtp.checks.tenantcache import TenantCache
 from smtp.phishing.brands import load_brands
 from smtp.phishing.lookalike import Targets, make_targets
 from smtp.phishing.mail import TEMPFAIL, TenantIdentity, analyse_mail
 from tenants.models import Domain, ValidRecipient
 from tenants.platform.config import Config
 from tenants.platform.db import session_factory
-from tenants.policy import POLICY_VERSION_KEY, routing_domain
+from tenants.policy import routing_domain
 from tenants.scope import tenant_scope
-
-log = logging.getLogger(__name__)
 
 #: Seconds a tenant's loaded identity is used at most, even when the policy version could not be read.
 IDENTITY_CACHE_TTL = 300.0
@@ -52,18 +49,7 @@ class PhishingCheck(Check):
         super().__init__(cfg)
         self.brands = load_brands()
         self.brand_targets = Targets(t for b in self.brands for t in make_targets(b.domains, b.name))
-        #: tenant id → (policy version, monotonic load time, identity)
-        self._cache: dict[int, tuple[bytes | None, float, TenantIdentity]] = {}
-
-    async def _version(self, ctx: CheckContext) -> bytes | None:
-        if ctx.redis is None:
-            return None
-        try:
-            raw = await ctx.redis.get(POLICY_VERSION_KEY)
-        except Exception as exc:  # Redis down: the TTL alone bounds staleness
-            log.debug("policy version unavailable for the phishing cache: %s", exc)
-            return None
-        return bytes(raw) if raw is not None else b"0"
+        self._cache = TenantCache("phishing", IDENTITY_CACHE_TTL, self._load)
 
     def _load(self, tenant_ids: list[int]) -> dict[int, TenantIdentity]:
         """Each tenant's routing domains and known addresses: two indexed queries per tenant, in its own scope."""
@@ -79,22 +65,7 @@ class PhishingCheck(Check):
 
     async def identities(self, ctx: CheckContext, tenant_ids: Iterable[int]) -> list[TenantIdentity]:
         """Each tenant's identity, from the cache when it is current, else loaded (all missing ones in one thread)."""
-        version = await self._version(ctx)
-        now = time.monotonic()
-        out: dict[int, TenantIdentity] = {}
-        missing: list[int] = []
-        for tid in dict.fromkeys(tenant_ids):
-            cached = self._cache.get(tid)
-            if cached is not None and version is not None and cached[0] == version \
-                    and now - cached[1] < IDENTITY_CACHE_TTL:
-                out[tid] = cached[2]
-            else:
-                missing.append(tid)
-        if missing:
-            for tid, identity in (await asyncio.to_thread(self._load, missing)).items():
-                self._cache[tid] = (version, now, identity)
-                out[tid] = identity
-        return list(out.values())
+        return list((await self._cache.get(ctx, tenant_ids)).values())
 
     async def run(self, ctx: CheckContext) -> None:
         mail = ctx.mail

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from smtp.checks.base import Check, CheckContext, Stage
 from smtp.mime import ParsedMail
+from smtp.phishing.html import VOID, close_element
 from tenants.mail.bayes import registered_domain
 
 RULES_PATH = Path(__file__).resolve().parent / "data" / "rules.toml"
@@ -48,8 +49,6 @@ class _HtmlFacts(HTMLParser):
     WHITE = re.compile(r"^\s*(?:#fff(?:fff)?|white|rgb\(\s*255\s*,\s*255\s*,\s*255\s*\))\s*$", re.I)
     COLOR = re.compile(r"(?:^|;)\s*color\s*:\s*([^;!]+)", re.I)
     BACKGROUND = re.compile(r"background(?:-color)?\s*:\s*([^;!]+)", re.I)
-    VOID = frozenset({"br", "img", "hr", "meta", "link", "input", "area", "base", "col", "embed", "param", "source",
-                      "track", "wbr"})
     SKIP = frozenset({"script", "style", "head", "title"})
     URL_TEXT = re.compile(r"^(?:https?://|www\.)[^\s/]+", re.I)
 
@@ -72,7 +71,7 @@ class _HtmlFacts(HTMLParser):
             self._skip += 1
         if tag == "a":
             self._link = (a.get("href", ""), [])
-        if tag in self.VOID:
+        if tag in VOID:
             return
         _, hidden, white, light_bg = self.stack[-1]
         style = a.get("style", "")
@@ -98,10 +97,7 @@ class _HtmlFacts(HTMLParser):
         if tag == "a" and self._link is not None:
             self._check_link(*self._link)
             self._link = None
-        for i in range(len(self.stack) - 1, 0, -1):  # close up to the matching open tag; ignore a stray end tag
-            if self.stack[i][0] == tag:
-                del self.stack[i:]
-                break
+        close_element(self.stack, tag)
 
     def handle_data(self, data: str) -> None:
         if self._skip:

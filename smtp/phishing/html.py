@@ -9,6 +9,7 @@ import binascii
 import re
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
+from typing import Any
 from urllib.parse import unquote
 
 #: Characters of one HTML document parsed (a bigger document is analysed in its first part only).
@@ -26,6 +27,7 @@ HIDING = re.compile(
     r"|max-(?:height|width)\s*:\s*0+(?:px)?\s*(?:;|$|!)", re.I)
 #: Characters that take no room on screen; inside a word they split it for a filter but not for the reader.
 ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad\u180e"), None)
+#: Elements that have no end tag (and so no content).
 VOID = frozenset({"br", "img", "hr", "meta", "link", "input", "area", "base", "col", "embed", "param", "source",
                   "track", "wbr"})
 BLOCK = frozenset({"p", "div", "br", "tr", "td", "th", "li", "table", "h1", "h2", "h3", "h4", "h5", "h6", "section",
@@ -73,6 +75,15 @@ class HtmlFacts:
 def _squash(text: str, *, keep_zero_width: bool = False) -> str:
     text = text.lower() if keep_zero_width else text.lower().translate(ZERO_WIDTH)
     return " ".join(text.split())
+
+
+def close_element(stack: list[Any], tag: str) -> None:
+    """End ``tag`` on a parser's stack of open elements (``(tag, ...)`` tuples above a root entry that stays): close
+    up to the innermost open ``tag`` and the elements left open inside it; ignore a stray end tag."""
+    for i in range(len(stack) - 1, 0, -1):
+        if stack[i][0] == tag:
+            del stack[i:]
+            break
 
 
 class _Parser(HTMLParser):
@@ -131,10 +142,7 @@ class _Parser(HTMLParser):
             self._link = None
         elif tag == "form":
             self._form = None
-        for i in range(len(self.stack) - 1, 0, -1):  # close up to the matching open tag; ignore a stray end tag
-            if self.stack[i][0] == tag:
-                del self.stack[i:]
-                break
+        close_element(self.stack, tag)
 
     def handle_data(self, data: str) -> None:
         if self._script:

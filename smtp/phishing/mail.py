@@ -131,17 +131,7 @@ def _sender(found: _Findings, mail: ParsedMail, display: str, address: str, send
     reply_to = [a for _, a in getaddresses(mail.header_all("Reply-To"))][:5]
     domains = dict.fromkeys(a.rpartition("@")[2].lower() for a in (address, mail_from, *reply_to) if "@" in a)
     for domain in domains:
-        trick = punycode_trick(domain)
-        if trick:
-            found.add("PHISH_PUNYCODE_SENDER", f"sender domain {trick}")
-        if brand_owning(domain, brands) is None:
-            look = find_lookalike(domain, brand_targets)
-            if look:
-                found.add("PHISH_LOOKALIKE_BRAND", f"sender domain {look.describe()}")
-        for tenant in tenants:
-            look = find_lookalike(domain, tenant.targets)
-            if look:
-                found.add("PHISH_LOOKALIKE_OWN_DOMAIN", f"sender domain {look.describe()}", tenant.tenant_id)
+        _deceptive_domain(found, domain, "PHISH_PUNYCODE_SENDER", "sender domain", brands, brand_targets, tenants)
 
 
 def _body_html(found: _Findings, facts: HtmlFacts, sender_domain: str,
@@ -202,17 +192,24 @@ def _urls(found: _Findings, urls: list[tuple[str, str]], brands: tuple[Brand, ..
         if host and brand_owning(host, brands) is None:
             _credential_page(found, origin, url, host, brands)
     for host, (origin, _url) in hosts.items():
-        trick = punycode_trick(host)
-        if trick:
-            found.add("PHISH_PUNYCODE_URL", f"{origin} host {trick}")
-        if brand_owning(host, brands) is None:
-            look = find_lookalike(host, brand_targets)
-            if look:
-                found.add("PHISH_LOOKALIKE_BRAND", f"{origin} host {look.describe()}")
-        for tenant in tenants:
-            look = find_lookalike(host, tenant.targets)
-            if look:
-                found.add("PHISH_LOOKALIKE_OWN_DOMAIN", f"{origin} host {look.describe()}", tenant.tenant_id)
+        _deceptive_domain(found, host, "PHISH_PUNYCODE_URL", f"{origin} host", brands, brand_targets, tenants)
+
+
+def _deceptive_domain(found: _Findings, domain: str, punycode_symbol: str, label: str, brands: tuple[Brand, ...],
+                      brand_targets: Targets, tenants: Sequence[TenantIdentity]) -> None:
+    """A deceptive IDN ``domain`` (as ``punycode_symbol``), a lookalike of a brand it does not belong to, or of a
+    tenant's own domain; ``label`` says where it stood (``sender domain``, ``<origin> host``)."""
+    trick = punycode_trick(domain)
+    if trick:
+        found.add(punycode_symbol, f"{label} {trick}")
+    if brand_owning(domain, brands) is None:
+        look = find_lookalike(domain, brand_targets)
+        if look:
+            found.add("PHISH_LOOKALIKE_BRAND", f"{label} {look.describe()}")
+    for tenant in tenants:
+        look = find_lookalike(domain, tenant.targets)
+        if look:
+            found.add("PHISH_LOOKALIKE_OWN_DOMAIN", f"{label} {look.describe()}", tenant.tenant_id)
 
 
 def _credential_page(found: _Findings, origin: str, url: str, host: str, brands: tuple[Brand, ...]) -> None:

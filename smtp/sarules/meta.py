@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 _TOKEN = re.compile(r"\s*(?:([A-Za-z_][A-Za-z0-9_]*)|(\d+(?:\.\d+)?)|(&&|\|\||>=|<=|==|!=|[-+*/()<>!]))")
-_CMP = (">", "<", ">=", "<=", "==", "!=")
+#: Perl's binary operators from the loosest to the tightest level, each with the Python it is written back as.
+_BINARY: tuple[dict[str, str], ...] = (
+    {"||": "({} or {})"},
+    {"&&": "({} and {})"},
+    {op: f"({{}} {op} {{}})" for op in (">", "<", ">=", "<=", "==", "!=")},
+    {"+": "({} + {})", "-": "({} - {})"},
+    {"*": "({} * {})", "/": "_div({}, {})"},
+)
 
 
 class MetaError(ValueError):
@@ -62,45 +69,20 @@ class _Parser:
         return self.t[self.i - 1]
 
     def parse(self) -> str:
-        out = self.or_()
+        out = self.binary()
         if self.peek() is not None:
             raise MetaError(f"unexpected {self.peek()!r}")
         return out
 
-    def or_(self) -> str:
-        out = self.and_()
-        while self.peek() == "||":
+    def binary(self, level: int = 0) -> str:
+        """The operands of ``_BINARY[level]``'s operators, left to right, each of the tighter levels."""
+        if level == len(_BINARY):
+            return self.unary()
+        python = _BINARY[level]
+        out = self.binary(level + 1)
+        while (op := self.peek()) is not None and op in python:
             self.take()
-            out = f"({out} or {self.and_()})"
-        return out
-
-    def and_(self) -> str:
-        out = self.cmp()
-        while self.peek() == "&&":
-            self.take()
-            out = f"({out} and {self.cmp()})"
-        return out
-
-    def cmp(self) -> str:
-        out = self.add()
-        while self.peek() in _CMP:
-            op = self.take()
-            out = f"({out} {op} {self.add()})"
-        return out
-
-    def add(self) -> str:
-        out = self.mul()
-        while self.peek() in ("+", "-"):
-            op = self.take()
-            out = f"({out} {op} {self.mul()})"
-        return out
-
-    def mul(self) -> str:
-        out = self.unary()
-        while self.peek() in ("*", "/"):
-            op = self.take()
-            right = self.unary()
-            out = f"({out} * {right})" if op == "*" else f"_div({out}, {right})"
+            out = python[op].format(out, self.binary(level + 1))
         return out
 
     def unary(self) -> str:
@@ -115,7 +97,7 @@ class _Parser:
     def primary(self) -> str:
         tok = self.take()
         if tok == "(":
-            out = self.or_()
+            out = self.binary()
             if self.take() != ")":
                 raise MetaError("missing )")
             return out
