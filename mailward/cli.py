@@ -393,41 +393,39 @@ def policy_set(tenant_ref: str, assignments: tuple[str, ...]) -> None:
 
 # --- processes ----------------------------------------------------------------------------------------------------
 
-@cli.command()
-def smtp() -> None:
-    """Run the SMTP ingress (MAILWARD_SMTP_PROCESSES processes on one port, one per core by default)."""
-    from smtp.supervisor import run_ingress
+def _process_config() -> Config:
+    """The configuration a long-running process starts with, once its logging is set up and Redis is reachable."""
     from tenants.platform.redisconn import ensure_redis
 
     cfg = get_config()
     _setup_logging(cfg)
     ensure_redis(cfg)
-    run_ingress(cfg)
+    return cfg
+
+
+@cli.command()
+def smtp() -> None:
+    """Run the SMTP ingress (MAILWARD_SMTP_PROCESSES processes on one port, one per core by default)."""
+    from smtp.supervisor import run_ingress
+
+    run_ingress(_process_config())
 
 
 @cli.command()
 @click.option("--burst", is_flag=True, help="Exit when the queues are empty.")
 def worker(burst: bool) -> None:
     """Run a background worker (RQ)."""
-    from tenants.platform.redisconn import ensure_redis
     from worker.runner import run_worker
 
-    cfg = get_config()
-    _setup_logging(cfg)
-    ensure_redis(cfg)
-    run_worker(cfg, burst=burst)
+    run_worker(_process_config(), burst=burst)
 
 
 @cli.command()
 def scheduler() -> None:
     """Run the scheduler (one per installation)."""
-    from tenants.platform.redisconn import ensure_redis
     from worker.scheduler import run_scheduler
 
-    cfg = get_config()
-    _setup_logging(cfg)
-    ensure_redis(cfg)
-    run_scheduler(cfg)
+    run_scheduler(_process_config())
 
 
 @cli.command()
@@ -437,11 +435,8 @@ def web(threads: int) -> None:
     from waitress import serve as wsgi_serve
 
     from app import create_app
-    from tenants.platform.redisconn import ensure_redis
 
-    cfg = get_config()
-    _setup_logging(cfg)
-    ensure_redis(cfg)
+    cfg = _process_config()
     application = create_app(cfg, heartbeat=True)
     click.echo(f"mailward web: listening on http://{cfg.web_listen}/")
     wsgi_serve(application, host=cfg.web_listen.host, port=cfg.web_listen.port, threads=threads, ident="Mailward")

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import secrets
 import sys
+from typing import TYPE_CHECKING
 
 import click
+from sqlalchemy.orm import Session
 
 from mailward.clicommon import db_session
 from tenants.platform.config import get_config
+
+if TYPE_CHECKING:
+    from tenants.models import Tenant
 
 #: Bytes of randomness in a generated SMTP password (shown once).
 GENERATED_PASSWORD_BYTES = 18
@@ -22,6 +27,13 @@ def _bump() -> None:
     from tenants.platform.redisconn import bump_policy_version
 
     bump_policy_version(get_config())
+
+
+def _tenant_and_names(session: Session, tenant_ref: str | None) -> tuple[Tenant | None, dict[int, str]]:
+    """A listing's tenant (None: every tenant's rows) and every tenant's name by id, for the listing's lines."""
+    from tenants.services import get_tenant, list_tenants
+
+    return (get_tenant(session, tenant_ref) if tenant_ref else None), {x.id: x.name for x in list_tenants(session)}
 
 
 # --- relay networks -----------------------------------------------------------------------------------------------
@@ -50,11 +62,8 @@ def relay_add(tenant_ref: str, cidr: str) -> None:
 @click.argument("tenant_ref", metavar="[TENANT]", required=False)
 def relay_list(tenant_ref: str | None) -> None:
     from tenants.relay import list_relay_networks
-    from tenants.services import get_tenant, list_tenants
-
     with db_session() as session:
-        t = get_tenant(session, tenant_ref) if tenant_ref else None
-        names = {x.id: x.name for x in list_tenants(session)}
+        t, names = _tenant_and_names(session, tenant_ref)
         for row in list_relay_networks(session, t):
             click.echo(f"{row.cidr}\t{names.get(row.tenant_id, '?')}")
 
@@ -89,11 +98,8 @@ def credential_create(tenant_ref: str, username: str, password_stdin: bool) -> N
 @click.argument("tenant_ref", metavar="[TENANT]", required=False)
 def credential_list(tenant_ref: str | None) -> None:
     from tenants.relay import list_smtp_credentials
-    from tenants.services import get_tenant, list_tenants
-
     with db_session() as session:
-        t = get_tenant(session, tenant_ref) if tenant_ref else None
-        names = {x.id: x.name for x in list_tenants(session)}
+        t, names = _tenant_and_names(session, tenant_ref)
         for cred in list_smtp_credentials(session, t):
             state = f"revoked {cred.revoked_at:%Y-%m-%d %H:%M}Z" if cred.revoked_at else "active"
             click.echo(f"{cred.username}\t{names.get(cred.tenant_id, '?')}\t{state}")
@@ -139,11 +145,8 @@ def dkim_keygen(domain: str, selector: str, bits: str) -> None:
 @click.option("--dns", "show_dns", is_flag=True, help="Print each key's DNS record too.")
 def dkim_list(tenant_ref: str | None, show_dns: bool) -> None:
     from tenants.dkimkeys import list_keys, txt_record
-    from tenants.services import get_tenant, list_tenants
-
     with db_session() as session:
-        t = get_tenant(session, tenant_ref) if tenant_ref else None
-        names = {x.id: x.name for x in list_tenants(session)}
+        t, names = _tenant_and_names(session, tenant_ref)
         for key in list_keys(session, t.id if t else None):
             state = "active" if key.active else "inactive"
             click.echo(f"{key.domain}\t{key.selector}\t{names.get(key.tenant_id, '?')}\t{state}"

@@ -39,6 +39,7 @@ import dns.asyncresolver
 import dns.exception
 import dns.resolver
 
+from tenants import dnslookup
 from tenants.exceptions import ValidationError
 from tenants.platform.config import Config
 
@@ -49,6 +50,8 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 SMTP, LDAP, WEB = "smtp", "ldap", "web"
 #: Address records looked up for a host name, in the order its addresses are tried.
 RECORD_TYPES = ("A", "AAAA")
+#: What one query of a host's addresses gave: its answer or its failure.
+Outcome = dns.resolver.Answer | dns.exception.DNSException
 #: Seconds one resolution of a tenant-supplied host may take (a form waits on it; delivery has its own timeouts).
 RESOLVE_TIMEOUT = 5.0
 
@@ -120,7 +123,23 @@ def literal_address(host: str) -> IPAddress | None:
         return None
 
 
-def _addresses(host: str, outcomes: list[dns.resolver.Answer | dns.exception.DNSException]) -> list[IPAddress]:
+def _lookup(resolver: dns.resolver.Resolver, host: str, rdtype: str) -> Outcome:
+    """One query's answer, or its failure (which :func:`_addresses` weighs against the other record type's)."""
+    try:
+        return resolver.resolve(host, rdtype, search=False)
+    except dns.exception.DNSException as exc:
+        return exc
+
+
+async def _lookup_async(resolver: dns.asyncresolver.Resolver, host: str, rdtype: str) -> Outcome:
+    """:func:`_lookup` for an event loop."""
+    try:
+        return await resolver.resolve(host, rdtype, search=False)
+    except dns.exception.DNSException as exc:
+        return exc
+
+
+def _addresses(host: str, outcomes: list[Outcome]) -> list[IPAddress]:
     """The addresses of the answers; a name that does not exist (or has no address) is []. Only when no lookup gave
     an answer at all (timeouts, SERVFAIL) is it :class:`EgressUnresolved`."""
     found: list[IPAddress] = []
@@ -203,12 +222,6 @@ class EgressPolicy:
 
     # --- resolution ---------------------------------------------------------------------------------------------
 
-    def _configure(self, resolver: dns.resolver.BaseResolver) -> None:
-        if self.cfg.dns is not None:
-            resolver.nameservers = [self.cfg.dns.host]
-            resolver.port = self.cfg.dns.port
-        resolver.lifetime = resolver.timeout = self.lifetime
-
     @staticmethod
     def _without_dns(host: str) -> list[IPAddress] | None:
         literal = literal_address(host)
@@ -225,30 +238,16 @@ class EgressPolicy:
         known = self._without_dns(host)
         if known is not None:
             return known
-        resolver = dns.resolver.Resolver(configure=self.cfg.dns is None)
-        self._configure(resolver)
-        outcomes: list[dns.resolver.Answer | dns.exception.DNSException] = []
-        for rdtype in RECORD_TYPES:
-            try:
-                outcomes.append(resolver.resolve(host, rdtype, search=False))
-            except dns.exception.DNSException as exc:
-                outcomes.append(exc)
-        return _addresses(host, outcomes)
+        resolver = dnslookup.resolver(self.cfg, self.lifetime)
+        return _addresses(host, [_lookup(resolver, host, rdtype) for rdtype in RECORD_TYPES])
 
     async def resolve_async(self, host: str) -> list[IPAddress]:
         """:meth:`resolve` for an event loop."""
         known = self._without_dns(host)
         if known is not None:
             return known
-        resolver = dns.asyncresolver.Resolver(configure=self.cfg.dns is None)
-        self._configure(resolver)
-        outcomes: list[dns.resolver.Answer | dns.exception.DNSException] = []
-        for rdtype in RECORD_TYPES:
-            try:
-                outcomes.append(await resolver.resolve(host, rdtype, search=False))
-            except dns.exception.DNSException as exc:
-                outcomes.append(exc)
-        return _addresses(host, outcomes)
+        resolver = dnslookup.async_resolver(self.cfg, self.lifetime)
+        return _addresses(host, [await _lookup_async(resolver, host, rdtype) for rdtype in RECORD_TYPES])
 
     # --- the two checks -----------------------------------------------------------------------------------------
 

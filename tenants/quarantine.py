@@ -24,13 +24,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TypeVar
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from tenants import deliveries, learning, lists
+from tenants import deliveries, learning, lists, tracking
 from tenants.addresses import normalize_address, rcpt_in
 from tenants.blobs import blob_store
 from tenants.exceptions import MailwardError, NotFound, PermissionDenied, ValidationError
@@ -49,7 +49,6 @@ from tenants.models import (
     Message,
     MessageView,
     User,
-    utcnow,
 )
 from tenants.platform.config import Config
 from tenants.platform.jobs import after_commit, enqueue_job, request_delivery_after_commit
@@ -61,8 +60,6 @@ KINDS: tuple[str, ...] = ("spam", "virus", "attachment")
 #: Page size of :func:`search` unless asked otherwise, and the most one page may hold.
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
-#: A user opening the same mail again within this time adds no second "seen" row.
-VIEW_DEDUP = timedelta(minutes=5)
 #: Event kinds that record Bayes training from the quarantine, by class.
 TRAINED_EVENT = {True: "trained_spam", False: "trained_ham"}
 #: The job that trains a tenant's Bayes with a stored mail (worker.jobs.report).
@@ -435,13 +432,7 @@ def request_report(session: Session, cfg: Config, message_id: str, *, spam: bool
 
 def mark_seen(session: Session, message_id: str, user_email: str, *, rcpts: Sequence[str] | None = None) -> None:
     """Record that a person opened the mail (access audit, and "seen by" in shared quarantines)."""
-    msg = get(session, message_id, rcpts=rcpts)
-    email = user_email.strip().lower()
-    recent = session.scalar(select(MessageView.id).where(MessageView.message_id == msg.id,
-                                                         MessageView.user_email == email,
-                                                         MessageView.at > utcnow() - VIEW_DEDUP).limit(1))
-    if recent is None:
-        session.add(MessageView(tenant_id=msg.tenant_id, message_id=msg.id, user_email=email))
+    tracking.record_view(session, get(session, message_id, rcpts=rcpts), user_email)
 
 
 def seen_by(session: Session, message_id: str) -> list[tuple[str, datetime]]:

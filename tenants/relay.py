@@ -18,6 +18,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 from functools import cache
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -29,9 +30,10 @@ from tenants.models import Domain, RelayNetwork, SmtpCredential, Tenant, utcnow
 from tenants.passwords import hash_password, verify_password
 from tenants.policy import parent_domains as parent_domains  # also smtp.dkimsign's, through here
 from tenants.policy import routing_domain
-from tenants.scope import current_scope, msp_scope
+from tenants.scope import TenantScoped, current_scope, msp_scope
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_Row = TypeVar("_Row", bound=TenantScoped)
 
 #: Widest relay network accepted per IP version: anything wider would let a large part of the Internet send as the
 #: tenant (IPv4 /8, IPv6 /32, a whole provider allocation).
@@ -102,11 +104,16 @@ def add_relay_network(session: Session, tenant: Tenant, cidr: str) -> RelayNetwo
     return row
 
 
-def list_relay_networks(session: Session, tenant: Tenant | None = None) -> list[RelayNetwork]:
-    stmt = select(RelayNetwork).order_by(RelayNetwork.tenant_id, RelayNetwork.cidr)
+def _listed(session: Session, model: type[_Row], order: Any, tenant: Tenant | None) -> list[_Row]:
+    """The rows of ``model`` in the current scope by tenant, then ``order``; only ``tenant``'s when one is given."""
+    stmt = select(model).order_by(model.tenant_id, order)
     if tenant is not None:
-        stmt = stmt.where(RelayNetwork.tenant_id == tenant.id)
+        stmt = stmt.where(model.tenant_id == tenant.id)
     return list(session.scalars(stmt))
+
+
+def list_relay_networks(session: Session, tenant: Tenant | None = None) -> list[RelayNetwork]:
+    return _listed(session, RelayNetwork, RelayNetwork.cidr, tenant)
 
 
 def load_relay_networks(session: Session) -> list[RelayNet]:
@@ -187,10 +194,7 @@ def create_smtp_credential(session: Session, tenant: Tenant, username: str, pass
 
 
 def list_smtp_credentials(session: Session, tenant: Tenant | None = None) -> list[SmtpCredential]:
-    stmt = select(SmtpCredential).order_by(SmtpCredential.tenant_id, SmtpCredential.username)
-    if tenant is not None:
-        stmt = stmt.where(SmtpCredential.tenant_id == tenant.id)
-    return list(session.scalars(stmt))
+    return _listed(session, SmtpCredential, SmtpCredential.username, tenant)
 
 
 def revoke_smtp_credential(session: Session, username: str) -> SmtpCredential:

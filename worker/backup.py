@@ -18,8 +18,7 @@ from tenants.backup_format import read_key_file
 from tenants.models import utcnow
 from tenants.platform.config import Config, get_config
 from tenants.platform.db import private_dir
-from tenants.platform.jobs import enqueue_job
-from tenants.platform.redisconn import redis_client
+from tenants.platform.jobs import enqueue_once
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +90,5 @@ def enqueue_backup(cfg: Config) -> bool:
     """Queue the daily backup when a backup key is configured (once per interval across scheduler restarts)."""
     if cfg.backup_key_file is None:
         return False
-    conn = redis_client(cfg)
-    if not conn.set(_QUEUED_KEY, 1, nx=True, ex=BACKUP_INTERVAL - 60):
-        return False
-    enqueue_job(cfg, BACKUP_JOB, connection=conn, timeout=BACKUP_JOB_TIMEOUT, result_ttl=86400,
-                description="daily encrypted backup")
-    return True
+    return enqueue_once(cfg, _QUEUED_KEY, BACKUP_INTERVAL - 60, BACKUP_JOB, timeout=BACKUP_JOB_TIMEOUT,
+                        result_ttl=86400, description="daily encrypted backup")

@@ -37,7 +37,7 @@ from tenants.exceptions import NotFound
 from tenants.models import Delivery, DeliveryStatus, Message, Role, Tenant, User, utcnow
 from tenants.platform.config import Config, get_config
 from tenants.platform.db import session_scope
-from tenants.platform.jobs import enqueue_job
+from tenants.platform.jobs import enqueue_job, enqueue_once
 from tenants.platform.redisconn import redis_client
 from tenants.policy import Policy, load_policy
 from tenants.scope import load, msp_scope, tenant_scope
@@ -280,9 +280,8 @@ def schedule_digests(cfg: Config, *, now: datetime | None = None) -> list[int]:
     conn = redis_client(cfg)
     queued = []
     for tenant_id, day in due:
-        if conn.set(DAY_KEY.format(tenant_id=tenant_id, date=day), 1, nx=True, ex=DAY_KEY_TTL):
-            enqueue_job(cfg, DIGEST_TENANT_JOB, tenant_id, connection=conn, timeout=DIGEST_JOB_TIMEOUT,
-                        description=f"digests of tenant {tenant_id}")
+        if enqueue_once(cfg, DAY_KEY.format(tenant_id=tenant_id, date=day), DAY_KEY_TTL, DIGEST_TENANT_JOB, tenant_id,
+                        connection=conn, timeout=DIGEST_JOB_TIMEOUT, description=f"digests of tenant {tenant_id}"):
             queued.append(tenant_id)
     if queued:
         log.info("digests queued for tenant(s) %s", ", ".join(map(str, queued)))

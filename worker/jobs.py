@@ -14,7 +14,7 @@ from tenants.blobs import blob_store
 from tenants.models import RecipientVerification, Tenant
 from tenants.platform.config import Config, get_config
 from tenants.platform.db import session_scope
-from tenants.platform.jobs import enqueue_job
+from tenants.platform.jobs import enqueue_once
 from tenants.platform.redisconn import redis_client
 from tenants.sarules import update as sarules_update
 from tenants.scope import msp_scope, tenant_scope
@@ -74,12 +74,9 @@ def enqueue_directory_syncs(cfg: Config) -> int:
     conn = redis_client(cfg)
     queued = 0
     for tenant_id in tenant_ids:
-        if not conn.set(_SYNC_QUEUED_KEY.format(tenant_id=tenant_id), 1, nx=True,
-                        ex=max(1, DIRECTORY_SYNC_INTERVAL - 60)):
-            continue
-        enqueue_job(cfg, DIRECTORY_SYNC_JOB, tenant_id, connection=conn, timeout=DIRECTORY_SYNC_TIMEOUT,
-                    result_ttl=86400, description=f"sync the directory of tenant {tenant_id}")
-        queued += 1
+        queued += enqueue_once(cfg, _SYNC_QUEUED_KEY.format(tenant_id=tenant_id), max(1, DIRECTORY_SYNC_INTERVAL - 60),
+                               DIRECTORY_SYNC_JOB, tenant_id, connection=conn, timeout=DIRECTORY_SYNC_TIMEOUT,
+                               result_ttl=86400, description=f"sync the directory of tenant {tenant_id}")
     return queued
 
 
@@ -94,12 +91,9 @@ def update_sa_rules() -> str:
 
 def enqueue_sa_update(cfg: Config) -> bool:
     """Queue the daily sa-update run (once per interval across restarts of the scheduler)."""
-    conn = redis_client(cfg)
-    if not conn.set(_SA_UPDATE_QUEUED_KEY, 1, nx=True, ex=max(1, sarules_update.SA_UPDATE_INTERVAL - 60)):
-        return False
-    enqueue_job(cfg, SA_UPDATE_JOB, connection=conn, timeout=sarules_update.SA_UPDATE_TIMEOUT + 60,
-                result_ttl=86400, description="refresh SpamAssassin's rules (sa-update)")
-    return True
+    return enqueue_once(cfg, _SA_UPDATE_QUEUED_KEY, max(1, sarules_update.SA_UPDATE_INTERVAL - 60), SA_UPDATE_JOB,
+                        timeout=sarules_update.SA_UPDATE_TIMEOUT + 60, result_ttl=86400,
+                        description="refresh SpamAssassin's rules (sa-update)")
 
 
 #: Redis key that keeps the sa-update job from being queued twice within one interval.

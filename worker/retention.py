@@ -32,8 +32,7 @@ from tenants.models import (
 )
 from tenants.platform.config import Config, get_config
 from tenants.platform.db import session_scope
-from tenants.platform.jobs import enqueue_job
-from tenants.platform.redisconn import redis_client
+from tenants.platform.jobs import enqueue_once
 from tenants.scope import msp_scope, tenant_scope
 from tenants.tokens import SPENT_TOKEN_KEEP
 
@@ -114,9 +113,5 @@ def purge_job() -> Report:
 
 def enqueue_purge(cfg: Config) -> bool:
     """Queue a purge job unless one was queued within the interval; True if queued now."""
-    conn = redis_client(cfg)
-    if not conn.set(_QUEUED_KEY, 1, nx=True, ex=PURGE_INTERVAL - 60):
-        return False
-    enqueue_job(cfg, PURGE_JOB, connection=conn, timeout=PURGE_JOB_TIMEOUT, result_ttl=86400,
-                description="purge expired quarantined mail")
-    return True
+    return enqueue_once(cfg, _QUEUED_KEY, PURGE_INTERVAL - 60, PURGE_JOB, timeout=PURGE_JOB_TIMEOUT, result_ttl=86400,
+                        description="purge expired quarantined mail")

@@ -42,7 +42,7 @@ from tenants.models import (
 )
 from tenants.platform.config import Config, get_config
 from tenants.platform.db import session_scope
-from tenants.platform.jobs import enqueue_job
+from tenants.platform.jobs import enqueue_once
 from tenants.platform.redisconn import redis_client
 from tenants.scope import msp_scope, tenant_scope
 from tenants.tracking import reject_reason
@@ -289,9 +289,5 @@ def rollup_job() -> str:
 
 def enqueue_rollup(cfg: Config) -> bool:
     """Queue a roll-up job unless one was queued within the interval; True if queued now."""
-    conn = redis_client(cfg)
-    if not conn.set(_QUEUED_KEY, 1, nx=True, ex=max(1, ROLLUP_INTERVAL - 30)):
-        return False
-    enqueue_job(cfg, ROLLUP_JOB, connection=conn, timeout=ROLLUP_JOB_TIMEOUT, result_ttl=3600,
-                description="roll up statistics")
-    return True
+    return enqueue_once(cfg, _QUEUED_KEY, max(1, ROLLUP_INTERVAL - 30), ROLLUP_JOB, timeout=ROLLUP_JOB_TIMEOUT,
+                        result_ttl=3600, description="roll up statistics")

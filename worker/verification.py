@@ -7,8 +7,8 @@ import logging
 
 from tenants.platform.config import Config, get_config
 from tenants.platform.db import session_scope
-from tenants.platform.jobs import enqueue_job
-from tenants.platform.redisconn import bump_policy_version, redis_client
+from tenants.platform.jobs import enqueue_once
+from tenants.platform.redisconn import bump_policy_version
 from tenants.scope import msp_scope
 from tenants.verification import recheck_pending
 
@@ -40,9 +40,5 @@ def recheck_job() -> list[str]:
 
 def enqueue_recheck(cfg: Config) -> bool:
     """Queue a re-check unless one was queued within the interval; True if queued now."""
-    conn = redis_client(cfg)
-    if not conn.set(_QUEUED_KEY, 1, nx=True, ex=RECHECK_INTERVAL - 60):
-        return False
-    enqueue_job(cfg, RECHECK_JOB, connection=conn, timeout=RECHECK_JOB_TIMEOUT, result_ttl=86400,
-                description="re-check pending domain ownership records")
-    return True
+    return enqueue_once(cfg, _QUEUED_KEY, RECHECK_INTERVAL - 60, RECHECK_JOB, timeout=RECHECK_JOB_TIMEOUT,
+                        result_ttl=86400, description="re-check pending domain ownership records")

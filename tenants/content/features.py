@@ -21,7 +21,7 @@ import json
 import math
 import re
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from email.utils import parseaddr
 from typing import Protocol
@@ -29,7 +29,7 @@ from typing import Protocol
 import numpy as np
 from scipy.sparse import csr_matrix
 
-from tenants.mail.bayes import registered_domain
+from tenants.mail.bayes import MailParts, registered_domain
 from tenants.mail.mimetext import one_line, parse_message, split_parts
 
 #: Hash space of the features: 2^20 buckets keeps collisions rare for a few hundred thousand distinct n-grams.
@@ -67,28 +67,11 @@ def config_hash(config: dict[str, object] | None = None) -> str:
 # --- what the features read -------------------------------------------------------------------------------------
 
 
-class AttachmentLike(Protocol):
-    @property
-    def filename(self) -> str | None: ...
-
-    @property
-    def declared_type(self) -> str: ...
-
-
-class MailLike(Protocol):
+class MailLike(MailParts, Protocol):
     """The parts of a parsed mail the features read (:class:`smtp.mime.ParsedMail` and :class:`MailText` have them)."""
 
     @property
-    def headers(self) -> Sequence[tuple[str, str]]: ...
-
-    @property
-    def text(self) -> str: ...
-
-    @property
     def html(self) -> str: ...
-
-    @property
-    def attachments(self) -> Sequence[AttachmentLike]: ...
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,8 @@ from tenants.scope import RAW_SQL, Scope, current_scope_or_none, tenant_scope
 
 
 class AttachmentLike(Protocol):
+    """An attachment as the tokenizer and the content model's features read it (its declared name and type)."""
+
     @property
     def filename(self) -> str | None: ...
 
@@ -43,26 +45,31 @@ class AttachmentLike(Protocol):
     def declared_type(self) -> str: ...
 
 
-class MailLike(Protocol):
-    """The parts of a parsed mail the tokenizer reads (:class:`smtp.mime.ParsedMail` has them)."""
+class MailParts(Protocol):
+    """What every reader of a parsed mail here reads (the tokenizer, the content model's features): its header
+    fields, its body text and its attachments."""
 
     @property
     def headers(self) -> Sequence[tuple[str, str]]: ...
 
     @property
-    def message(self) -> Message | None: ...
+    def text(self) -> str: ...
 
     @property
-    def text(self) -> str: ...
+    def attachments(self) -> Sequence[AttachmentLike]: ...
+
+
+class MailLike(MailParts, Protocol):
+    """The parts of a parsed mail the tokenizer reads (:class:`smtp.mime.ParsedMail` has them)."""
+
+    @property
+    def message(self) -> Message | None: ...
 
     @property
     def html_text(self) -> str: ...
 
     @property
     def uris(self) -> Sequence[str]: ...
-
-    @property
-    def attachments(self) -> Sequence[AttachmentLike]: ...
 
 
 # --- tokenizer ------------------------------------------------------------------------------------------------------

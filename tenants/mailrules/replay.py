@@ -32,7 +32,7 @@ from tenants.exceptions import NotFound, ValidationError
 from tenants.mailrules.evaluate import LoadedRule, MailFacts, Outcome, attachment_matcher, evaluate, ordered
 from tenants.mailrules.replaycontent import Content, read_content
 from tenants.mailrules.schema import RuleAction, parse_rule
-from tenants.mailrules.service import MAX_RULES, directory_groups, internal_domains, load_rules
+from tenants.mailrules.service import directory_groups, internal_domains, load_rules, parse_rule_list
 from tenants.models import Delivery, Finding, Message
 from tenants.platform.config import Config
 from tenants.policy import load_policy
@@ -150,24 +150,8 @@ class ReplayReport:
 def parse_draft(draft: Sequence[Any]) -> list[LoadedRule]:
     """The draft's rules (a tenant's level), checked; their ids are below zero (never a stored rule's) and rise in the
     draft's order, which breaks ties of priority as the row ids of stored rules do."""
-    if not isinstance(draft, list):
-        raise ValidationError("a draft is a YAML list of rules (- name: ...)")
-    if len(draft) > MAX_RULES:
-        raise ValidationError(f"at most {MAX_RULES} rules")
-    out: list[LoadedRule] = []
-    seen: set[str] = set()
-    for n, entry in enumerate(draft, start=1):
-        name = entry.get("name") if isinstance(entry, dict) else None
-        label = f"draft entry {n}" + (f" ({name!r})" if isinstance(name, str) else "")
-        try:
-            spec = parse_rule(entry)
-        except ValidationError as exc:
-            raise ValidationError(f"{label}: {exc}") from None
-        if spec.name.lower() in seen:
-            raise ValidationError(f"{label}: the name {spec.name!r} appears twice in the draft")
-        seen.add(spec.name.lower())
-        out.append(LoadedRule(n - DRAFT_IDS, False, spec))
-    return out
+    specs = parse_rule_list(draft, parse_rule, kind="a draft", entry="draft entry", where="draft")
+    return [LoadedRule(n - DRAFT_IDS, False, spec) for n, spec in enumerate(specs, start=1)]
 
 
 def _needs(rules: Sequence[LoadedRule]) -> tuple[bool, bool]:

@@ -10,6 +10,8 @@ each commit: a statistic, never on the path of the 250.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -158,6 +160,30 @@ def check_spec(cfg: Config, spec: RuleSpec, *, tenant_id: int | None) -> None:
             raise ValidationError(f"rule {spec.name!r}: BCC to Mailward's own postmaster address is not allowed")
 
 
+def parse_rule_list(raw: Any, parse: Callable[[Any], RuleSpec], *, kind: str, entry: str,
+                    where: str) -> list[RuleSpec]:
+    """The rules of a YAML list (a rule file, a replay's draft), each read by ``parse``; the first problem is a
+    :class:`ValidationError` naming the entry (``{entry} 3 ('name')``), as is a name given twice in the ``where``."""
+    if not isinstance(raw, list):
+        raise ValidationError(f"{kind} is a YAML list of rules (- name: ...)")
+    if len(raw) > MAX_RULES:
+        raise ValidationError(f"at most {MAX_RULES} rules")
+    specs: list[RuleSpec] = []
+    seen: set[str] = set()
+    for n, item in enumerate(raw, start=1):
+        name = item.get("name") if isinstance(item, dict) else None
+        label = f"{entry} {n}" + (f" ({name!r})" if isinstance(name, str) else "")
+        try:
+            spec = parse(item)
+        except ValidationError as exc:
+            raise ValidationError(f"{label}: {exc}") from None
+        if spec.name.lower() in seen:
+            raise ValidationError(f"{label}: the name {spec.name!r} appears twice in the {where}")
+        seen.add(spec.name.lower())
+        specs.append(spec)
+    return specs
+
+
 def _names(session: Session, tenant_id: int | None) -> dict[str, int]:
     rows = _baseline_rows(session) if tenant_id is None else _tenant_rows(session, tenant_id)
     return {r.name.lower(): r.id for r in rows}
@@ -180,11 +206,7 @@ def add_rule(session: Session, cfg: Config, raw: dict[str, Any], *, tenant_id: i
         raise ValidationError(f"at most {MAX_RULES} rules")
     row = MailRule(tenant_id=tenant_id, name=spec.name, priority=spec.priority, direction=spec.direction,
                    active=spec.active, locked=spec.locked, definition=json.dumps(spec.definition()))
-    if tenant_id is None:
-        with msp_scope():
-            session.add(row)
-            session.flush()
-    else:
+    with _rule_scope(tenant_id):
         session.add(row)
         session.flush()
     _changed(session, cfg, actor=actor, action="rule.add", target=spec.name,
@@ -210,11 +232,13 @@ def update_rule(session: Session, cfg: Config, rule_id: int, raw: dict[str, Any]
     return row
 
 
+def _rule_scope(tenant_id: int | None) -> AbstractContextManager[object]:
+    """The scope a rule row is written in: the MSP's for a baseline rule (no tenant), else the caller's."""
+    return msp_scope() if tenant_id is None else nullcontext()
+
+
 def _write(session: Session, row: MailRule) -> None:
-    if row.tenant_id is None:
-        with msp_scope():
-            session.flush()
-    else:
+    with _rule_scope(row.tenant_id):
         session.flush()
 
 
@@ -225,11 +249,7 @@ def remove_rule(session: Session, cfg: Config, rule_id: int, *, tenant_id: int |
                                "unless it is locked)")
     row = _get(session, rule_id, tenant_id)
     name = row.name
-    if row.tenant_id is None:
-        with msp_scope():
-            session.delete(row)
-            session.flush()
-    else:
+    with _rule_scope(row.tenant_id):
         session.delete(row)
         session.flush()
     _changed(session, cfg, actor=actor, action="rule.remove", target=name, detail="", tenant_id=tenant_id)

@@ -23,6 +23,7 @@ from tenants.mailrules.service import (
     RuleView,
     add_rule,
     check_spec,
+    parse_rule_list,
     remove_rule,
     rule_views,
     update_rule,
@@ -129,25 +130,13 @@ def parse_rules(cfg: Config, text: str, tenant_id: int | None) -> list[RuleSpec]
     raw = load_text(text)
     if raw is None:
         raw = []
-    if not isinstance(raw, list):
-        raise ValidationError("a rule file is a YAML list of rules (- name: ...)")
-    if len(raw) > MAX_RULES:
-        raise ValidationError(f"at most {MAX_RULES} rules")
-    specs: list[RuleSpec] = []
-    seen: set[str] = set()
-    for n, entry in enumerate(raw, start=1):
-        name = entry.get("name") if isinstance(entry, dict) else None
-        label = f"entry {n}" + (f" ({name!r})" if isinstance(name, str) else "")
-        try:
-            spec = parse_rule(entry, baseline=tenant_id is None)
-            check_spec(cfg, spec, tenant_id=tenant_id)
-        except ValidationError as exc:
-            raise ValidationError(f"{label}: {exc}") from None
-        if spec.name.lower() in seen:
-            raise ValidationError(f"{label}: the name {spec.name!r} appears twice in the file")
-        seen.add(spec.name.lower())
-        specs.append(spec)
-    return specs
+
+    def checked(entry: Any) -> RuleSpec:
+        spec = parse_rule(entry, baseline=tenant_id is None)
+        check_spec(cfg, spec, tenant_id=tenant_id)
+        return spec
+
+    return parse_rule_list(raw, checked, kind="a rule file", entry="entry", where="file")
 
 
 def import_rules(session: Session, cfg: Config, text: str, tenant_id: int | None, *, actor: str,

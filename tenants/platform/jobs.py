@@ -65,11 +65,19 @@ def enqueue_delivery(cfg: Config, tenant_id: int, message_id: str, connection: A
     in RQ until its timeout, and must not block the retry. A second job for the same message is harmless, since
     the rows are claimed atomically in the database; the guard only keeps the queue short.
     """
+    return enqueue_once(cfg, f"mailward:deliver-queued:{message_id}", _guard_seconds(cfg), DELIVER_JOB, tenant_id,
+                        message_id, queue=DELIVERY_QUEUE, connection=connection, timeout=DELIVERY_JOB_TIMEOUT,
+                        result_ttl=0, description=f"deliver {message_id}")
+
+
+def enqueue_once(cfg: Config, guard: str, seconds: int, name: str, *args: Any, connection: Any = None,
+                 **options: Any) -> bool:
+    """:func:`enqueue_job` unless the Redis key ``guard`` says the job was queued within ``seconds`` (across
+    processes and restarts); True if queued now. ``options`` as for :func:`enqueue_job`."""
     conn = connection or redis_client(cfg)
-    if not conn.set(f"mailward:deliver-queued:{message_id}", 1, nx=True, ex=_guard_seconds(cfg)):
+    if not conn.set(guard, 1, nx=True, ex=seconds):
         return False
-    enqueue_job(cfg, DELIVER_JOB, tenant_id, message_id, queue=DELIVERY_QUEUE, connection=conn,
-                timeout=DELIVERY_JOB_TIMEOUT, result_ttl=0, description=f"deliver {message_id}")
+    enqueue_job(cfg, name, *args, connection=conn, **options)
     return True
 
 
