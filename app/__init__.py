@@ -147,6 +147,8 @@ def _register_blueprints(app: Flask) -> None:
     from app.portal import admin as portal_admin  # noqa: F401
     from app.portal import learning, lists, recipients, rules_preview  # noqa: F401
     from app.portal import quarantine as portal_quarantine  # noqa: F401
+    from app.quarantine import links as quarantine_links  # noqa: F401
+    from app.quarantine import lists as quarantine_lists  # noqa: F401
 
     held.init_app(app)
     metrics.init_app(app)  # /metrics: the cluster's Prometheus metrics, for a scraper with the token

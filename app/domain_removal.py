@@ -12,10 +12,10 @@ from flask_wtf import FlaskForm
 from wtforms import StringField, SubmitField
 from wtforms.validators import DataRequired, Length
 
+from app.actions import attempt
 from app.audit import audit
 from app.extensions import config, db
 from tenants import domains
-from tenants.exceptions import ValidationError
 from tenants.models import Domain
 from tenants.platform.redisconn import bump_policy_version
 
@@ -45,14 +45,12 @@ def remove(domain: Domain, action: str, back: str, done: str, *, tenant_id: int)
     if not form.validate_on_submit():
         return _page(domain, form, action, back, status=422)
     name = domain.name
-    try:
+    with attempt(flash_error=False) as removed:
         found = domains.remove(s, domain, form.name.data or "")
-    except ValidationError as exc:
-        s.rollback()
-        form.name.errors = [str(exc)]
+        audit(domains.REMOVE_ACTION, f"domain {name}", found.summary(), tenant_id=tenant_id)
+    if not removed:
+        form.name.errors = [removed.error]
         return _page(domain, form, action, back, status=422)
-    audit(domains.REMOVE_ACTION, f"domain {name}", found.summary(), tenant_id=tenant_id)
-    s.commit()
     bump_policy_version(config())  # every ingress forgets the domain: RCPT to it is refused from now on
     flash(f"Domain {name} removed: it receives no more mail. {found.queued} queued mail(s) are still delivered and "
           f"{found.quarantined} quarantined mail(s) stay until their retention.", "success")

@@ -37,6 +37,13 @@ TLS_CHOICES = [
 ]
 
 
+class GetForm(FlaskForm):
+    """The base of a form sent by GET (filters, searches: bookmarkable): no CSRF token, it changes nothing."""
+
+    class Meta:
+        csrf = False
+
+
 class LoginForm(FlaskForm):
     email = StringField("E-mail", validators=[DataRequired(), Length(max=320)])
     password = PasswordField("Password", validators=[DataRequired(), Length(max=1024)])
@@ -79,14 +86,11 @@ def transport_prefix(domain_id: int) -> str:
     return f"d{domain_id}"
 
 
-class QuarantineFilterForm(FlaskForm):
+class QuarantineFilterForm(GetForm):
     """The quarantine list's filters: a GET form (bookmarkable, no CSRF token: it changes nothing).
 
     Build it with ``formdata=request.args``. Dates are days in UTC; "until" includes its whole day.
     """
-
-    class Meta:
-        csrf = False
 
     kind = SelectField("Kind", choices=[SelectChoice("", "any"), SelectChoice("spam", "spam"),
                                         SelectChoice("virus", "virus"), SelectChoice("attachment", "attachment")],
@@ -101,11 +105,8 @@ class QuarantineFilterForm(FlaskForm):
     submit = SubmitField("Filter")
 
 
-class MyQuarantineFilterForm(FlaskForm):
+class MyQuarantineFilterForm(GetForm):
     """The end user's search: sender or subject text (GET, no CSRF token)."""
-
-    class Meta:
-        csrf = False
 
     sender = StringField("Sender contains", validators=[Optional(), Length(max=320)])
     subject = StringField("Subject contains", validators=[Optional(), Length(max=200)])

@@ -19,6 +19,7 @@ from wtforms import HiddenField, StringField, SubmitField, TextAreaField
 from wtforms.validators import DataRequired, Length
 
 from app.access import MSP_ROLES, allow
+from app.actions import attempt
 from app.console import bp as console_bp
 from app.extensions import config, db
 from app.portal import TENANT_ROLES
@@ -126,11 +127,16 @@ def _page(*, form: RuleForm | None = None, shown: RuleView | None = None, regex:
         max_regex=schema.MAX_REGEX), status
 
 
-def _refused(exc: Exception, status: int, **shown: Any) -> ResponseReturnValue:
-    """The page again with the service's refusal (nothing of the attempt is kept)."""
-    db.session.rollback()
-    flash(str(exc), "error")
-    return _page(status=status, **shown)
+def _editable(rule_id: int) -> tuple[int | None, RuleView | None]:
+    """The page's level and the rule as this level may change it; None for the rule, its refusal flashed, when this
+    level may not (a tenant and its provider's locked rules, say), and the caller answers 403."""
+    tid, _ = _level()
+    try:
+        return tid, editable_view(db.session, config(), rule_id, tid)
+    except PermissionDenied as exc:
+        db.session.rollback()
+        flash(str(exc), "error")
+        return tid, None
 
 
 def page() -> ResponseReturnValue:
@@ -143,34 +149,29 @@ def add() -> ResponseReturnValue:
     form = RuleForm()
     if not form.validate_on_submit():
         return _page(form=form, status=422)
-    try:
+    with attempt() as done:
         row = service.add_rule(db.session, config(), load_rule(form.text.data or ""), tenant_id=tid,
                                actor=current_user.email)
         name = row.name
-        db.session.commit()
-    except ValidationError as exc:
-        return _refused(exc, 422, form=form)
+    if not done:
+        return _page(form=form, status=422)
     flash(f"Rule {name!r} added.", "success")
     return redirect(url_for(_endpoint("rules_page")))
 
 
 def update(rule_id: int) -> ResponseReturnValue:
-    tid, _ = _level()
-    s, cfg = db.session, config()
-    try:
-        shown = editable_view(s, cfg, rule_id, tid)
-    except PermissionDenied as exc:
-        return _refused(exc, 403)
+    tid, shown = _editable(rule_id)
+    if shown is None:
+        return _page(status=403)
     form = RuleForm()
     if not form.validate_on_submit():
         return _page(form=form, shown=shown, status=422)
-    try:
-        row = service.update_rule(s, cfg, rule_id, load_rule(form.text.data or ""), tenant_id=tid,
+    with attempt() as done:
+        row = service.update_rule(db.session, config(), rule_id, load_rule(form.text.data or ""), tenant_id=tid,
                                   actor=current_user.email)
         name = row.name
-        s.commit()
-    except ValidationError as exc:
-        return _refused(exc, 422, form=form, shown=shown)
+    if not done:
+        return _page(form=form, shown=shown, status=422)
     flash(f"Rule {name!r} saved.", "success")
     return redirect(url_for(_endpoint("rules_page"), rule=rule_id))
 
@@ -183,30 +184,27 @@ def set_active(rule_id: int, active: bool) -> ResponseReturnValue:
     if not form.validate_on_submit():
         flash("Bad request: reload the page and try again.", "error")
         return redirect(url_for(_endpoint("rules_page")))
-    try:
+    with attempt(PermissionDenied) as done:
         name = service.set_active(s, cfg, rule_id, active, tenant_id=tid, actor=current_user.email)
-        s.commit()
-    except PermissionDenied as exc:
-        return _refused(exc, 403)
+    if not done:
+        return _page(status=403)
     flash(f"Rule {name!r} {'enabled' if active else 'disabled'}.", "success")
     return redirect(url_for(_endpoint("rules_page")))
 
 
 def remove(rule_id: int) -> ResponseReturnValue:
     """Remove a rule after a confirmation step; a tenant cannot remove its provider's rules (403)."""
-    tid, _ = _level()
-    s, cfg = db.session, config()
-    try:
-        view = editable_view(s, cfg, rule_id, tid)
-    except PermissionDenied as exc:
-        return _refused(exc, 403)
+    tid, view = _editable(rule_id)
+    if view is None:
+        return _page(status=403)
     form = ConfirmForm()
     if not form.validate_on_submit():
         flash("Bad request: reload the page and try again.", "error")
         return redirect(url_for(_endpoint("rules_page")))
     if form.confirm.data != "1":
         return render_template("rules/remove.html", view=view, back=_endpoint("rules_page"))
-    name = service.remove_rule(s, cfg, rule_id, tenant_id=tid, actor=current_user.email)
+    s = db.session
+    name = service.remove_rule(s, config(), rule_id, tenant_id=tid, actor=current_user.email)
     s.commit()
     flash(f"Rule {name!r} removed.", "success")
     return redirect(url_for(_endpoint("rules_page")))

@@ -49,6 +49,7 @@ from app import console, held, portal
 from app.access import MSP_ROLES, allow
 from app.audit import audit
 from app.extensions import db, limiter, redis
+from app.forms import GetForm
 from tenants import audit as audit_log
 from tenants import services
 from tenants.exceptions import NotFound, ValidationError
@@ -184,11 +185,8 @@ class TotpForm(FlaskForm):
     submit = SubmitField("Verify")
 
 
-class AuditFilterForm(FlaskForm):
+class AuditFilterForm(GetForm):
     """The audit pages' filters (a GET form: no CSRF token, it changes nothing)."""
-
-    class Meta:
-        csrf = False
 
     actor = StringField("Actor contains", validators=[Optional(), Length(max=320)])
     action = StringField("Action starts with", validators=[Optional(), Length(max=60)])

@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 
 from flask import Response, flash, jsonify, render_template, request
 from flask.typing import ResponseReturnValue
-from flask_wtf import FlaskForm
 from markupsafe import Markup, escape
 from sqlalchemy import select
 from wtforms import DateField, SelectField, StringField, SubmitField
@@ -26,6 +25,7 @@ from wtforms.validators import Length, Optional
 from app.access import MSP_ROLES, allow
 from app.console import bp as console_bp
 from app.extensions import db
+from app.forms import GetForm
 from app.portal import TENANT_ROLES
 from app.portal import bp as portal_bp
 from tenants import stats
@@ -51,11 +51,8 @@ TICKS = 4
 MAX_DAY_LABELS = 16
 
 
-class StatsForm(FlaskForm):
+class StatsForm(GetForm):
     """The range picker: a GET form (bookmarkable, no CSRF token). ``tenant`` is shown in the MSP console only."""
-
-    class Meta:
-        csrf = False
 
     tenant = SelectField("Tenant", choices=[SelectChoice("", "all tenants")], validators=[Optional()], default="")
     since = DateField("From day (UTC)", validators=[Optional()])
@@ -66,11 +63,8 @@ class StatsForm(FlaskForm):
     submit = SubmitField("Show")
 
 
-class UsageForm(FlaskForm):
+class UsageForm(GetForm):
     """Months to meter (``YYYY-MM``, both included) and an optional tenant: GET, no CSRF token."""
-
-    class Meta:
-        csrf = False
 
     tenant = SelectField("Tenant", choices=[SelectChoice("", "all tenants")], validators=[Optional()], default="")
     first = StringField("From month (YYYY-MM)", validators=[Optional(), Length(max=7)])

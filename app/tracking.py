@@ -19,7 +19,6 @@ from datetime import UTC, datetime, time, timedelta
 from flask import Response, abort, flash, redirect, render_template, request, stream_with_context, url_for
 from flask.typing import ResponseReturnValue
 from flask_login import current_user
-from flask_wtf import FlaskForm
 from sqlalchemy import select
 from wtforms import DateField, SelectField, StringField, SubmitField
 from wtforms.fields.choices import SelectChoice
@@ -27,9 +26,11 @@ from wtforms.validators import Length, Optional
 
 from app import held
 from app.access import MSP_ROLES, QUARANTINE_HELPDESK, allow
+from app.actions import attempt
 from app.audit import audit
 from app.console import bp as console_bp
 from app.extensions import config, db
+from app.forms import GetForm
 from app.portal import TENANT_ROLES
 from app.portal import bp as portal_bp
 from tenants import lists, tracking
@@ -49,14 +50,11 @@ def _choices(values: tuple[str, ...]) -> list[SelectChoice]:
     return [SelectChoice("", "any")] + [SelectChoice(v, v) for v in values]
 
 
-class TrackingFilterForm(FlaskForm):
+class TrackingFilterForm(GetForm):
     """The tracking search's filters: a GET form (bookmarkable, no CSRF token: it changes nothing).
 
     Dates are days in UTC; "to" includes its whole day. ``tenant`` is shown in the MSP console only.
     """
-
-    class Meta:
-        csrf = False
 
     tenant = SelectField("Tenant", choices=[SelectChoice("", "all tenants")], validators=[Optional()], default="")
     sender = StringField("Sender contains", validators=[Optional(), Length(max=FIELD_MAX)])
@@ -252,29 +250,25 @@ def _act(audience: Audience, message_id: str) -> ResponseReturnValue:
         return back
     held_now = any(r.status == DeliveryStatus.QUARANTINED.value for r in d.deliveries)
     admin = current_user.role in (Role.TENANT_ADMIN, Role.MSP_ADMIN)
-    try:
+    with attempt(ValidationError, PermissionDenied) as done:
         if action == "release":
-            done = f"Message {q.release(s, cfg, m.id, actor=actor, actor_is_admin=admin)}."
+            said = f"Message {q.release(s, cfg, m.id, actor=actor, actor_is_admin=admin)}."
         elif held_now and action == "allow":
             entry, result = q.allow_sender_and_release(s, cfg, m.id, actor=actor, actor_is_admin=True)
-            done = f"{entry.value} is on the tenant's allow list; message {result}."
+            said = f"{entry.value} is on the tenant's allow list; message {result}."
         elif held_now:
             entry, gone = q.block_sender_and_delete(s, cfg, m.id, actor=actor)
-            done = f"{entry.value} is on the tenant's block list; message deleted for {', '.join(gone)}."
+            said = f"{entry.value} is on the tenant's block list; message deleted for {', '.join(gone)}."
         else:
             kind = "allow" if action == "allow" else "block"
             entry = lists.add_entry(s, kind=kind, value=lists.sender_of(m.mail_from, m.header_from),
                                     value_type="address", tenant_id=m.tenant_id, created_by=actor,
                                     comment=f"from tracked message {m.id}")
             lists.reload_after_commit(s, cfg)
-            done = f"{entry.value} is on the tenant's {kind} list."
-        _audit(f"tracking.{action}", f"message {m.id}", done, tenant_id=m.tenant_id)
-        s.commit()
-    except (ValidationError, PermissionDenied) as exc:
-        s.rollback()
-        flash(str(exc), "error")
-    else:
-        flash(done, "success")
+            said = f"{entry.value} is on the tenant's {kind} list."
+        _audit(f"tracking.{action}", f"message {m.id}", said, tenant_id=m.tenant_id)
+    if done:
+        flash(said, "success")
     return back
 
 

@@ -3,7 +3,8 @@ at ``/api/v1/openapi.json`` and, for people, a reference page at ``/api/v1/docs`
 
 Callers authenticate with ``Authorization: Bearer <API key>`` (:mod:`app.api.auth`); the key sets the tenant scope
 (or the MSP scope) for the request, so isolation is the data layer's, as everywhere. Another tenant's object is 404.
-Errors are JSON with stable codes (:mod:`app.api.errors`). The API takes no session cookie and so needs no CSRF
+Errors are JSON with stable codes (:mod:`app.api.errors`); a view's changes and audit entries are committed, or
+rolled back and answered with an error, by :mod:`app.api.actions`. The API takes no session cookie and so needs no CSRF
 token. Resources, one module each: :mod:`~app.api.tenancy` (tenants, domains, users), :mod:`~app.api.lists`,
 :mod:`~app.api.quarantine`, :mod:`~app.api.messages`, :mod:`~app.api.keys`, :mod:`~app.api.transports`,
 :mod:`~app.api.stats` (statistics and usage), :mod:`~app.api.audit`, :mod:`~app.api.dkim`, :mod:`~app.api.rules`

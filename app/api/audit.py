@@ -14,13 +14,12 @@ from marshmallow import RAISE, Schema, fields, validate
 
 from app.access import allow_api
 from app.api import schemas as sch
+from app.api.actions import refused
 from app.api.auth import caller
 from app.api.blueprint import bp, resolve_tenant
-from app.api.errors import ApiError
 from app.audit import audit
 from app.extensions import db
 from tenants import audit as audit_log
-from tenants.exceptions import ValidationError
 
 
 def record(action: str, target: str, detail: str = "", *, tenant_id: int | None) -> None:
@@ -69,8 +68,6 @@ def list_audit(cursor: str | None = None, limit: int = sch.PAGE_SIZE, tenant_id:
     ``next_cursor`` until it is null)."""
     f = audit_log.AuditFilter(actor=actor, action=action, since=since, until=until,
                               tenant_id=resolve_tenant(tenant_id))
-    try:
+    with refused(fields=("cursor",)):
         items, next_cursor = audit_log.search(db.session, f, after=cursor, limit=limit)
-    except ValidationError as exc:
-        raise ApiError(422, "validation", str(exc), fields={"cursor": [str(exc)]}) from None
     return {"items": items, "next_cursor": next_cursor}

@@ -92,11 +92,29 @@ def resolve_tenant(tenant_id: int | None) -> int | None:
 
 
 @contextmanager
-def narrowed_to(tenant_id: int | None) -> Iterator[None]:
-    """Run the block in one tenant's scope when an MSP key asked for one tenant; a tenant key is in its own already."""
+def narrowed_to(tenant_id: int | None) -> Iterator[int | None]:
+    """Run the block in one tenant's scope when an MSP key asked for one tenant; a tenant key is in its own already.
+    The block gets the tenant the request is about (:func:`resolve_tenant`)."""
     tid = resolve_tenant(tenant_id)
     with tenant_scope(tid) if tid is not None and caller().is_msp else nullcontext():
-        yield
+        yield tid
+
+
+def of_tenant(model: Any, tenant_id: int | None) -> Select[Any]:
+    """The rows of ``model`` of the request's tenant (:func:`resolve_tenant`); an MSP key without ``tenant_id``: of
+    every tenant."""
+    stmt = select(model)
+    tid = resolve_tenant(tenant_id)
+    if tid is not None:
+        stmt = stmt.where(model.tenant_id == tid)
+    return stmt
+
+
+def of_level(model: Any, tenant_id: int | None) -> Select[Any]:
+    """The rows of ``model`` of the request's level: a tenant's own (:func:`resolve_tenant`), or for an MSP key
+    without ``tenant_id`` the MSP-wide ones (``tenant_id`` null), not every tenant's."""
+    tid = resolve_tenant(tenant_id)
+    return select(model).where(model.tenant_id.is_(None) if tid is None else model.tenant_id == tid)
 
 
 def encode_id_cursor(last_id: int) -> str:

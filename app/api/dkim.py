@@ -9,16 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from marshmallow import RAISE, Schema, fields, validate
-from sqlalchemy import select
 
 from app.access import allow_api
 from app.api import schemas as sch
+from app.api.actions import committed
 from app.api.audit import record
-from app.api.blueprint import bp, id_page, resolve_tenant
-from app.api.errors import ApiError
+from app.api.blueprint import bp, id_page, of_tenant
 from app.extensions import config, db
 from tenants import dkimkeys
-from tenants.exceptions import ValidationError
 from tenants.models import DkimKey
 from tenants.platform.redisconn import bump_policy_version
 from tenants.scope import load
@@ -65,11 +63,7 @@ def _shown(key: DkimKey) -> dict[str, Any]:
 def list_dkim_keys(cursor: str | None = None, limit: int = sch.PAGE_SIZE,
                    tenant_id: int | None = None) -> dict[str, Any]:
     """The DKIM keys of the key's tenant (MSP keys: of every tenant, or of ``tenant_id``), oldest first."""
-    stmt = select(DkimKey)
-    tid = resolve_tenant(tenant_id)
-    if tid is not None:
-        stmt = stmt.where(DkimKey.tenant_id == tid)
-    page = id_page(stmt, DkimKey.id, cursor, limit)
+    page = id_page(of_tenant(DkimKey, tenant_id), DkimKey.id, cursor, limit)
     return {"items": [_shown(k) for k in page["items"]], "next_cursor": page["next_cursor"]}
 
 
@@ -80,16 +74,12 @@ def list_dkim_keys(cursor: str | None = None, limit: int = sch.PAGE_SIZE,
 def create_dkim_key(body: dict[str, Any]) -> dict[str, Any]:
     """Generate a key for a domain of the key's tenant, active at once: publish ``record_value`` at
     ``record_name`` before mail goes out. A domain that is not the tenant's is 404."""
-    session, cfg = db.session, config()
-    try:
-        key = dkimkeys.generate_key(session, cfg, body["domain"], body["selector"], bits=body["bits"])
-    except ValidationError as exc:  # a bad selector, or one the domain has already
-        session.rollback()
-        raise ApiError(422, "validation", str(exc), fields={"selector": [str(exc)]}) from None
-    shown = _shown(key)
-    record("dkim.generate", f"domain {key.domain}", f"selector {key.selector}, {shown['bits']} bits",
-           tenant_id=key.tenant_id)
-    session.commit()
+    cfg = config()
+    with committed(fields=("selector",)):  # a bad selector, or one the domain has already
+        key = dkimkeys.generate_key(db.session, cfg, body["domain"], body["selector"], bits=body["bits"])
+        shown = _shown(key)
+        record("dkim.generate", f"domain {key.domain}", f"selector {key.selector}, {shown['bits']} bits",
+               tenant_id=key.tenant_id)
     bump_policy_version(cfg)
     return shown
 

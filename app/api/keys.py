@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from marshmallow import RAISE
-from sqlalchemy import select
 
 from app.access import allow_api
 from app.api import schemas as sch
+from app.api.actions import committed
 from app.api.auth import caller
-from app.api.blueprint import bp, id_page, resolve_tenant
+from app.api.blueprint import bp, id_page, of_level, resolve_tenant
 from app.api.errors import ApiError
 from app.extensions import db
 from tenants import apikeys, services
@@ -29,9 +29,7 @@ from tenants.models import ApiKey
 def list_apikeys(cursor: str | None = None, limit: int = sch.PAGE_SIZE,
                  tenant_id: int | None = None) -> dict[str, Any]:
     """The keys of the key's level, revoked ones included (never their secrets)."""
-    tid = resolve_tenant(tenant_id)
-    stmt = select(ApiKey).where(ApiKey.tenant_id.is_(None) if tid is None else ApiKey.tenant_id == tid)
-    return id_page(stmt, ApiKey.id, cursor, limit)
+    return id_page(of_level(ApiKey, tenant_id), ApiKey.id, cursor, limit)
 
 
 @bp.route("/apikeys", methods=["POST"], endpoint="create_apikey", tags=["apikeys"])
@@ -48,8 +46,9 @@ def create_apikey(body: dict[str, Any]) -> dict[str, Any]:
     session = db.session
     tid = resolve_tenant(body.get("tenant_id"))
     tenant = services.get_tenant(session, tid) if tid is not None else None
-    new = apikeys.create(session, tenant, wanted, body["name"], expires_at=apikeys.parse_expiry(body["expires_on"]))
-    session.commit()
+    with committed():
+        new = apikeys.create(session, tenant, wanted, body["name"],
+                             expires_at=apikeys.parse_expiry(body["expires_on"]))
     shown = ("id", "tenant_id", "name", "prefix", "scope_list", "created_at", "last_used_at", "revoked_at",
              "expires_at")
     return {**{name: getattr(new.key, name) for name in shown}, "key": new.secret}
@@ -60,6 +59,5 @@ def create_apikey(body: dict[str, Any]) -> dict[str, Any]:
 @bp.response(204)
 def revoke_apikey(key_id: int) -> None:
     """Revoke a key at once: its next request is 401. Revoking a revoked key changes nothing."""
-    session = db.session
-    apikeys.revoke(session, key_id)
-    session.commit()
+    with committed():
+        apikeys.revoke(db.session, key_id)

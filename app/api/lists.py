@@ -9,12 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 from marshmallow import RAISE
-from sqlalchemy import select
 
 from app.access import allow_api
 from app.api import schemas as sch
+from app.api.actions import committed
 from app.api.auth import caller
-from app.api.blueprint import bp, id_page, resolve_tenant
+from app.api.blueprint import bp, id_page, of_level, resolve_tenant
 from app.extensions import config, db
 from tenants import lists
 from tenants.exceptions import NotFound
@@ -29,9 +29,7 @@ def list_entries(cursor: str | None = None, limit: int = sch.PAGE_SIZE, tenant_i
                  kind: str | None = None) -> dict[str, Any]:
     """The entries of the key's level (tenant keys: their tenant's list; MSP keys: the MSP-wide list or, with
     ``tenant_id``, that tenant's)."""
-    tid = resolve_tenant(tenant_id)
-    level = ListEntry.tenant_id.is_(None) if tid is None else ListEntry.tenant_id == tid
-    stmt = select(ListEntry).where(level, ListEntry.user_id.is_(None))
+    stmt = of_level(ListEntry, tenant_id).where(ListEntry.user_id.is_(None))
     if kind is not None:
         stmt = stmt.where(ListEntry.kind == kind)
     return id_page(stmt, ListEntry.id, cursor, limit)
@@ -46,10 +44,10 @@ def create_list_entry(body: dict[str, Any]) -> ListEntry:
     entry; the opposite kind flips it (block beats allow within a level). The ingresses reload at once."""
     session, cfg = db.session, config()
     tid = resolve_tenant(body.get("tenant_id"))
-    entry = lists.add_entry(session, kind=body["kind"], value=body["value"], value_type=body.get("value_type"),
-                            tenant_id=tid, comment=body["comment"], created_by=caller().actor)
-    lists.reload_after_commit(session, cfg)
-    session.commit()
+    with committed():
+        entry = lists.add_entry(session, kind=body["kind"], value=body["value"], value_type=body.get("value_type"),
+                                tenant_id=tid, comment=body["comment"], created_by=caller().actor)
+        lists.reload_after_commit(session, cfg)
     return entry
 
 
@@ -62,6 +60,6 @@ def delete_list_entry(entry_id: int) -> None:
     entry = lists.get_entry(session, entry_id)
     if entry.user_id is not None:
         raise NotFound(f"ListEntry {entry_id} not found")  # users' own lists are theirs, not the API's
-    lists.remove_entry(session, entry_id)
-    lists.reload_after_commit(session, cfg)
-    session.commit()
+    with committed():
+        lists.remove_entry(session, entry_id)
+        lists.reload_after_commit(session, cfg)

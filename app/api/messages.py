@@ -9,6 +9,7 @@ from marshmallow import RAISE
 
 from app.access import allow_api
 from app.api import schemas as sch
+from app.api.actions import committed
 from app.api.audit import record
 from app.api.auth import caller
 from app.api.blueprint import bp, narrowed_to
@@ -50,9 +51,9 @@ def get_message(message_id: str) -> dict[str, Any]:
     session = db.session
     d = tracking.detail(session, message_id)
     m = d.message
-    tracking.record_view(session, m, caller().actor)
-    record("tracking.view", f"message {m.id}", tenant_id=m.tenant_id)
-    session.commit()
+    with committed():
+        tracking.record_view(session, m, caller().actor)
+        record("tracking.view", f"message {m.id}", tenant_id=m.tenant_id)
     out = _summary(m, [(x.rcpt, x.status) for x in d.deliveries])
     out.update(client_ip=m.client_ip, client_helo=m.client_helo, message_id_header=m.message_id_header,
                explanation=m.explanation, expires_at=m.expires_at, has_content=d.has_content, findings=d.findings,

@@ -15,6 +15,7 @@ from marshmallow import RAISE
 
 from app.access import allow_api
 from app.api import schemas as sch
+from app.api.actions import committed
 from app.api.audit import record
 from app.api.auth import caller
 from app.api.blueprint import bp, narrowed_to
@@ -23,7 +24,6 @@ from app.extensions import config, db
 from tenants import lists, tracking
 from tenants import quarantine as q
 from tenants.addresses import normalize_address
-from tenants.exceptions import ValidationError
 
 #: The scope a key needs, besides ``quarantine``, to release a copy to an address outside the mail's tenant.
 RELEASE_OUTSIDE_SCOPE = "write"
@@ -50,10 +50,10 @@ def get_quarantined(message_id: str) -> dict[str, Any]:
     session = db.session
     d = q.detail(session, message_id)
     m = d.message
-    tracking.record_view(session, m, caller().actor)
-    record("quarantine.view", f"message {m.id}", f"from {m.mail_from or '<>'}, subject {m.subject or ''!r}"[:1000],
-           tenant_id=m.tenant_id)
-    session.commit()
+    with committed():
+        tracking.record_view(session, m, caller().actor)
+        record("quarantine.view", f"message {m.id}",
+               f"from {m.mail_from or '<>'}, subject {m.subject or ''!r}"[:1000], tenant_id=m.tenant_id)
     held = [rcpt for rcpt, status in d.rcpts if status == "quarantined"]
     return {
         "id": m.id, "tenant_id": m.tenant_id, "kind": m.quarantine_kind or "", "received_at": m.received_at,
@@ -66,10 +66,6 @@ def get_quarantined(message_id: str) -> dict[str, Any]:
         "attachments": d.attachments, "preview_text": d.preview.text, "defects": d.defects,
         "events": [{"at": at, "kind": kind, "detail": detail} for at, kind, detail in d.events],
     }
-
-
-def _conflict(exc: ValidationError) -> ApiError:
-    return ApiError(409, "conflict", str(exc))
 
 
 @bp.route("/quarantine/<msgid:message_id>/release", methods=["POST"], endpoint="release_quarantined",
@@ -86,12 +82,9 @@ def release_quarantined(body: dict[str, Any], message_id: str) -> dict[str, Any]
         lists.validate_value(normalize_address(to), "address")  # a bad address is 422, not a conflict
     if q.get(session, message_id).quarantine_kind == "virus" and not body.get("confirm_virus"):
         raise ApiError(409, "confirmation_required", "this mail carries a virus: send confirm_virus=true to release it")
-    try:
+    with committed(status=409, code="conflict"):  # nothing held (any more)
         result = q.release(session, cfg, message_id, actor=caller().actor, to=to, actor_is_admin=True,
                            outside_ok=RELEASE_OUTSIDE_SCOPE in caller().scopes)
-    except ValidationError as exc:
-        raise _conflict(exc) from None
-    session.commit()
     return {"message_id": result.message_id, "rcpts": list(result.rcpts), "to": result.to}
 
 
@@ -100,12 +93,8 @@ def release_quarantined(body: dict[str, Any], message_id: str) -> dict[str, Any]
 @bp.response(200, sch.DeleteResultSchema)
 def delete_quarantined(message_id: str) -> dict[str, Any]:
     """Never deliver a held mail (it stays listed as deleted until the purge). 409 if nothing is held."""
-    session = db.session
-    try:
-        gone = q.delete(session, message_id, actor=caller().actor, cfg=config())
-    except ValidationError as exc:
-        raise _conflict(exc) from None
-    session.commit()
+    with committed(status=409, code="conflict"):  # nothing held (any more)
+        gone = q.delete(db.session, message_id, actor=caller().actor, cfg=config())
     return {"message_id": message_id, "rcpts": list(gone)}
 
 
@@ -115,7 +104,6 @@ def delete_quarantined(message_id: str) -> dict[str, Any]:
 @bp.response(202, sch.ReportResultSchema)
 def report_quarantined(body: dict[str, Any], message_id: str) -> dict[str, Any]:
     """Train the tenant's Bayes filter with this mail as spam or as ham (the worker does it after the answer)."""
-    session, cfg = db.session, config()
-    q.request_report(session, cfg, message_id, spam=body["spam"], actor=caller().actor)
-    session.commit()
+    with committed():
+        q.request_report(db.session, config(), message_id, spam=body["spam"], actor=caller().actor)
     return {"message_id": message_id, "spam": body["spam"], "status": "queued"}

@@ -15,10 +15,10 @@ from sqlalchemy import select
 
 from app.access import allow_api
 from app.api import schemas as sch
-from app.api.auth import caller
+from app.api.actions import committed
+from app.api.audit import record
 from app.api.blueprint import bp, id_page, resolve_tenant
 from app.api.errors import ApiError
-from app.audit import audit
 from app.extensions import config, db
 from tenants import recipients
 from tenants.models import ValidRecipient
@@ -128,21 +128,20 @@ def put_recipient_verification(body: dict[str, Any]) -> dict[str, Any]:
     tid = _tenant(body.get("tenant_id"))
     ldap_keys = ("ldap_url", "ldap_base_dn", "ldap_bind_dn", "ldap_password", "ldap_filter", "ldap_attributes")
     changed = []
-    if any(k in body for k in ldap_keys):
-        st = recipients.get_settings(s, tid)
-        recipients.set_ldap(s, cfg, tid, url=body.get("ldap_url", st.ldap_url),
-                            base_dn=body.get("ldap_base_dn", st.ldap_base_dn),
-                            bind_dn=body.get("ldap_bind_dn", st.ldap_bind_dn), password=body.get("ldap_password"),
-                            search_filter=body.get("ldap_filter", st.ldap_filter),
-                            attributes=body.get("ldap_attributes", st.ldap_attributes))
-        changed.append("ldap " + ", ".join(k[5:] for k in ldap_keys if k in body))
-    if "mode" in body:
-        recipients.set_mode(s, tid, body["mode"])
-        changed.append(f"mode {body['mode']}")
-    audit("recipients.update", "recipient verification", "; ".join(changed) or "nothing", tenant_id=tid,
-          actor=caller().actor)
-    recipients.reload_after_commit(s, cfg)
-    s.commit()
+    with committed():
+        if any(k in body for k in ldap_keys):
+            st = recipients.get_settings(s, tid)
+            recipients.set_ldap(s, cfg, tid, url=body.get("ldap_url", st.ldap_url),
+                                base_dn=body.get("ldap_base_dn", st.ldap_base_dn),
+                                bind_dn=body.get("ldap_bind_dn", st.ldap_bind_dn), password=body.get("ldap_password"),
+                                search_filter=body.get("ldap_filter", st.ldap_filter),
+                                attributes=body.get("ldap_attributes", st.ldap_attributes))
+            changed.append("ldap " + ", ".join(k[5:] for k in ldap_keys if k in body))
+        if "mode" in body:
+            recipients.set_mode(s, tid, body["mode"])
+            changed.append(f"mode {body['mode']}")
+        record("recipients.update", "recipient verification", "; ".join(changed) or "nothing", tenant_id=tid)
+        recipients.reload_after_commit(s, cfg)
     return _view(tid)
 
 
@@ -169,10 +168,10 @@ def create_valid_recipient(body: dict[str, Any]) -> ValidRecipient:
     returned as it is."""
     s = db.session
     tid = _tenant(body.get("tenant_id"))
-    row = recipients.add_static(s, tid, body["address"])
-    audit("recipients.static.add", row.address, tenant_id=tid, actor=caller().actor)
-    recipients.reload_after_commit(s, config())
-    s.commit()
+    with committed():
+        row = recipients.add_static(s, tid, body["address"])
+        record("recipients.static.add", row.address, tenant_id=tid)
+        recipients.reload_after_commit(s, config())
     return row
 
 
@@ -186,7 +185,7 @@ def delete_valid_recipient(recipient_id: int) -> None:
     row = s.scalar(select(ValidRecipient).where(ValidRecipient.id == recipient_id))  # the key's scope filters tenants
     if row is None or row.source != "static":
         raise ApiError(404, "not_found", "no such object")
-    recipients.remove_static_id(s, row.tenant_id, recipient_id)
-    audit("recipients.static.remove", row.address, tenant_id=row.tenant_id, actor=caller().actor)
-    recipients.reload_after_commit(s, config())
-    s.commit()
+    with committed():
+        recipients.remove_static_id(s, row.tenant_id, recipient_id)
+        record("recipients.static.remove", row.address, tenant_id=row.tenant_id)
+        recipients.reload_after_commit(s, config())

@@ -8,14 +8,16 @@ another tenant's included, is 404.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from marshmallow import RAISE
 
 from app.access import allow_api
 from app.api import schemas_rules as sch
+from app.api.actions import committed
 from app.api.auth import caller
-from app.api.blueprint import bp, narrowed_to, resolve_tenant
+from app.api.blueprint import bp, narrowed_to
 from app.extensions import config, db
 from tenants.mailrules import service
 from tenants.mailrules.service import RuleView
@@ -31,6 +33,17 @@ def _answer(rule_id: int, tid: int | None) -> dict[str, Any]:
     return _out(find_view(db.session, config(), rule_id, tid))
 
 
+def _change(rule_id: int, tenant_id: int | None, check: Callable[..., RuleView],
+            change: Callable[[int | None], object]) -> dict[str, Any]:
+    """In the request's tenant scope: ``check`` that the caller may change the rule (404 or 403 otherwise), make the
+    ``change`` (given the tenant, None: the baseline), commit, and answer the rule as it is now."""
+    with narrowed_to(tenant_id) as tid:
+        check(db.session, config(), rule_id, tid)
+        with committed():
+            change(tid)
+        return _answer(rule_id, tid)
+
+
 @bp.route("/rules", methods=["GET"], endpoint="list_rules", tags=["rules"])
 @allow_api("read")
 @bp.arguments(sch.RuleArgs, location="query", as_kwargs=True, unknown=RAISE)
@@ -38,8 +51,7 @@ def _answer(rule_id: int, tid: int | None) -> dict[str, Any]:
 def list_rules(tenant_id: int | None = None) -> dict[str, Any]:
     """The rules in evaluation order: a tenant's list holds its provider's baseline rules and its own, with hits;
     an MSP key without ``tenant_id`` gets the baseline."""
-    with narrowed_to(tenant_id):
-        tid = resolve_tenant(tenant_id)
+    with narrowed_to(tenant_id) as tid:
         return {"items": [_out(v) for v in service.rule_views(db.session, config(), tid)]}
 
 
@@ -50,10 +62,9 @@ def list_rules(tenant_id: int | None = None) -> dict[str, Any]:
 @bp.response(201, sch.RuleSchema)
 def create_rule(body: dict[str, Any], tenant_id: int | None = None) -> dict[str, Any]:
     """Add a rule (an MSP key without ``tenant_id``: a baseline rule). Invalid rules are 422 with the reason."""
-    with narrowed_to(tenant_id):
-        tid = resolve_tenant(tenant_id)
-        row = service.add_rule(db.session, config(), body, tenant_id=tid, actor=caller().actor)
-        db.session.commit()
+    with narrowed_to(tenant_id) as tid:
+        with committed():
+            row = service.add_rule(db.session, config(), body, tenant_id=tid, actor=caller().actor)
         return _answer(row.id, tid)
 
 
@@ -63,8 +74,8 @@ def create_rule(body: dict[str, Any], tenant_id: int | None = None) -> dict[str,
 @bp.response(200, sch.RuleSchema)
 def get_rule(rule_id: int, tenant_id: int | None = None) -> dict[str, Any]:
     """One rule of the caller's list (a baseline rule included)."""
-    with narrowed_to(tenant_id):
-        return _answer(rule_id, resolve_tenant(tenant_id))
+    with narrowed_to(tenant_id) as tid:
+        return _answer(rule_id, tid)
 
 
 @bp.route("/rules/<rowid:rule_id>", methods=["PUT"], endpoint="update_rule", tags=["rules"])
@@ -74,12 +85,8 @@ def get_rule(rule_id: int, tenant_id: int | None = None) -> dict[str, Any]:
 @bp.response(200, sch.RuleSchema)
 def update_rule(body: dict[str, Any], rule_id: int, tenant_id: int | None = None) -> dict[str, Any]:
     """Replace a rule's definition; a tenant key cannot change its provider's rules (403)."""
-    with narrowed_to(tenant_id):
-        tid = resolve_tenant(tenant_id)
-        editable_view(db.session, config(), rule_id, tid)
-        service.update_rule(db.session, config(), rule_id, body, tenant_id=tid, actor=caller().actor)
-        db.session.commit()
-        return _answer(rule_id, tid)
+    return _change(rule_id, tenant_id, editable_view, lambda tid: service.update_rule(
+        db.session, config(), rule_id, body, tenant_id=tid, actor=caller().actor))
 
 
 @bp.route("/rules/<rowid:rule_id>", methods=["DELETE"], endpoint="delete_rule", tags=["rules"])
@@ -88,20 +95,16 @@ def update_rule(body: dict[str, Any], rule_id: int, tenant_id: int | None = None
 @bp.response(204)
 def delete_rule(rule_id: int, tenant_id: int | None = None) -> None:
     """Remove a rule; a tenant key cannot remove its provider's rules (403: disable an unlocked one instead)."""
-    with narrowed_to(tenant_id):
-        tid = resolve_tenant(tenant_id)
+    with narrowed_to(tenant_id) as tid:
         editable_view(db.session, config(), rule_id, tid)
-        service.remove_rule(db.session, config(), rule_id, tenant_id=tid, actor=caller().actor)
-        db.session.commit()
+        with committed():
+            service.remove_rule(db.session, config(), rule_id, tenant_id=tid, actor=caller().actor)
 
 
 def _set_active(rule_id: int, tenant_id: int | None, active: bool) -> dict[str, Any]:
-    with narrowed_to(tenant_id):
-        tid = resolve_tenant(tenant_id)
-        find_view(db.session, config(), rule_id, tid)
-        service.set_active(db.session, config(), rule_id, active, tenant_id=tid, actor=caller().actor)
-        db.session.commit()
-        return _answer(rule_id, tid)
+    """Any rule the caller sees, a baseline rule included (the tenant's opt-out; the service refuses a locked one)."""
+    return _change(rule_id, tenant_id, find_view, lambda tid: service.set_active(
+        db.session, config(), rule_id, active, tenant_id=tid, actor=caller().actor))
 
 
 @bp.route("/rules/<rowid:rule_id>/enable", methods=["POST"], endpoint="enable_rule", tags=["rules"])

@@ -16,15 +16,16 @@ from sqlalchemy.exc import IntegrityError
 from app.access import allow_api
 from app.api import schemas as sch
 from app.api import schemas_tenants as tsch
+from app.api.actions import committed
+from app.api.audit import record
 from app.api.auth import caller
-from app.api.blueprint import bp, id_page, resolve_tenant
+from app.api.blueprint import bp, id_page, of_tenant, resolve_tenant
 from app.api.errors import ApiError
-from app.audit import audit
 from app.exports import tenant_zip
 from app.extensions import config, db
 from tenants import domains, lifecycle, services
 from tenants.egress import EgressPolicy
-from tenants.exceptions import NotFound, ValidationError
+from tenants.exceptions import NotFound
 from tenants.models import Domain, Tenant, User
 from tenants.platform.redisconn import bump_policy_version
 from tenants.scope import load
@@ -51,11 +52,6 @@ def _msp_tenant(tenant_id: int) -> Tenant:
     return found
 
 
-def _audit(action: str, target: str, detail: str = "", *, tenant_id: int | None) -> None:
-
-    audit(action, target, detail, tenant_id=tenant_id, actor=caller().actor)
-
-
 @bp.route("/tenants", methods=["POST"], endpoint="create_tenant", tags=["tenants"])
 @allow_api("write")
 @bp.arguments(tsch.TenantCreateSchema)
@@ -64,14 +60,10 @@ def create_tenant(body: dict[str, Any]) -> Tenant:
     """Create a tenant (MSP keys only); add its domains with ``POST /domains``."""
     if not caller().is_msp:
         raise NotFound("no such route for a tenant key")
-    session = db.session
-    try:
-        created = services.create_tenant(session, body["name"])
-        _audit("tenant.create", f"tenant {created.name}", tenant_id=created.id)
-        session.commit()
-    except IntegrityError:  # created by another request between the check and the commit
-        session.rollback()
-        raise ApiError(409, "conflict", f"tenant {body['name'].strip()!r} already exists") from None
+    taken = f"tenant {body['name'].strip()!r} already exists"  # created by another request since the service checked
+    with committed(IntegrityError, status=409, code="conflict", message=taken):
+        created = services.create_tenant(db.session, body["name"])
+        record("tenant.create", f"tenant {created.name}", tenant_id=created.id)
     return created
 
 
@@ -90,11 +82,11 @@ def get_tenant(tenant_id: int) -> dict[str, Any]:
 def _set_suspended(tenant_id: int, suspended: bool) -> Tenant:
     session = db.session
     found = _msp_tenant(tenant_id)
-    changed = lifecycle.suspend(session, found) if suspended else lifecycle.resume(session, found)
-    if changed:
-        _audit(lifecycle.SUSPEND_ACTION if suspended else lifecycle.RESUME_ACTION, f"tenant {found.name}",
-               tenant_id=found.id)
-    session.commit()
+    with committed():
+        changed = lifecycle.suspend(session, found) if suspended else lifecycle.resume(session, found)
+        if changed:
+            record(lifecycle.SUSPEND_ACTION if suspended else lifecycle.RESUME_ACTION, f"tenant {found.name}",
+                   tenant_id=found.id)
     bump_policy_version(config())  # the ingresses refuse (or accept again) its domains at once
     return found
 
@@ -126,7 +118,7 @@ def export_tenant(tenant_id: int) -> Response:
     found = _msp_tenant(tenant_id)
     if "quarantine" not in caller().scopes:
         raise ApiError(403, "forbidden_scope", "an export holds raw mail: this API key lacks the 'quarantine' scope")
-    return tenant_zip(session, config(), found, lambda summary: _audit(
+    return tenant_zip(session, config(), found, lambda summary: record(
         lifecycle.EXPORT_ACTION, f"tenant {found.name}", summary, tenant_id=found.id))
 
 
@@ -143,14 +135,10 @@ def delete_tenant(body: dict[str, Any], tenant_id: int) -> dict[str, Any]:
         raise ApiError(422, "validation", "confirm must be the tenant's name, exactly",
                        fields={"confirm": [f"type {found.name}"]})
     name, tid = found.name, found.id
-    try:
+    with committed(status=409, code="conflict"):
         counts = lifecycle.delete(session, config(), found)
-    except ValidationError as exc:
-        session.rollback()
-        raise ApiError(409, "conflict", str(exc)) from None
-    detail = ", ".join(f"{table} {n}" for table, n in sorted(counts.items()) if n)
-    _audit(lifecycle.DELETE_ACTION, f"tenant {name} (id {tid})", detail, tenant_id=None)  # the tenant is gone
-    session.commit()
+        detail = ", ".join(f"{table} {n}" for table, n in sorted(counts.items()) if n)
+        record(lifecycle.DELETE_ACTION, f"tenant {name} (id {tid})", detail, tenant_id=None)  # the tenant is gone
     bump_policy_version(config())
     return {"id": tid, "name": name, "deleted": counts}
 
@@ -162,11 +150,7 @@ def delete_tenant(body: dict[str, Any], tenant_id: int) -> dict[str, Any]:
 def list_domains(cursor: str | None = None, limit: int = sch.PAGE_SIZE,
                  tenant_id: int | None = None) -> dict[str, Any]:
     """The domains of the key's tenant (MSP keys: of every tenant, or of ``tenant_id``)."""
-    stmt = select(Domain)
-    tid = resolve_tenant(tenant_id)
-    if tid is not None:
-        stmt = stmt.where(Domain.tenant_id == tid)
-    return id_page(stmt, Domain.id, cursor, limit)
+    return id_page(of_tenant(Domain, tenant_id), Domain.id, cursor, limit)
 
 
 @bp.route("/domains", methods=["POST"], endpoint="create_domain", tags=["domains"])
@@ -184,9 +168,9 @@ def create_domain(body: dict[str, Any]) -> Domain:
                        fields={"tenant_id": ["required for MSP keys"]})
     session, cfg = db.session, config()
     tenant = services.get_tenant(session, tid)
-    domain = services.add_domain(session, tenant, body["name"], body["transport_host"], body["transport_port"],
-                                 body["transport_tls"], egress=EgressPolicy(cfg))
-    session.commit()
+    with committed():
+        domain = services.add_domain(session, tenant, body["name"], body["transport_host"], body["transport_port"],
+                                     body["transport_tls"], egress=EgressPolicy(cfg))
     bump_policy_version(cfg)
     return domain
 
@@ -224,13 +208,9 @@ def remove_domain(body: dict[str, Any], domain_id: int) -> dict[str, Any]:
     session = db.session
     found = load(session, Domain, domain_id)
     name, tid = found.name, found.tenant_id
-    try:
+    with committed(fields=("confirm",), hint=f"type {name}"):
         impact = domains.remove(session, found, body["confirm"])
-    except ValidationError as exc:
-        session.rollback()
-        raise ApiError(422, "validation", str(exc), fields={"confirm": [f"type {name}"]}) from None
-    _audit(domains.REMOVE_ACTION, f"domain {name}", impact.summary(), tenant_id=tid)
-    session.commit()
+        record(domains.REMOVE_ACTION, f"domain {name}", impact.summary(), tenant_id=tid)
     bump_policy_version(config())  # every ingress forgets the domain
     return {"id": domain_id, "name": name, "queued": impact.queued, "quarantined": impact.quarantined,
             "dkim_keys": impact.dkim_keys, "removed": True}
@@ -242,8 +222,4 @@ def remove_domain(body: dict[str, Any], domain_id: int) -> dict[str, Any]:
 @bp.response(200, sch.UserPage)
 def list_users(cursor: str | None = None, limit: int = sch.PAGE_SIZE, tenant_id: int | None = None) -> dict[str, Any]:
     """The users of the key's tenant (MSP keys: every user, MSP staff included, or those of ``tenant_id``)."""
-    stmt = select(User)
-    tid = resolve_tenant(tenant_id)
-    if tid is not None:
-        stmt = stmt.where(User.tenant_id == tid)
-    return id_page(stmt, User.id, cursor, limit)
+    return id_page(of_tenant(User, tenant_id), User.id, cursor, limit)

@@ -8,13 +8,12 @@ from typing import Any
 from marshmallow import Schema, fields, validate
 
 from app.access import allow_api
+from app.api.actions import committed
 from app.api.audit import record
 from app.api.blueprint import bp
-from app.api.errors import ApiError
 from app.extensions import config, db
 from tenants import services
 from tenants.egress import EgressPolicy
-from tenants.exceptions import ValidationError
 from tenants.models import Domain, TlsMode
 from tenants.platform.redisconn import bump_policy_version
 from tenants.scope import load
@@ -60,15 +59,10 @@ def get_transport(domain_id: int) -> dict[str, Any]:
 @bp.response(200, TransportSchema)
 def update_transport(body: dict[str, Any], domain_id: int) -> dict[str, Any]:
     """Replace the domain's transport; the ingresses deliver there from their next policy reload (at once)."""
-    session = db.session
-    d = load(session, Domain, domain_id)
-    try:
+    d = load(db.session, Domain, domain_id)
+    with committed(fields=("host",)):
         services.update_transport(d, body["host"], body["port"], body["tls"], egress=EgressPolicy(config()))
-    except ValidationError as exc:
-        session.rollback()
-        raise ApiError(422, "validation", str(exc), fields={"host": [str(exc)]}) from None
-    record("domain.transport", f"domain {d.name}", f"transport {d.transport}, TLS {d.transport_tls}",
-           tenant_id=d.tenant_id)
-    session.commit()
+        record("domain.transport", f"domain {d.name}", f"transport {d.transport}, TLS {d.transport_tls}",
+               tenant_id=d.tenant_id)
     bump_policy_version(config())
     return _transport(d)

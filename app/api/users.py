@@ -11,19 +11,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import request
 from marshmallow import Schema, fields, validate
 
 from app.access import allow_api
 from app.api import schemas as sch
+from app.api.actions import committed, refused
+from app.api.audit import record
 from app.api.auth import caller
 from app.api.blueprint import bp, resolve_tenant
 from app.api.errors import ApiError
 from app.extensions import config, db
 from tenants import accounts, services, users
-from tenants import audit as audit_log
 from tenants.apikeys import SCOPES
-from tenants.exceptions import ValidationError
 from tenants.models import Role, User
 from tenants.scope import load
 from tenants.services import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
@@ -57,10 +56,6 @@ class UserUpdateSchema(Schema):
     active = fields.Boolean(metadata={"description": "false: the user can no longer sign in"})
 
 
-def _role_error(message: str) -> ApiError:
-    return ApiError(422, "validation", message, fields={"role": [message]})
-
-
 def _may_grant(role: Role) -> None:
     """403 ``forbidden_scope`` when a key lacking some scope would create or promote an admin."""
     missing = [s for s in SCOPES if s not in caller().scopes]
@@ -70,8 +65,7 @@ def _may_grant(role: Role) -> None:
 
 
 def _audit(action: str, user: User, detail: str = "") -> None:
-    audit_log.record(db.session, actor=caller().actor, action=action, target=f"user {user.email}", detail=detail,
-                     tenant_id=user.tenant_id, ip=request.remote_addr)
+    record(action, f"user {user.email}", detail, tenant_id=user.tenant_id)
 
 
 @bp.route("/users", methods=["POST"], endpoint="create_user", tags=["users"])
@@ -82,22 +76,20 @@ def create_user(body: dict[str, Any]) -> User:
     """Create a user of the key's tenant (MSP keys: of ``tenant_id``, or MSP staff without it)."""
     session = db.session
     tid = resolve_tenant(body.get("tenant_id"))
-    try:
+    with refused(fields=("role",)):
         role = users.parse_role(body["role"], tid)
-    except ValidationError as exc:
-        raise _role_error(str(exc)) from None
     _may_grant(role)
     if body["invite"] and body.get("password"):
         message = "either set an initial password or send an invitation, not both"
         raise ApiError(422, "validation", message, fields={"invite": [message]})
     tenant = services.get_tenant(session, tid) if tid is not None else None
-    user = users.create_user(session, body["email"], role.value, tenant, body.get("password"))
-    how = "initial password set" if user.password_hash else "invited" if body["invite"] else "no password"
-    _audit("user.create", user, f"role {user.role}, {how}")
-    if body["invite"]:
-        _audit("user.invite", user, "invitation link mailed")
-        accounts.queue_link(session, config(), user, "invite")
-    session.commit()
+    with committed():
+        user = users.create_user(session, body["email"], role.value, tenant, body.get("password"))
+        how = "initial password set" if user.password_hash else "invited" if body["invite"] else "no password"
+        _audit("user.create", user, f"role {user.role}, {how}")
+        if body["invite"]:
+            _audit("user.invite", user, "invitation link mailed")
+            accounts.queue_link(session, config(), user, "invite")
     return user
 
 
@@ -109,10 +101,10 @@ def reset_user(user_id: int) -> dict[str, Any]:
     set a new one (single use, expiring). A deactivated user is 422."""
     session = db.session
     user = load(session, User, user_id)  # another tenant's user (or, for a tenant key, MSP staff) is 404
-    accounts.start_reset(user, actor_id=None)
-    _audit("user.password_reset", user, "reset link mailed")
-    accounts.queue_link(session, config(), user, "reset")
-    session.commit()
+    with committed():
+        accounts.start_reset(user, actor_id=None)
+        _audit("user.password_reset", user, "reset link mailed")
+        accounts.queue_link(session, config(), user, "reset")
     return {"user_id": user.id, "email": user.email, "purpose": "reset", "status": "queued"}
 
 
@@ -124,17 +116,15 @@ def update_user(body: dict[str, Any], user_id: int) -> User:
     """Change a user's role (within its level) or deactivate / reactivate it; omitted fields stay as they are."""
     session = db.session
     user = load(session, User, user_id)  # another tenant's user (or, for a tenant key, MSP staff) is 404
-    if "role" in body:
-        old = user.role
-        try:
-            role = users.parse_role(body["role"], user.tenant_id)
-        except ValidationError as exc:
-            raise _role_error(str(exc)) from None
-        if role.value != old:
-            _may_grant(role)
-        if users.set_role(user, role.value, actor_id=None):
-            _audit("user.role", user, f"{old} → {user.role}")
-    if "active" in body and users.set_active(user, bool(body["active"]), actor_id=None):
-        _audit("user.activate" if user.active else "user.deactivate", user)
-    session.commit()
+    with committed():
+        if "role" in body:
+            old = user.role
+            with refused(fields=("role",)):
+                role = users.parse_role(body["role"], user.tenant_id)
+            if role.value != old:
+                _may_grant(role)
+            if users.set_role(user, role.value, actor_id=None):
+                _audit("user.role", user, f"{old} → {user.role}")
+        if "active" in body and users.set_active(user, bool(body["active"]), actor_id=None):
+            _audit("user.activate" if user.active else "user.deactivate", user)
     return user

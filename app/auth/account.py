@@ -17,12 +17,12 @@ from wtforms import PasswordField, StringField, SubmitField
 from wtforms.validators import DataRequired, Length
 
 from app.access import ANY_ROLE, allow
+from app.actions import attempt
 from app.audit import audit
 from app.auth import TOTP_ROLES
 from app.extensions import config, db, redis
 from app.security import TotpForm, msp_settings
 from tenants import totp as otp
-from tenants.exceptions import ValidationError
 from tenants.models import User
 from tenants.passwords import verify_password
 from tenants.scope import msp_scope
@@ -99,17 +99,13 @@ def totp_confirm() -> ResponseReturnValue:
     form = TotpForm()
     if not form.validate_on_submit():
         return _page(confirm=form, status=422)
-    s = db.session
     user = _me()
     with msp_scope():
-        try:
+        with attempt() as done:
             otp.enable(config(), redis(), user, form.code.data or "")
-        except ValidationError as exc:
-            s.rollback()
-            flash(str(exc), "error")
+            audit("account.totp_enabled", target=user.email, tenant_id=user.tenant_id)
+        if not done:
             return _page(status=422)
-        audit("account.totp_enabled", target=user.email, tenant_id=user.tenant_id)
-        s.commit()
     flash("The second factor is on: you will be asked for a code at every sign-in.", "success")
     return redirect(url_for("auth.home"))
 

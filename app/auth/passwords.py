@@ -20,6 +20,7 @@ from wtforms.validators import DataRequired, EqualTo, Length
 
 from app import auth, console, portal, security
 from app.access import ANY_ROLE, allow, allow_public
+from app.actions import attempt
 from app.audit import audit
 from app.auth import account
 from app.extensions import config, db, redis
@@ -71,16 +72,14 @@ def change_password() -> ResponseReturnValue:
     s = db.session
     with msp_scope():
         user = account._me()
-        try:
+        with attempt(flash_error=False) as done:
             accounts.change_password(user, form.current.data or "", form.new.data or "")
-        except ValidationError as exc:
-            s.rollback()
-            audit("account.password_change_failed", target=user.email, detail=str(exc), tenant_id=user.tenant_id)
+            audit("account.password_changed", target=user.email, tenant_id=user.tenant_id)
+        if not done:
+            audit("account.password_change_failed", target=user.email, detail=done.error, tenant_id=user.tenant_id)
             s.commit()
-            flash(str(exc), "error")
+            flash(done.error, "error")
             return render_template("account/password.html", form=form), 422
-        audit("account.password_changed", target=user.email, tenant_id=user.tenant_id)
-        s.commit()
         auth.start_session(s, user)
         s.commit()
     flash("Your password is changed; your other sessions are signed out.", "success")
@@ -156,15 +155,12 @@ def reset_user(user_id: int, tenant_id: int | None, endpoint: str) -> ResponseRe
     if not FlaskForm().validate_on_submit():
         flash("Bad request: reload the page and try again.", "error")
         return redirect(url_for(endpoint))
-    try:
+    with attempt() as done:
         accounts.start_reset(user, actor_id=current_user.user_id)
-    except ValidationError as exc:
-        s.rollback()
-        flash(str(exc), "error")
+        audit("user.password_reset", f"user {user.email}", "reset link mailed", tenant_id=user.tenant_id)
+        accounts.queue_link(s, config(), user, "reset")
+    if not done:
         return redirect(url_for(endpoint))
-    audit("user.password_reset", f"user {user.email}", "reset link mailed", tenant_id=user.tenant_id)
-    accounts.queue_link(s, config(), user, "reset")
-    s.commit()
     flash(f"The password of {user.email} no longer works; a link to set a new one is on its way to them.", "success")
     return redirect(url_for(endpoint))
 

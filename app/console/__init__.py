@@ -22,6 +22,7 @@ from wtforms.validators import DataRequired, Length
 
 from app import domain_removal
 from app.access import MSP_ROLES, allow
+from app.actions import attempt
 from app.audit import audit
 from app.exports import tenant_zip
 from app.extensions import config, db, redis
@@ -82,16 +83,13 @@ def create_tenant() -> ResponseReturnValue:
         s = db.session
         name = form.name.data or ""
         try:
-            tenant = services.create_tenant(s, name)
-            _audit("tenant.create", f"tenant {tenant.name}", tenant_id=tenant.id)
-            s.commit()
-        except ValidationError as exc:
-            s.rollback()
-            flash(str(exc), "error")
+            with attempt() as done:
+                tenant = services.create_tenant(s, name)
+                _audit("tenant.create", f"tenant {tenant.name}", tenant_id=tenant.id)
         except IntegrityError:  # created by someone else between the check and the commit
             s.rollback()
             flash(f"tenant {name.strip()!r} already exists", "error")
-        else:
+        if done:
             flash(f"Tenant {tenant.name} created.", "success")
             return redirect(url_for("console.index"))
     return _page(tenant_form=form, status=422)
@@ -105,20 +103,17 @@ def add_domain() -> ResponseReturnValue:
     form.tenant.choices = [SelectChoice(t.id, t.name) for t in services.list_tenants(s)]
     if form.validate_on_submit():
         try:
-            tenant = services.get_tenant(s, form.tenant.data)
-            host, port = services.parse_transport(form.transport.data or "")
-            domain = services.add_domain(s, tenant, form.name.data or "", host, port, form.tls.data,
-                                         egress=EgressPolicy(config()))
-            _audit("domain.create", f"domain {domain.name}",
-                   f"transport {domain.transport}, TLS {domain.transport_tls}", tenant_id=tenant.id)
-            s.commit()
-        except (ValidationError, NotFound) as exc:
-            s.rollback()
-            flash(str(exc), "error")
+            with attempt(ValidationError, NotFound) as done:
+                tenant = services.get_tenant(s, form.tenant.data)
+                host, port = services.parse_transport(form.transport.data or "")
+                domain = services.add_domain(s, tenant, form.name.data or "", host, port, form.tls.data,
+                                             egress=EgressPolicy(config()))
+                _audit("domain.create", f"domain {domain.name}",
+                       f"transport {domain.transport}, TLS {domain.transport_tls}", tenant_id=tenant.id)
         except IntegrityError:
             s.rollback()
             flash(f"domain {(form.name.data or '').strip()} is already registered", "error")
-        else:
+        if done:
             bump_policy_version(config())
             flash(f"Domain {domain.name} added to {tenant.name}; it receives mail at once (you vouch for it).",
                   "success")
@@ -224,15 +219,12 @@ def delete_tenant(tenant_id: int) -> ResponseReturnValue:
         form.name.errors = [f"That is not the name of this tenant: type {t.name} exactly."]
         return _tenant_page(t, delete_form=form, status=422)
     name, tid = t.name, t.id
-    try:
+    with attempt() as done:
         counts = lifecycle.delete(s, config(), t)
-    except ValidationError as exc:
-        s.rollback()
-        flash(str(exc), "error")
+        detail = ", ".join(f"{table} {n}" for table, n in sorted(counts.items()) if n)
+        _audit(lifecycle.DELETE_ACTION, f"tenant {name} (id {tid})", detail, tenant_id=None)  # the tenant is gone
+    if not done:
         return _tenant_page(_tenant(tid), status=409)
-    detail = ", ".join(f"{table} {n}" for table, n in sorted(counts.items()) if n)
-    _audit(lifecycle.DELETE_ACTION, f"tenant {name} (id {tid})", detail, tenant_id=None)  # the tenant is gone
-    s.commit()
     bump_policy_version(config())
     flash(f"Tenant {name} and all its data deleted.", "success")
     return redirect(url_for("console.index"))

@@ -14,6 +14,7 @@ from flask.typing import ResponseReturnValue
 from flask_login import current_user
 
 from app.access import MSP_ROLES, allow
+from app.actions import attempt
 from app.audit import audit
 from app.auth import passwords
 from app.console import bp
@@ -72,7 +73,7 @@ def create_staff() -> ResponseReturnValue:
     form = portal_admin.user_form(users.MSP_STAFF_ROLES)
     if form.validate_on_submit():
         s = db.session
-        try:
+        with attempt() as done:
             if bool(form.password.data) == bool(form.invite.data):  # staff get no digest, so no link from one either
                 raise ValidationError("staff sign in with a password: set an initial one, or send an invitation")
             user = users.create_user(s, form.email.data or "", form.role.data or "", None, form.password.data or None)
@@ -80,11 +81,7 @@ def create_staff() -> ResponseReturnValue:
                   f"role {user.role}, {'initial password set' if user.password_hash else 'invited'}", tenant_id=None)
             if form.invite.data:
                 passwords.invite(user)
-            s.commit()
-        except ValidationError as exc:
-            s.rollback()
-            flash(str(exc), "error")
-        else:
+        if done:
             flash(f"Staff member {user.email} created ({user.role}).", "success")
             return redirect(url_for("console.staff"))
     return _staff_page(form, status=422)

@@ -9,14 +9,18 @@ from the cache the worker fills (:mod:`tenants.dnscache`); no page looks DNS up.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from flask import flash, redirect, render_template, url_for
 from flask.typing import ResponseReturnValue
 from flask_wtf import FlaskForm
 from sqlalchemy.exc import IntegrityError
-from wtforms import SelectField, StringField, SubmitField
+from wtforms import Field, SelectField, StringField, SubmitField
 from wtforms.validators import DataRequired, Length
 
 from app.access import allow
+from app.actions import Outcome, attempt
 from app.audit import audit
 from app.auth import passwords
 from app.console import bp
@@ -24,7 +28,7 @@ from app.extensions import config, db, redis
 from app.forms import TLS_CHOICES
 from tenants import claims, dnscache, dnsreadiness, onboarding, services, transportcheck
 from tenants.egress import EgressPolicy
-from tenants.exceptions import NotFound, ValidationError
+from tenants.exceptions import NotFound
 from tenants.models import Domain, Role, Tenant, TlsMode
 from tenants.platform.redisconn import bump_policy_version
 
@@ -63,6 +67,28 @@ def _tenant(tenant_id: int) -> Tenant:
     if tenant is None:
         raise NotFound(f"tenant {tenant_id} not found")
     return tenant
+
+
+def _progress(tenant_id: int) -> tuple[Tenant, onboarding.Progress]:
+    """A wizard step's tenant (404 for none) and how far its setup is."""
+    tenant = _tenant(tenant_id)
+    return tenant, onboarding.progress(db.session, tenant)
+
+
+@contextmanager
+def _step(field: Field, taken: str = "") -> Iterator[Outcome]:
+    """A step's work, committed as by :func:`~app.actions.attempt`; a refusal is shown under ``field``, and so is
+    ``taken`` when the commit finds the name registered by someone else between the check and the commit."""
+    try:
+        with attempt(flash_error=False) as done:
+            yield done
+    except IntegrityError:
+        if not taken:
+            raise
+        db.session.rollback()
+        done.error = taken
+    if not done:
+        field.errors = [*field.errors, done.error]
 
 
 def _wizard(tenant_id: int) -> ResponseReturnValue:
@@ -131,17 +157,10 @@ def onboarding_create_tenant() -> ResponseReturnValue:
         return _page(None, tenant_form=form, status=422)
     s = db.session
     name = (form.name.data or "").strip()
-    try:
+    with _step(form.name, taken=f"tenant {name!r} already exists") as done:
         tenant = services.create_tenant(s, name)
         _audit("tenant.create", f"tenant {tenant.name}", "onboarding wizard", tenant_id=tenant.id)
-        s.commit()
-    except ValidationError as exc:
-        s.rollback()
-        form.name.errors = [*form.name.errors, str(exc)]
-        return _page(None, tenant_form=form, status=422)
-    except IntegrityError:  # created by someone else between the check and the commit
-        s.rollback()
-        form.name.errors = [*form.name.errors, f"tenant {name!r} already exists"]
+    if not done:
         return _page(None, tenant_form=form, status=422)
     flash(f"Customer {tenant.name} created. Next: its first domain.", "success")
     return _wizard(tenant.id)
@@ -159,29 +178,21 @@ def onboarding_step(tenant_id: int) -> ResponseReturnValue:
 @bp.route("/onboarding/<int:tenant_id>/domain", methods=["POST"])
 @allow(Role.MSP_ADMIN)
 def onboarding_domain(tenant_id: int) -> ResponseReturnValue:
-    s = db.session
-    tenant = _tenant(tenant_id)
-    if onboarding.progress(s, tenant).step != onboarding.DOMAIN:
+    tenant, progress = _progress(tenant_id)
+    if progress.step != onboarding.DOMAIN:
         flash(f"{tenant.name} has a domain already; add more on its page later.", "info")
         return _wizard(tenant.id)
     form = DomainStepForm()
     if not form.validate_on_submit():
         return _page(tenant, domain_form=form, status=422)
     cfg = config()
-    try:
+    with _step(form.name, taken=str(claims.not_available((form.name.data or "").strip()))) as done:
         host, port = services.parse_transport(form.transport.data or "")
-        domain = services.add_domain(s, tenant, form.name.data or "", host, port, form.tls.data,
+        domain = services.add_domain(db.session, tenant, form.name.data or "", host, port, form.tls.data,
                                      egress=EgressPolicy(cfg))
         _audit("domain.create", f"domain {domain.name}", f"transport {domain.transport}, TLS {domain.transport_tls}",
                tenant_id=tenant.id)
-        s.commit()
-    except ValidationError as exc:
-        s.rollback()
-        form.name.errors = [*form.name.errors, str(exc)]
-        return _page(tenant, domain_form=form, status=422)
-    except IntegrityError:  # registered by someone else between the check and the commit
-        s.rollback()
-        form.name.errors = [*form.name.errors, str(claims.not_available((form.name.data or "").strip()))]
+    if not done:
         return _page(tenant, domain_form=form, status=422)
     bump_policy_version(cfg)
     flash(f"Domain {domain.name} added to {tenant.name}; it receives mail at once (you vouch for it).", "success")
@@ -193,9 +204,8 @@ def onboarding_domain(tenant_id: int) -> ResponseReturnValue:
 @allow(Role.MSP_ADMIN)
 def onboarding_transport(tenant_id: int) -> ResponseReturnValue:
     """Save the transport when it was changed, then test it."""
-    s = db.session
-    tenant = _tenant(tenant_id)
-    domain = onboarding.progress(s, tenant).domain
+    tenant, progress = _progress(tenant_id)
+    domain = progress.domain
     if domain is None:
         return _wizard(tenant.id)
     form = TransportStepForm()
@@ -203,16 +213,13 @@ def onboarding_transport(tenant_id: int) -> ResponseReturnValue:
         return _page(tenant, transport_form=form, status=422)
     cfg = config()
     before = (domain.transport_host, domain.transport_port, domain.transport_tls)
-    try:
+    with _step(form.host) as done:
         services.update_transport(domain, form.host.data or "", form.port.data or "", form.tls.data or "",
                                   egress=EgressPolicy(cfg))
         if (domain.transport_host, domain.transport_port, domain.transport_tls) != before:
             _audit("domain.transport", f"domain {domain.name}",
                    f"transport {domain.transport}, TLS {domain.transport_tls}", tenant_id=tenant.id)
-        s.commit()
-    except ValidationError as exc:
-        s.rollback()
-        form.host.errors = [*form.host.errors, str(exc)]
+    if not done:
         return _page(tenant, transport_form=form, status=422)
     if (domain.transport_host, domain.transport_port, domain.transport_tls) != before:
         bump_policy_version(cfg)
@@ -226,27 +233,18 @@ def onboarding_transport(tenant_id: int) -> ResponseReturnValue:
 @allow(Role.MSP_ADMIN)
 def onboarding_admin(tenant_id: int) -> ResponseReturnValue:
     """Create the tenant's first admin without a password and mail them an invitation link."""
-    s = db.session
-    tenant = _tenant(tenant_id)
-    progress = onboarding.progress(s, tenant)
+    tenant, progress = _progress(tenant_id)
     if progress.admin is not None:
         flash(f"{tenant.name} has an admin already: {progress.admin.email}.", "info")
         return _wizard(tenant.id)
     form = AdminStepForm()
     if not form.validate_on_submit():
         return _page(tenant, admin_form=form, status=422)
-    try:
-        user = onboarding.invite_admin(s, tenant, form.email.data or "")
+    with _step(form.email, taken=f"user {(form.email.data or '').strip().lower()} already exists") as done:
+        user = onboarding.invite_admin(db.session, tenant, form.email.data or "")
         _audit("user.create", f"user {user.email}", f"role {user.role}, invited", tenant_id=tenant.id)
         passwords.invite(user)
-        s.commit()
-    except ValidationError as exc:
-        s.rollback()
-        form.email.errors = [*form.email.errors, str(exc)]
-        return _page(tenant, admin_form=form, status=422)
-    except IntegrityError:
-        s.rollback()
-        form.email.errors = [*form.email.errors, f"user {(form.email.data or '').strip().lower()} already exists"]
+    if not done:
         return _page(tenant, admin_form=form, status=422)
     flash(f"{user.email} is {tenant.name}'s admin: an invitation to choose a password is on its way.", "success")
     return _wizard(tenant.id)
@@ -258,8 +256,7 @@ def onboarding_admin(tenant_id: int) -> ResponseReturnValue:
 @allow(Role.MSP_ADMIN)
 def onboarding_dns_check(tenant_id: int) -> ResponseReturnValue:
     """Have the worker look the wizard domain's records up again ("Re-check")."""
-    tenant = _tenant(tenant_id)
-    domain = onboarding.progress(db.session, tenant).domain
-    if domain is not None:
-        flash(*dnscache.recheck(config(), redis(), domain))
+    tenant, progress = _progress(tenant_id)
+    if progress.domain is not None:
+        flash(*dnscache.recheck(config(), redis(), progress.domain))
     return _wizard(tenant.id)

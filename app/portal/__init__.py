@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app import domain_removal
 from app.access import allow
+from app.actions import attempt
 from app.audit import audit
 from app.extensions import config, db, redis
 from app.forms import PortalDomainForm, TransportForm, transport_prefix
@@ -114,15 +115,11 @@ def update_transport(domain_id: int) -> ResponseReturnValue:
     d = load(s, Domain, domain_id)
     form = TransportForm(prefix=transport_prefix(d.id))
     if form.validate_on_submit():
-        try:
+        with attempt() as done:
             services.update_transport(d, form.host.data or "", form.port.data or "", form.tls.data,
                                       egress=EgressPolicy(config()))
             _audit("domain.transport", f"domain {d.name}", f"transport {d.transport}, TLS {d.transport_tls}")
-            s.commit()
-        except ValidationError as exc:
-            s.rollback()
-            flash(str(exc), "error")
-        else:
+        if done:
             bump_policy_version(config())
             flash(f"Transport of {d.name} is now {d.transport} (TLS {d.transport_tls}).", "success")
             if form.back.data == "index":

@@ -20,6 +20,7 @@ from wtforms.fields.choices import SelectChoice
 from wtforms.validators import AnyOf, DataRequired, Length
 
 from app.access import allow
+from app.actions import attempt
 from app.audit import audit
 from app.auth import passwords
 from app.extensions import config, db
@@ -108,21 +109,16 @@ def users_page() -> ResponseReturnValue:
 def create_user() -> ResponseReturnValue:
     form = user_form(users.TENANT_USER_ROLES)
     if form.validate_on_submit():
-        s = db.session
-        try:
+        with attempt() as done:
             if form.invite.data and form.password.data:
                 raise ValidationError("either set an initial password or send an invitation, not both")
-            user = users.create_user(s, form.email.data or "", form.role.data or "", _tenant(),
+            user = users.create_user(db.session, form.email.data or "", form.role.data or "", _tenant(),
                                      form.password.data or None)
             audit("user.create", f"user {user.email}",
                   f"role {user.role}, {'initial password set' if user.password_hash else 'no password'}")
             if form.invite.data:
                 passwords.invite(user)
-            s.commit()
-        except ValidationError as exc:
-            s.rollback()
-            flash(str(exc), "error")
-        else:
+        if done:
             how = "with the password you set" if form.password.data else "from the links in their quarantine digest"
             if form.invite.data:
                 how = "once they chose a password with the invitation link mailed to them"
@@ -141,15 +137,11 @@ def user_role(user_id: int) -> ResponseReturnValue:
         flash(f"Choose one of {', '.join(r.value for r in users.TENANT_USER_ROLES)}.", "error")
         return redirect(url_for("portal.users_page"))
     old = user.role
-    try:
+    with attempt() as done:
         changed = users.set_role(user, form.role.data or "", actor_id=current_user.user_id)
-    except ValidationError as exc:
-        s.rollback()
-        flash(str(exc), "error")
-        return redirect(url_for("portal.users_page"))
-    if changed:
-        audit("user.role", f"user {user.email}", f"{old} → {user.role}")
-        s.commit()
+        if changed:
+            audit("user.role", f"user {user.email}", f"{old} → {user.role}")
+    if done and changed:
         flash(f"{user.email} is now {user.role}.", "success")
     return redirect(url_for("portal.users_page"))
 
@@ -161,15 +153,11 @@ def set_user_active(user_id: int, tenant_id: int | None, endpoint: str) -> Respo
     form = ActiveForm()
     if form.validate_on_submit():
         active = form.active.data == "1"
-        try:
+        with attempt() as done:
             changed = users.set_active(user, active, actor_id=current_user.user_id)
-        except ValidationError as exc:
-            s.rollback()
-            flash(str(exc), "error")
-            return redirect(url_for(endpoint))
-        if changed:
-            audit("user.activate" if active else "user.deactivate", f"user {user.email}")
-            s.commit()
+            if changed:
+                audit("user.activate" if active else "user.deactivate", f"user {user.email}")
+        if done and changed:
             flash(f"{user.email} is {'active again' if active else 'deactivated: they can no longer sign in'}.",
                   "success")
     else:
@@ -209,18 +197,17 @@ def delete_user_of(user_id: int, tenant_id: int | None, endpoint: str) -> Respon
     if not form.validate_on_submit():
         flash("Bad request: reload the page and try again.", "error")
         return redirect(url_for(endpoint))
-    email, role = user.email, user.role
-    try:
-        if form.confirm.data != "1":
+    email, role, confirmed = user.email, user.role, form.confirm.data == "1"
+    with attempt() as done:
+        if not confirmed:
             users.keep_an_admin(user)  # say so now, not after the confirmation
-            return render_template("user_delete.html", user=user, back=endpoint)
-        accounts.delete_user(s, user, actor_id=current_user.user_id)
-    except ValidationError as exc:
-        s.rollback()
-        flash(str(exc), "error")
+        else:
+            accounts.delete_user(s, user, actor_id=current_user.user_id)
+            audit("user.delete", f"user {email}", f"role {role}", tenant_id=tenant_id)
+    if not done:
         return redirect(url_for(endpoint))
-    audit("user.delete", f"user {email}", f"role {role}", tenant_id=tenant_id)
-    s.commit()
+    if not confirmed:
+        return render_template("user_delete.html", user=user, back=endpoint)
     flash(f"User {email} is deleted: they can no longer sign in.", "success")
     return redirect(url_for(endpoint))
 
@@ -246,18 +233,13 @@ def create_apikey_for(tenant: Tenant | None, template: str, back: str) -> Respon
     """Create a key from the posted form and show it once (shared with the console's MSP-wide keys)."""
     form = ApiKeyForm()
     if form.validate_on_submit():
-        s = db.session
-        try:
-            new = apikeys.create(s, tenant, form.scopes.data or [], form.name.data or "",
+        with attempt() as done:
+            new = apikeys.create(db.session, tenant, form.scopes.data or [], form.name.data or "",
                                  expires_at=apikeys.parse_expiry(form.expires_on.data))
             expiry = f", expires {new.key.expires_at:%Y-%m-%d}" if new.key.expires_at else ""
             audit("apikey.create", f"api key {new.key.prefix}",
                   f"name {new.key.name!r}, scopes {new.key.scopes}{expiry}")
-            s.commit()
-        except ValidationError as exc:
-            s.rollback()
-            flash(str(exc), "error")
-        else:
+        if done:
             # The one time the full key is shown: in this answer only (no flash, no session, no log).
             return render_template("portal/apikey_created.html", key=new.key, secret=new.secret, back=back)
     return apikeys_page(template, tenant.id if tenant else None, True, form, status=422)
@@ -333,16 +315,12 @@ def create_dkim_key() -> ResponseReturnValue:
     as an invalid choice, without saying whose it is)."""
     form = _dkim_form()
     if form.validate_on_submit():
-        s, cfg = db.session, config()
-        try:
-            key = dkimkeys.generate_key(s, cfg, form.domain.data or "", form.selector.data or "",
+        cfg = config()
+        with attempt() as done:
+            key = dkimkeys.generate_key(db.session, cfg, form.domain.data or "", form.selector.data or "",
                                         bits=int(form.bits.data or dkimkeys.DEFAULT_KEY_BITS))
             audit("dkim.create", f"dkim {key.selector} {key.domain}", f"{form.bits.data} bits, active")
-            s.commit()
-        except ValidationError as exc:
-            s.rollback()
-            flash(str(exc), "error")
-        else:
+        if done:
             bump_policy_version(cfg)
             flash(f"Key {key.selector} for {key.domain} generated and active: publish its TXT record below.",
                   "success")
@@ -419,17 +397,12 @@ def outbound() -> ResponseReturnValue:
 def add_relay_network() -> ResponseReturnValue:
     form = RelayNetworkForm()
     if form.validate_on_submit():
-        s, cfg = db.session, config()
         tenant = _tenant()
-        try:
-            row = relay.add_relay_network(s, tenant, form.cidr.data or "")
+        with attempt() as done:
+            row = relay.add_relay_network(db.session, tenant, form.cidr.data or "")
             audit("relay.network.add", f"relay network {row.cidr}")
-            s.commit()
-        except ValidationError as exc:
-            s.rollback()
-            flash(str(exc), "error")
-        else:
-            bump_policy_version(cfg)
+        if done:
+            bump_policy_version(config())
             flash(f"Your servers in {row.cidr} may now send out through Mailward.", "success")
             return redirect(url_for("portal.outbound"))
     return _outbound_page(net_form=form, status=422)
@@ -454,16 +427,11 @@ def remove_relay_network(network_id: int) -> ResponseReturnValue:
 def create_smtp_credential() -> ResponseReturnValue:
     form = SmtpCredentialForm()
     if form.validate_on_submit():
-        s = db.session
         password = secrets.token_urlsafe(SMTP_PASSWORD_BYTES)
-        try:
-            cred = relay.create_smtp_credential(s, _tenant(), form.username.data or "", password)
+        with attempt() as done:
+            cred = relay.create_smtp_credential(db.session, _tenant(), form.username.data or "", password)
             audit("relay.login.create", f"smtp login {cred.username}", "password generated")
-            s.commit()
-        except ValidationError as exc:
-            s.rollback()
-            flash(str(exc), "error")
-        else:
+        if done:
             # The one time the password is shown: in this answer only (no flash, no session, no log).
             return _outbound_page(created=(cred.username, password))
     return _outbound_page(cred_form=form, status=422)

@@ -20,7 +20,7 @@ from app.portal import TENANT_ROLES, bp
 from tenants import lists, services
 from tenants.branding import brand_of, set_branding
 from tenants.egress import EgressPolicy
-from tenants.exceptions import NotFound, ValidationError
+from tenants.exceptions import NotFound
 from tenants.models import Role
 
 
@@ -101,18 +101,13 @@ def branding() -> ResponseReturnValue:
 def save_branding() -> ResponseReturnValue:
     form = BrandingForm()
     if form.validate_on_submit():
-        s = db.session
-        tenant = services.get_tenant(s, current_user.tenant_id)
-        try:
+        tenant = services.get_tenant(db.session, current_user.tenant_id)
+        with attempt() as done:
             set_branding(tenant, name=form.name.data or "", color=form.color.data or "",
                          logo_url=form.logo_url.data or "", egress=EgressPolicy(config()))
             audit("branding.update", f"tenant {tenant.name}", f"name {tenant.brand_name or ''!r}, "
                   f"colour {tenant.brand_color or ''}, logo {tenant.brand_logo_url or ''}")
-            s.commit()
-        except ValidationError as exc:
-            s.rollback()
-            flash(str(exc), "error")
-        else:
+        if done:
             flash("Branding saved: your users see it in their quarantine.", "success")
             return redirect(url_for("portal.branding"))
     return _branding_page(form, status=422)

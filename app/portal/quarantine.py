@@ -19,8 +19,9 @@ from flask import Response, abort, flash, redirect, render_template, request, ur
 from flask.typing import ResponseReturnValue
 from flask_login import current_user
 
-from app import held
+from app import held, held_actions
 from app.access import QUARANTINE_HELPDESK, allow
+from app.actions import attempt
 from app.audit import audit
 from app.csp import preview_response
 from app.extensions import config, db
@@ -151,22 +152,14 @@ def quarantine_raw(message_id: str) -> ResponseReturnValue:
 def _perform(message_id: str, action: str, to: str | None) -> str:
     """Carry out one action in the request's session (the caller commits); what it did, in words."""
     s, cfg, actor, admin = db.session, config(), current_user.email, _is_admin()
-    if action == "release":
-        return f"Message {q.release(s, cfg, message_id, actor=actor, actor_is_admin=admin)}."
+    if action in held_actions.ACTIONS:  # allow_release and block_delete come from admins only (HELPDESK_ACTIONS)
+        return held_actions.perform(s, cfg, message_id, action, actor=actor, admin=admin)
     if action == "release_to":
         if not to:
             raise ValidationError("give the address to release the message to")
         # A tenant's admin may send a copy anywhere (it can download the raw mail as well).
         copy = q.release(s, cfg, message_id, actor=actor, to=to, actor_is_admin=admin, outside_ok=admin)
         return f"Message {copy}."
-    if action == "delete":
-        return f"Message deleted for {', '.join(q.delete(s, message_id, actor=actor, cfg=cfg))}."
-    if action == "allow_release":
-        entry, result = q.allow_sender_and_release(s, cfg, message_id, actor=actor, actor_is_admin=True)
-        return f"{entry.value} is on the tenant's allow list; message {result}."
-    if action == "block_delete":
-        entry, gone = q.block_sender_and_delete(s, cfg, message_id, actor=actor)
-        return f"{entry.value} is on the tenant's block list; message deleted for {', '.join(gone)}."
     spam = action == "report_spam"
     q.request_report(s, cfg, message_id, spam=spam, actor=actor)
     return f"Reported as {'spam' if spam else 'not spam'}: the filter learns from it shortly."
@@ -175,13 +168,12 @@ def _perform(message_id: str, action: str, to: str | None) -> str:
 @bp.route("/quarantine/<message_id>/act", methods=["POST"])
 @allow(Role.TENANT_ADMIN, viewing_as=QUARANTINE_HELPDESK)
 def quarantine_act(message_id: str) -> ResponseReturnValue:
-    s = db.session
     action = request.form.get("action", "")
     if action not in ACTIONS:
         abort(400)
     if not _is_admin() and action not in HELPDESK_ACTIONS:
         abort(404)  # as for a view the role may not call: no oracle of what exists
-    msg = q.get(s, message_id)
+    msg = q.get(db.session, message_id)
     mid, kind = msg.id, msg.quarantine_kind
     to = (request.form.get("to") or "").strip() or None
     if kind == "virus" and action in RELEASES and not _is_admin():
@@ -193,13 +185,9 @@ def quarantine_act(message_id: str) -> ResponseReturnValue:
         return redirect(url_for("portal.quarantine_message", message_id=mid))
     if kind == "virus" and action in RELEASES and request.form.get("confirm") != "1":
         return render_template("portal/quarantine_confirm.html", m=msg, action=action, to=to)
-    try:
+    with attempt(ValidationError, PermissionDenied) as outcome:
         done = _perform(mid, action, to)
         audit(f"quarantine.{action}", f"message {mid}", done)
-        s.commit()
-    except (ValidationError, PermissionDenied) as exc:
-        s.rollback()
-        flash(str(exc), "error")
-    else:
+    if outcome:
         flash(done, "success")
     return redirect(url_for("portal.quarantine_message", message_id=mid))

@@ -16,6 +16,7 @@ from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Length, Optional
 
 from app.access import allow
+from app.actions import attempt
 from app.audit import audit
 from app.extensions import config, db
 from app.portal import TENANT_ROLES, bp
@@ -94,9 +95,9 @@ def _page(status: int = 200, **given: FlaskForm) -> ResponseReturnValue:
         **(_forms(**given) if can_edit else {})), status
 
 
-def _changed() -> None:
+def _reload() -> None:
+    """Every ingress reloads recipient verification once the request commits."""
     recipients.reload_after_commit(db.session, config())
-    db.session.commit()
 
 
 @bp.route("/recipients")
@@ -111,15 +112,12 @@ def set_recipient_mode() -> ResponseReturnValue:
     form = ModeForm(prefix="mode")
     if form.validate_on_submit():
         s = db.session
-        try:
+        with attempt() as done:
             before = recipients.get_settings(s, current_user.tenant_id).mode
             recipients.set_mode(s, current_user.tenant_id, form.mode.data or "off")
             audit("recipients.mode", "recipient verification", f"{before} -> {form.mode.data}")
-            _changed()
-        except ValidationError as exc:
-            s.rollback()
-            flash(str(exc), "error")
-        else:
+            _reload()
+        if done:
             flash(f"Recipient verification is now {form.mode.data}.", "success")
             return redirect(url_for("portal.recipients_page"))
     return _page(422, mode_form=form)
@@ -130,15 +128,11 @@ def set_recipient_mode() -> ResponseReturnValue:
 def save_static_list() -> ResponseReturnValue:
     form = StaticListForm(prefix="static")
     if form.validate_on_submit():
-        s = db.session
-        try:
-            added, removed = recipients.replace_static(s, current_user.tenant_id, form.entries.data or "")
+        with attempt() as done:
+            added, removed = recipients.replace_static(db.session, current_user.tenant_id, form.entries.data or "")
             audit("recipients.static", "static recipient list", f"{added} added, {removed} removed")
-            _changed()
-        except ValidationError as exc:
-            s.rollback()
-            flash(str(exc), "error")
-        else:
+            _reload()
+        if done:
             flash(f"Static list saved: {added} added, {removed} removed.", "success")
             return redirect(url_for("portal.recipients_page"))
     return _page(422, static_form=form)
@@ -149,20 +143,16 @@ def save_static_list() -> ResponseReturnValue:
 def save_ldap() -> ResponseReturnValue:
     form = LdapForm(prefix="ldap")
     if form.validate_on_submit():
-        s = db.session
         password = "" if form.clear_password.data else (form.password.data or None)
-        try:
-            recipients.set_ldap(s, config(), current_user.tenant_id, url=form.url.data or "",
+        with attempt() as done:
+            recipients.set_ldap(db.session, config(), current_user.tenant_id, url=form.url.data or "",
                                 base_dn=form.base_dn.data or "", bind_dn=form.bind_dn.data or "", password=password,
                                 search_filter=form.search_filter.data or "", attributes=form.attributes.data or "")
             pw = "password removed" if password == "" else "password changed" if password else "password kept"
             audit("recipients.ldap", "LDAP directory", f"{form.url.data} base {form.base_dn.data} bind "
                   f"{form.bind_dn.data or 'anonymous'}, {pw}")
-            _changed()
-        except ValidationError as exc:
-            s.rollback()
-            flash(str(exc), "error")
-        else:
+            _reload()
+        if done:
             flash("LDAP settings saved.", "success")
             return redirect(url_for("portal.recipients_page"))
     return _page(422, ldap_form=form)
@@ -196,7 +186,8 @@ def sync_ldap() -> ResponseReturnValue:
         s = db.session
         result = directory.sync(s, config(), current_user.tenant_id)
         audit("recipients.ldap_sync", "LDAP directory", result.message)
-        _changed()
+        _reload()
+        s.commit()
         flash(f"Sync {'done' if result.ok else 'failed'}: {result.message}", "success" if result.ok else "error")
         return redirect(url_for("portal.recipients_page"))
     return _page(422, sync_form=form)
