@@ -68,7 +68,8 @@ def _notice(cfg: Config, to: str, subject: str, body: str) -> bytes:
     return msg.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
-def apply_actions(cfg: Config, verdict: Verdict, data: bytes, original: bytes, *, tenant_id: int,
+# Complexity (C901) by design: one branch per action kind.
+def apply_actions(cfg: Config, verdict: Verdict, data: bytes, original: bytes, *, tenant_id: int,  # noqa: C901
                   rcpts: Sequence[str], admins: Callable[[], list[str]], retention_days: int | None) -> Applied:
     """Apply the group's non-final rule actions to ``data`` (what would be stored without rules); ``original`` is
     the mail as received with our trace header (for BCC of the original and the kept attachments)."""

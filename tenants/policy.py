@@ -153,6 +153,15 @@ _CHOICES = {
 
 def policy_from(*layers: dict[str, Any]) -> Policy:
     """Merge settings layers (later wins; ``scores`` merge key by key) into a validated :class:`Policy`."""
+    values, scores = _merged(layers)
+    base = Policy()
+    policy = Policy(**{key: _coerced(key, value, getattr(base, key)) for key, value in values.items()}, scores=scores)
+    _check(policy)
+    return policy
+
+
+def _merged(layers: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], dict[str, float]]:
+    """The settings of the layers, later ones winning, and their scores merged symbol by symbol."""
     values: dict[str, Any] = {}
     scores: dict[str, float] = {}
     for layer in layers:
@@ -167,28 +176,33 @@ def policy_from(*layers: dict[str, Any]) -> Policy:
                 scores.update({str(k): float(v) for k, v in value.items()})
             else:
                 values[key] = value
-    base = Policy()
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        default = getattr(base, key)
-        try:
-            if isinstance(default, bool):
-                if not isinstance(value, bool):
-                    raise ValueError("must be true or false")
-                out[key] = value
-            elif isinstance(default, int):
-                out[key] = int(value)
-                if out[key] < 0:
-                    raise ValueError("must not be negative")
-            elif isinstance(default, float):
-                out[key] = float(value)
-            else:
-                out[key] = str(value)
-        except (TypeError, ValueError) as exc:
-            raise ValidationError(f"policy setting {key}: {exc}") from exc
-        if key in _CHOICES and out[key] not in _CHOICES[key]:
-            raise ValidationError(f"policy setting {key}: one of {', '.join(_CHOICES[key])}")
-    policy = Policy(**out, scores=scores)
+    return values, scores
+
+
+def _coerced(key: str, value: Any, default: Any) -> Any:
+    """One setting's value as the type of its default, within its choices."""
+    try:
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError("must be true or false")
+            out: Any = value
+        elif isinstance(default, int):
+            out = int(value)
+            if out < 0:
+                raise ValueError("must not be negative")
+        elif isinstance(default, float):
+            out = float(value)
+        else:
+            out = str(value)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"policy setting {key}: {exc}") from exc
+    if key in _CHOICES and out not in _CHOICES[key]:
+        raise ValidationError(f"policy setting {key}: one of {', '.join(_CHOICES[key])}")
+    return out
+
+
+def _check(policy: Policy) -> None:
+    """What no single setting can check alone: the sender, the hour, the time zone, the threshold order."""
     if policy.digest_sender and not _SENDER_RE.match(policy.digest_sender):
         raise ValidationError(f"policy setting digest_sender: {policy.digest_sender!r} is not an e-mail address")
     if not 0 <= policy.digest_hour <= 23:
@@ -199,7 +213,6 @@ def policy_from(*layers: dict[str, Any]) -> Policy:
         raise ValidationError(f"policy setting timezone: {policy.timezone!r} is not an IANA time zone") from exc
     if not policy.tag_threshold <= policy.quarantine_threshold <= policy.reject_threshold:
         raise ValidationError("thresholds must satisfy tag <= quarantine <= reject")
-    return policy
 
 
 def _settings_row(session: Session, tenant_id: int | None) -> PolicySettings | None:
